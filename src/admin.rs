@@ -1,0 +1,400 @@
+//! The admin listener: status, switches, metrics, liveness and readiness, as
+//! a JSON API on its own port. Errors become `{"error": ...}` responses in
+//! one place, [`AdminError::into_response`].
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error};
+
+use crate::metrics::Metrics;
+use crate::pool::{Pool, PoolName, UnknownPool};
+use crate::server;
+use crate::switch::{Model, ModelState, SwitchError, SwitchOp, Switchboard};
+
+type AdminResponse = Response<Full<Bytes>>;
+
+/// Why an admin call was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("no admin route {0}; see the admin API in the README")]
+    NotFound(String),
+    #[error("method {method} is not allowed on {path}; use {allow}")]
+    MethodNotAllowed {
+        method: Method,
+        path: String,
+        allow: &'static str,
+    },
+    #[error(transparent)]
+    BadPool(#[from] UnknownPool),
+    #[error("{0}")]
+    BadQuery(String),
+    #[error(transparent)]
+    Switch(#[from] SwitchError),
+    #[error("cannot encode metrics")]
+    Metrics(#[source] prometheus::Error),
+}
+
+impl AdminError {
+    fn status(&self) -> StatusCode {
+        match self {
+            AdminError::NotFound(_) => StatusCode::NOT_FOUND,
+            AdminError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            AdminError::BadPool(_) | AdminError::BadQuery(_) => StatusCode::BAD_REQUEST,
+            AdminError::Switch(e) => match e {
+                SwitchError::UnknownModel(_) => StatusCode::NOT_FOUND,
+                SwitchError::Unexpected { .. } | SwitchError::NoHistory { .. } => {
+                    StatusCode::CONFLICT
+                }
+                SwitchError::Persist { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            AdminError::Metrics(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The one place an admin error becomes a response. Client mistakes go
+    /// back with their message and are logged at debug; internal failures
+    /// are logged once here, with their cause chain.
+    fn into_response(self) -> AdminResponse {
+        let status = self.status();
+        if status.is_server_error() {
+            error!(error = %ErrorChain(&self), "admin call failed");
+        } else {
+            debug!(error = %self, status = status.as_u16(), "admin call refused");
+        }
+        let mut response = json(status, &json!({ "error": self.to_string() }));
+        if let AdminError::MethodNotAllowed { allow, .. } = self {
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        response
+    }
+}
+
+/// Displays an error with its sources, `a: b: c`.
+struct ErrorChain<'a>(&'a dyn std::error::Error);
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut next = self.0.source();
+        while let Some(e) = next {
+            write!(f, ": {e}")?;
+            next = e.source();
+        }
+        Ok(())
+    }
+}
+
+/// The admin API's shared state.
+pub struct Admin {
+    switchboard: Arc<Switchboard>,
+    metrics: Metrics,
+}
+
+// === impl Admin ===
+
+impl Admin {
+    pub fn new(switchboard: Arc<Switchboard>, metrics: Metrics) -> Admin {
+        Admin {
+            switchboard,
+            metrics,
+        }
+    }
+
+    /// Serves the admin listener until `token` is cancelled.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        token: CancellationToken,
+        drain: Duration,
+    ) {
+        let make = move |peer: SocketAddr| {
+            let admin = Arc::clone(&self);
+            hyper::service::service_fn(move |req| {
+                let admin = Arc::clone(&admin);
+                async move { Ok::<_, Infallible>(admin.handle(peer, req).await) }
+            })
+        };
+        server::serve("admin", listener, make, token, drain).await;
+    }
+
+    /// Answers one admin request.
+    pub async fn handle(&self, peer: SocketAddr, req: Request<Incoming>) -> AdminResponse {
+        match self.route(peer, &req).await {
+            Ok(response) => response,
+            Err(e) => e.into_response(),
+        }
+    }
+
+    async fn route<B>(
+        &self,
+        peer: SocketAddr,
+        req: &Request<B>,
+    ) -> Result<AdminResponse, AdminError> {
+        let path = req.uri().path();
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let method = req.method();
+        let query = Query::parse(req.uri().query());
+        let actor = peer.to_string();
+
+        let allow = |allow: &'static str| -> Result<(), AdminError> {
+            let ok = match allow {
+                "GET" => method == Method::GET || method == Method::HEAD,
+                _ => method == Method::POST,
+            };
+            if ok {
+                Ok(())
+            } else {
+                Err(AdminError::MethodNotAllowed {
+                    method: method.clone(),
+                    path: path.to_string(),
+                    allow,
+                })
+            }
+        };
+
+        match segments.as_slice() {
+            ["healthz"] => {
+                allow("GET")?;
+                query.only(&[])?;
+                Ok(json(StatusCode::OK, &json!({ "status": "ok" })))
+            }
+            ["readyz"] => {
+                allow("GET")?;
+                query.only(&[])?;
+                Ok(self.readiness())
+            }
+            ["metrics"] => {
+                allow("GET")?;
+                query.only(&[])?;
+                let text = self.metrics.encode().map_err(AdminError::Metrics)?;
+                let mut response = Response::new(Full::new(Bytes::from(text)));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                Ok(response)
+            }
+            ["models"] => {
+                allow("GET")?;
+                query.only(&[])?;
+                let mut models = Vec::new();
+                for model in self.switchboard.models() {
+                    let state = self.switchboard.state(model.name()).await;
+                    models.push(model_summary(model, state.as_ref()));
+                }
+                Ok(json(StatusCode::OK, &json!({ "models": models })))
+            }
+            ["models", name] => {
+                allow("GET")?;
+                query.only(&[])?;
+                let model = self.model(name)?;
+                let state = self.switchboard.state(name).await;
+                Ok(json(StatusCode::OK, &model_detail(model, state.as_ref())))
+            }
+            ["models", name, "flip"] => {
+                allow("POST")?;
+                query.only(&["expect"])?;
+                let expect = query
+                    .get("expect")
+                    .map(str::parse::<PoolName>)
+                    .transpose()?;
+                self.switch(name, SwitchOp::Flip { expect }, &actor).await
+            }
+            ["models", name, "activate", pool] => {
+                allow("POST")?;
+                query.only(&[])?;
+                let pool: PoolName = pool.parse()?;
+                self.switch(name, SwitchOp::Activate(pool), &actor).await
+            }
+            ["models", name, "rollback"] => {
+                allow("POST")?;
+                query.only(&[])?;
+                self.switch(name, SwitchOp::Rollback, &actor).await
+            }
+            _ => Err(AdminError::NotFound(path.to_string())),
+        }
+    }
+
+    fn model(&self, name: &str) -> Result<&Arc<Model>, AdminError> {
+        self.switchboard
+            .model(name)
+            .ok_or_else(|| SwitchError::UnknownModel(name.to_string()).into())
+    }
+
+    async fn switch(
+        &self,
+        name: &str,
+        op: SwitchOp,
+        actor: &str,
+    ) -> Result<AdminResponse, AdminError> {
+        let outcome = self.switchboard.switch(name, op, actor).await?;
+        Ok(json(
+            StatusCode::OK,
+            &json!({
+                "model": outcome.model,
+                "active": outcome.active,
+                "standby": outcome.active.other(),
+                "previous": outcome.from,
+                "switched": outcome.switched,
+            }),
+        ))
+    }
+
+    /// Ready when every model's active pool has an endpoint to send to.
+    fn readiness(&self) -> AdminResponse {
+        let mut ready = true;
+        let models: Vec<Value> = self
+            .switchboard
+            .models()
+            .map(|m| {
+                let pool = m.active();
+                let model_ready = !pool.endpoints().is_empty();
+                ready &= model_ready;
+                json!({ "name": m.name(), "active": pool.name(), "ready": model_ready })
+            })
+            .collect();
+        let status = if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        json(status, &json!({ "ready": ready, "models": models }))
+    }
+}
+
+fn model_summary(model: &Model, state: Option<&ModelState>) -> Value {
+    let active = model.active_name();
+    json!({
+        "name": model.name(),
+        "active": active,
+        "standby": active.other(),
+        "path_prefix": model.path_prefix(),
+        "host": model.host(),
+        "in_flight": model.pool(PoolName::Blue).in_flight() + model.pool(PoolName::Green).in_flight(),
+        "last_switch": state.and_then(|s| s.last_switch.as_ref()),
+    })
+}
+
+fn model_detail(model: &Model, state: Option<&ModelState>) -> Value {
+    let active = model.active_name();
+    let pools: serde_json::Map<String, Value> = PoolName::ALL
+        .iter()
+        .map(|p| (p.to_string(), pool_detail(model.pool(*p), *p == active)))
+        .collect();
+    json!({
+        "name": model.name(),
+        "active": active,
+        "standby": active.other(),
+        "path_prefix": model.path_prefix(),
+        "host": model.host(),
+        "request_timeout_ms": model.request_timeout().as_millis() as u64,
+        "pools": pools,
+        "last_switch": state.and_then(|s| s.last_switch.as_ref()),
+        "history": state.map(|s| &s.history),
+    })
+}
+
+fn pool_detail(pool: &Pool, active: bool) -> Value {
+    let endpoints: Vec<Value> = pool
+        .endpoints()
+        .iter()
+        .map(|e| json!({ "url": e.url(), "in_flight": e.in_flight(), "served": e.served() }))
+        .collect();
+    json!({
+        "active": active,
+        "protocol": pool.protocol(),
+        "in_flight": pool.in_flight(),
+        "served": pool.served(),
+        "endpoints": endpoints,
+    })
+}
+
+fn json(status: StatusCode, value: &Value) -> AdminResponse {
+    let mut body = serde_json::to_vec(value).unwrap_or_default();
+    body.push(b'\n');
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// A parsed query string. Parameters are plain ASCII words (pool names,
+/// booleans), so no percent-decoding is needed; anything else is refused by
+/// the value parsers.
+struct Query<'a> {
+    pairs: Vec<(&'a str, &'a str)>,
+}
+
+impl<'a> Query<'a> {
+    fn parse(query: Option<&'a str>) -> Query<'a> {
+        let pairs = query
+            .unwrap_or("")
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| p.split_once('=').unwrap_or((p, "")))
+            .collect();
+        Query { pairs }
+    }
+
+    /// Refuses parameters other than `known`, so a typo in a pipeline fails
+    /// loudly instead of being ignored.
+    fn only(&self, known: &[&str]) -> Result<(), AdminError> {
+        match self.pairs.iter().find(|(k, _)| !known.contains(k)) {
+            None => Ok(()),
+            Some((k, _)) if known.is_empty() => Err(AdminError::BadQuery(format!(
+                "unknown query parameter {k:?}; this call takes none"
+            ))),
+            Some((k, _)) => Err(AdminError::BadQuery(format!(
+                "unknown query parameter {k:?}; expected one of: {}",
+                known.join(", ")
+            ))),
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<&'a str> {
+        self.pairs.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn query_parameters_are_checked() {
+        let q = Query::parse(Some("expect=blue"));
+        assert!(q.only(&["expect"]).is_ok());
+        assert_eq!(q.get("expect"), Some("blue"));
+        assert!(q.only(&[]).is_err());
+        let q = Query::parse(Some("expcet=blue"));
+        assert!(q.only(&["expect"]).is_err());
+        assert!(Query::parse(None).only(&[]).is_ok());
+    }
+
+    proptest! {
+        /// `?expect=` parses exactly the two pool names and nothing else.
+        #[test]
+        fn expect_accepts_only_pool_names(value in "[a-z]{0,8}") {
+            let raw = format!("expect={value}");
+            let q = Query::parse(Some(&raw));
+            let parsed = q.get("expect").unwrap().parse::<PoolName>();
+            prop_assert_eq!(parsed.is_ok(), value == "blue" || value == "green");
+        }
+    }
+}

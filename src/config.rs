@@ -1,0 +1,632 @@
+//! Configuration: the TOML schema as serde reads it (`Raw*`), the defaults,
+//! and the validation that turns it into the typed [`Config`] every other
+//! part uses. Reads the config file and nothing else; opens no sockets.
+//!
+//! Parsing is two-staged, as ripgrep does it: serde reads the raw shape
+//! (stopping at its first shape error), then [`validate`] checks every value
+//! and gathers *all* problems, each with the line and column of the value to
+//! blame, so `switchyard check` can print them in one go.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::uri::{Authority, Uri};
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::pool::{PoolName, Protocol};
+
+/// How long the proxy waits for an upstream's response headers.
+/// Inference can be slow (large batches, long generations), hence generous.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a TCP connect to an upstream may take before the request fails 502.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long shutdown waits for in-flight requests before cutting them.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub proxy: ProxyConfig,
+    pub admin: AdminConfig,
+    pub state: StateConfig,
+    pub models: Vec<ModelConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub listen: SocketAddr,
+    /// Default for models that do not set their own.
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct StateConfig {
+    /// Resolved against the config file's directory when relative.
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    pub name: String,
+    /// Normalised: starts with `/`, no trailing `/` unless it is `/` itself.
+    pub path_prefix: String,
+    /// Lowercase host name without port; `None` matches any host.
+    pub host: Option<String>,
+    /// The pool that serves when no saved state names one.
+    pub active: PoolName,
+    pub request_timeout: Duration,
+    pub blue: PoolConfig,
+    pub green: PoolConfig,
+}
+
+impl ModelConfig {
+    pub fn pool(&self, name: PoolName) -> &PoolConfig {
+        match name {
+            PoolName::Blue => &self.blue,
+            PoolName::Green => &self.green,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub protocol: Protocol,
+    pub endpoints: Vec<EndpointConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    /// As written in the config (trailing `/` removed); used in status and metric labels.
+    pub url: String,
+    pub authority: Authority,
+}
+
+// === errors ===
+
+/// One problem in a config file, with the position of the value to blame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.message
+        )
+    }
+}
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read config file {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}", ErrorList(.0))]
+    Invalid(Vec<ConfigError>),
+}
+
+struct ErrorList<'a>(&'a [ConfigError]);
+
+impl fmt::Display for ErrorList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+// === raw schema ===
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    proxy: RawProxy,
+    admin: RawAdmin,
+    state: RawState,
+    #[serde(default)]
+    models: Vec<RawModel>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProxy {
+    listen: Spanned<String>,
+    #[serde(default)]
+    request_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    connect_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    drain_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    path: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    name: Spanned<String>,
+    #[serde(default)]
+    path_prefix: Option<Spanned<String>>,
+    #[serde(default)]
+    host: Option<Spanned<String>>,
+    #[serde(default)]
+    active: Option<Spanned<String>>,
+    #[serde(default)]
+    request_timeout: Option<Spanned<String>>,
+    blue: RawPool,
+    green: RawPool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    endpoints: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    protocol: Option<Spanned<String>>,
+}
+
+// === loading ===
+
+impl Config {
+    /// Reads and validates the config file at `path`.
+    pub fn load(path: &Path) -> Result<Config, LoadError> {
+        let src = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml(&src, path).map_err(LoadError::Invalid)
+    }
+
+    /// Validates `src` as if it were read from `file`: errors name `file`, and
+    /// a relative state path is resolved against `file`'s directory.
+    pub fn from_toml(src: &str, file: &Path) -> Result<Config, Vec<ConfigError>> {
+        let blame = Blame { src, file };
+        let raw: RawConfig = toml::from_str(src).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            vec![blame.at(span, e.message().to_string())]
+        })?;
+        validate(raw, &blame)
+    }
+}
+
+/// Turns byte spans into line and column for error messages.
+struct Blame<'a> {
+    src: &'a str,
+    file: &'a Path,
+}
+
+impl Blame<'_> {
+    fn at(&self, span: Range<usize>, message: String) -> ConfigError {
+        let offset = span.start.min(self.src.len());
+        let before = &self.src[..offset];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rfind('\n').map_or(offset, |nl| offset - nl - 1) + 1;
+        ConfigError {
+            file: self.file.to_path_buf(),
+            line,
+            column,
+            message,
+        }
+    }
+}
+
+/// Collects errors while values are checked one by one.
+struct Checker<'a> {
+    blame: &'a Blame<'a>,
+    errors: Vec<ConfigError>,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, span: Range<usize>, message: String) {
+        self.errors.push(self.blame.at(span, message));
+    }
+
+    fn socket_addr(&mut self, key: &str, value: &Spanned<String>) -> Option<SocketAddr> {
+        match value.get_ref().parse() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.error(
+                    value.span(),
+                    format!(
+                        "{key}: invalid listen address {:?}; expected ip:port such as \"127.0.0.1:8080\"",
+                        value.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn duration(
+        &mut self,
+        key: &str,
+        value: Option<&Spanned<String>>,
+        default: Duration,
+    ) -> Duration {
+        let Some(value) = value else { return default };
+        match parse_duration(value.get_ref()) {
+            Ok(d) if d.is_zero() => {
+                self.error(value.span(), format!("{key}: must be longer than zero"));
+                default
+            }
+            Ok(d) => d,
+            Err(why) => {
+                self.error(value.span(), format!("{key}: {why}"));
+                default
+            }
+        }
+    }
+}
+
+fn validate(raw: RawConfig, blame: &Blame<'_>) -> Result<Config, Vec<ConfigError>> {
+    let mut c = Checker {
+        blame,
+        errors: Vec::new(),
+    };
+    let unspecified: SocketAddr = ([127, 0, 0, 1], 0).into();
+
+    let proxy = ProxyConfig {
+        listen: c
+            .socket_addr("proxy.listen", &raw.proxy.listen)
+            .unwrap_or(unspecified),
+        request_timeout: c.duration(
+            "proxy.request_timeout",
+            raw.proxy.request_timeout.as_ref(),
+            DEFAULT_REQUEST_TIMEOUT,
+        ),
+        connect_timeout: c.duration(
+            "proxy.connect_timeout",
+            raw.proxy.connect_timeout.as_ref(),
+            DEFAULT_CONNECT_TIMEOUT,
+        ),
+        drain_timeout: c.duration(
+            "proxy.drain_timeout",
+            raw.proxy.drain_timeout.as_ref(),
+            DEFAULT_DRAIN_TIMEOUT,
+        ),
+    };
+    let admin = AdminConfig {
+        listen: c
+            .socket_addr("admin.listen", &raw.admin.listen)
+            .unwrap_or(unspecified),
+    };
+    if raw.admin.listen.get_ref() == raw.proxy.listen.get_ref() && proxy.listen.port() != 0 {
+        c.error(
+            raw.admin.listen.span(),
+            "admin.listen: the admin listener cannot share the proxy's address".to_string(),
+        );
+    }
+
+    let state_path = raw.state.path.get_ref();
+    if state_path.trim().is_empty() {
+        c.error(
+            raw.state.path.span(),
+            "state.path: must name a file".to_string(),
+        );
+    }
+    let state = StateConfig {
+        path: resolve_relative(blame.file, Path::new(state_path)),
+    };
+
+    if raw.models.is_empty() {
+        c.error(
+            0..0,
+            "no [[models]] configured; add at least one model with blue and green endpoints"
+                .to_string(),
+        );
+    }
+
+    let mut names = HashSet::new();
+    let mut routes = HashSet::new();
+    let mut models = Vec::with_capacity(raw.models.len());
+    for (i, m) in raw.models.iter().enumerate() {
+        if let Some(model) = validate_model(&mut c, i, m, &proxy) {
+            if !names.insert(model.name.clone()) {
+                c.error(
+                    m.name.span(),
+                    format!("models[{i}].name: duplicate model name {:?}", model.name),
+                );
+            }
+            if !routes.insert((model.path_prefix.clone(), model.host.clone())) {
+                let span = m.path_prefix.as_ref().map_or(m.name.span(), |p| p.span());
+                let host = model
+                    .host
+                    .as_deref()
+                    .map_or(String::new(), |h| format!(" and host {h:?}"));
+                c.error(
+                    span,
+                    format!(
+                        "models[{i}].path_prefix: another model already serves path_prefix {:?}{host}",
+                        model.path_prefix
+                    ),
+                );
+            }
+            models.push(model);
+        }
+    }
+
+    if c.errors.is_empty() {
+        Ok(Config {
+            proxy,
+            admin,
+            state,
+            models,
+        })
+    } else {
+        Err(c.errors)
+    }
+}
+
+fn validate_model(
+    c: &mut Checker<'_>,
+    i: usize,
+    m: &RawModel,
+    proxy: &ProxyConfig,
+) -> Option<ModelConfig> {
+    let before = c.errors.len();
+    let name = m.name.get_ref().clone();
+    if !is_valid_name(&name) {
+        c.error(
+            m.name.span(),
+            format!(
+                "models[{i}].name: invalid model name {name:?}; use 1 to 64 of A-Z a-z 0-9 . _ -"
+            ),
+        );
+    }
+
+    let path_prefix = match &m.path_prefix {
+        None => "/".to_string(),
+        Some(p) => match normalize_prefix(p.get_ref()) {
+            Ok(p) => p,
+            Err(why) => {
+                c.error(p.span(), format!("models[{i}].path_prefix: {why}"));
+                String::new()
+            }
+        },
+    };
+
+    let host = m
+        .host
+        .as_ref()
+        .and_then(|h| match normalize_host(h.get_ref()) {
+            Ok(h) => Some(h),
+            Err(why) => {
+                c.error(h.span(), format!("models[{i}].host: {why}"));
+                None
+            }
+        });
+
+    let active = match &m.active {
+        None => PoolName::Blue,
+        Some(a) => match a.get_ref().parse() {
+            Ok(p) => p,
+            Err(_) => {
+                c.error(
+                    a.span(),
+                    format!(
+                        "models[{i}].active: unknown pool {:?}; expected \"blue\" or \"green\"",
+                        a.get_ref()
+                    ),
+                );
+                PoolName::Blue
+            }
+        },
+    };
+
+    let request_timeout = c.duration(
+        &format!("models[{i}].request_timeout"),
+        m.request_timeout.as_ref(),
+        proxy.request_timeout,
+    );
+    let blue = validate_pool(c, i, &name, PoolName::Blue, &m.blue);
+    let green = validate_pool(c, i, &name, PoolName::Green, &m.green);
+
+    (c.errors.len() == before).then(|| ModelConfig {
+        name,
+        path_prefix,
+        host,
+        active,
+        request_timeout,
+        blue,
+        green,
+    })
+}
+
+fn validate_pool(
+    c: &mut Checker<'_>,
+    i: usize,
+    model: &str,
+    pool: PoolName,
+    raw: &RawPool,
+) -> PoolConfig {
+    let key = format!("models[{i}].{pool}");
+    let protocol = match &raw.protocol {
+        None => Protocol::Http1,
+        Some(p) => {
+            match p.get_ref().as_str() {
+                "http1" => Protocol::Http1,
+                "h2c" => Protocol::H2c,
+                other => {
+                    c.error(
+                    p.span(),
+                    format!("{key}.protocol: unknown protocol {other:?}; expected \"http1\" or \"h2c\""),
+                );
+                    Protocol::Http1
+                }
+            }
+        }
+    };
+    if raw.endpoints.get_ref().is_empty() {
+        c.error(
+            raw.endpoints.span(),
+            format!("{key}.endpoints: model {model:?} pool {pool} has no endpoints; list at least one URL such as \"http://127.0.0.1:8001\""),
+        );
+    }
+    let mut seen = HashSet::new();
+    let mut endpoints = Vec::new();
+    for e in raw.endpoints.get_ref() {
+        match parse_endpoint(e.get_ref()) {
+            Ok(endpoint) => {
+                if !seen.insert(endpoint.authority.clone()) {
+                    c.error(
+                        e.span(),
+                        format!(
+                            "{key}.endpoints: endpoint {:?} is listed twice",
+                            e.get_ref()
+                        ),
+                    );
+                }
+                endpoints.push(endpoint);
+            }
+            Err(why) => c.error(e.span(), format!("{key}.endpoints: {why}")),
+        }
+    }
+    PoolConfig {
+        protocol,
+        endpoints,
+    }
+}
+
+// === value parsers ===
+
+/// Parses durations such as `"500ms"`, `"2s"`, `"1.5s"`, `"5m"`, `"1h"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || {
+        format!("invalid duration {s:?}; expected a number with a unit (ms, s, m, h) such as \"500ms\" or \"2s\"")
+    };
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(bad)?;
+    let (number, unit) = s.split_at(split);
+    let scale = match unit {
+        "ms" => 1e-3,
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(bad()),
+    };
+    if number.is_empty() || number.starts_with('.') || number.ends_with('.') {
+        return Err(bad());
+    }
+    let value: f64 = number.parse().map_err(|_| bad())?;
+    Duration::try_from_secs_f64(value * scale).map_err(|_| format!("duration {s:?} is too long"))
+}
+
+fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn normalize_prefix(p: &str) -> Result<String, String> {
+    if !p.starts_with('/') {
+        return Err(format!("{p:?} must start with \"/\""));
+    }
+    if p.contains(['?', '#']) || p.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "{p:?} must be a plain path (no query, fragment or spaces)"
+        ));
+    }
+    let trimmed = p.trim_end_matches('/');
+    Ok(if trimmed.is_empty() { "/" } else { trimmed }.to_string())
+}
+
+fn normalize_host(h: &str) -> Result<String, String> {
+    let authority: Authority = h
+        .parse()
+        .map_err(|_| format!("invalid host {h:?}; expected a name such as \"iris.example.com\""))?;
+    if authority.port().is_some() || authority.as_str().contains('@') {
+        return Err(format!(
+            "host {h:?} must be a bare name without port or user; the port is ignored when matching"
+        ));
+    }
+    Ok(authority.host().to_ascii_lowercase())
+}
+
+fn parse_endpoint(url: &str) -> Result<EndpointConfig, String> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|_| format!("invalid endpoint URL {url:?}; expected \"http://host:port\""))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some(other) => {
+            return Err(format!(
+                "endpoint {url:?}: scheme {other:?} is not supported; use \"http://\" (set protocol = \"h2c\" on the pool for HTTP/2 cleartext and gRPC)"
+            ))
+        }
+        None => return Err(format!("endpoint {url:?} has no scheme; write \"http://{url}\"")),
+    }
+    let Some(authority) = uri.authority().cloned() else {
+        return Err(format!("endpoint {url:?} has no host"));
+    };
+    if authority.as_str().contains('@') {
+        return Err(format!("endpoint {url:?}: user info is not supported"));
+    }
+    if authority.host().is_empty() {
+        return Err(format!("endpoint {url:?} has no host"));
+    }
+    let path = uri.path();
+    if !(path.is_empty() || path == "/") || uri.query().is_some() {
+        return Err(format!(
+            "endpoint {url:?} must not have a path or query; requests keep their own path"
+        ));
+    }
+    Ok(EndpointConfig {
+        url: url.trim_end_matches('/').to_string(),
+        authority,
+    })
+}
+
+fn resolve_relative(config_file: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        return path.to_path_buf();
+    }
+    match config_file.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.join(path),
+        _ => path.to_path_buf(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,208 @@
+//! switchyard: a layer-7 reverse proxy for ML model servers with blue-green
+//! deployment. Each model has two pools of upstreams, `blue` and `green`;
+//! one is active, and a switch between them is atomic, instant, persisted
+//! and reversible.
+//!
+//! # Layout
+//! - `config`: TOML schema, defaults and validation into a typed [`Config`].
+//! - `route`: the routing table, request (host, path) to model.
+//! - `switch`: per-model active-pool pointer; flip, activate, rollback; the
+//!   state file.
+//! - `pool`: endpoints, balancing, in-flight counting, the upstream client.
+//! - `proxy`: the inbound listener and the forwarding of one request.
+//! - `admin`: the admin listener and its JSON handlers.
+//! - `metrics`: metric names, the registry, per-pool handles.
+//! - `server`: the accept loop and graceful drain every listener shares.
+//! - `demo`: the built-in toy model servers behind `switchyard demo`.
+//!
+//! [`run`] wires them: it takes a checked config, bound listeners and a
+//! shutdown future, and returns when shutdown has drained.
+
+pub mod admin;
+pub mod config;
+pub mod demo;
+pub mod metrics;
+pub mod pool;
+pub mod proxy;
+pub mod route;
+pub mod server;
+pub mod switch;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+pub use config::Config;
+
+use crate::admin::Admin;
+use crate::metrics::Metrics;
+use crate::pool::{Pool, PoolName};
+use crate::proxy::Proxy;
+use crate::route::RouteTable;
+use crate::switch::{Model, StateError, Switchboard};
+
+/// Why switchyard stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot bind the {which} listener on {addr}")]
+    Bind {
+        which: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("the {0} task stopped unexpectedly")]
+    Task(&'static str, #[source] Option<tokio::task::JoinError>),
+}
+
+/// The bound listeners `run` serves.
+pub struct Listeners {
+    pub proxy: TcpListener,
+    pub admin: TcpListener,
+}
+
+// === impl Listeners ===
+
+impl Listeners {
+    /// Binds the addresses the config names.
+    pub async fn bind(config: &Config) -> Result<Listeners, RunError> {
+        Ok(Listeners {
+            proxy: bind("proxy", config.proxy.listen).await?,
+            admin: bind("admin", config.admin.listen).await?,
+        })
+    }
+}
+
+async fn bind(which: &'static str, addr: SocketAddr) -> Result<TcpListener, RunError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::Bind {
+            which,
+            addr,
+            source,
+        })
+}
+
+/// Runs the proxy and admin listeners until `shutdown` resolves, then stops
+/// accepting and drains in-flight requests for at most `drain_timeout`.
+///
+/// Fails before serving anything when the state file cannot be read or
+/// written: the active pools must be known before the first request.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let metrics = Metrics::new();
+    let configured: Vec<(String, PoolName)> = config
+        .models
+        .iter()
+        .map(|m| (m.name.clone(), m.active))
+        .collect();
+    let states = switch::starting_states(&config.state.path, &configured)?;
+
+    let mut models = Vec::with_capacity(config.models.len());
+    for m in &config.models {
+        let name: Arc<str> = m.name.as_str().into();
+        let pools = PoolName::ALL.map(|p| {
+            Arc::new(Pool::new(
+                Arc::clone(&name),
+                p,
+                m.pool(p),
+                config.proxy.connect_timeout,
+                metrics.pool(&m.name, p),
+            ))
+        });
+        let active = states.get(&m.name).map_or(m.active, |s| s.active);
+        models.push(Arc::new(Model::new(
+            name,
+            m.path_prefix.clone(),
+            m.host.clone(),
+            m.request_timeout,
+            pools,
+            active,
+            metrics.model(&m.name),
+        )));
+    }
+    for m in &models {
+        info!(model = m.name(), active = %m.active_name(), path_prefix = m.path_prefix(), "model loaded");
+    }
+
+    let routes = RouteTable::new(models.iter().map(|m| {
+        (
+            m.path_prefix().to_string(),
+            m.host().map(str::to_string),
+            Arc::clone(m),
+        )
+    }));
+    let switchboard =
+        Arc::new(Switchboard::start(models, states, config.state.path.clone()).await?);
+    let proxy = Arc::new(Proxy::new(routes, metrics.unrouted().clone()));
+    let admin = Arc::new(Admin::new(switchboard, metrics));
+
+    let drain = config.proxy.drain_timeout;
+    log_listening("proxy", &listeners.proxy);
+    log_listening("admin", &listeners.admin);
+
+    // Cancelling the root stops every task; each task holds a child token.
+    let root = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    tasks.spawn(
+        proxy
+            .serve(listeners.proxy, root.child_token(), drain)
+            .map_done("proxy"),
+    );
+    tasks.spawn(
+        admin
+            .serve(listeners.admin, root.child_token(), drain)
+            .map_done("admin"),
+    );
+
+    let result = tokio::select! {
+        () = shutdown => {
+            info!("shutting down: no new connections; draining in-flight requests");
+            Ok(())
+        }
+        // The serve loops only return once cancelled, so any task ending
+        // here is a failure (a panic, most likely).
+        Some(ended) = tasks.join_next() => match ended {
+            Ok(name) => Err(RunError::Task(name, None)),
+            Err(e) => Err(RunError::Task("server", Some(e))),
+        },
+    };
+    root.cancel();
+    while let Some(ended) = tasks.join_next().await {
+        if let Err(e) = ended {
+            if result.is_ok() {
+                return Err(RunError::Task("server", Some(e)));
+            }
+        }
+    }
+    info!("stopped");
+    result
+}
+
+fn log_listening(which: &'static str, listener: &TcpListener) {
+    if let Ok(addr) = listener.local_addr() {
+        info!(listener = which, %addr, "listening");
+    }
+}
+
+/// Tags a finished serve loop with its name.
+trait MapDone: Future<Output = ()> + Sized {
+    fn map_done(self, name: &'static str) -> impl Future<Output = &'static str> {
+        async move {
+            self.await;
+            name
+        }
+    }
+}
+
+impl<F: Future<Output = ()>> MapDone for F {}

@@ -1,0 +1,165 @@
+//! The command line: parses arguments, sets up logging, picks exit codes.
+//!
+//! Exit codes: 0 done; 1 runtime failure (bind, state file, crash);
+//! 2 bad configuration or usage.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use switchyard::config::{Config, LoadError};
+use switchyard::{Listeners, RunError};
+
+#[derive(Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "Blue-green reverse proxy for ML model servers"
+)]
+struct Cli {
+    /// Log format on stderr; the level comes from RUST_LOG (default info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config: exit 0, or print every error with its line and exit 2.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run two toy model servers and the proxy in front of them; needs no files.
+    Demo,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+const EXIT_RUNTIME: u8 = 1;
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Serve { config } => match Config::load(&config) {
+            Ok(config) => runtime(serve(config)),
+            Err(e) => config_error(&e),
+        },
+        Command::Demo => runtime(async {
+            switchyard::demo::run(shutdown_signal())
+                .await
+                .map_err(Into::into)
+        }),
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(config) => {
+            println!(
+                "{}: ok ({} model{})",
+                path.display(),
+                config.models.len(),
+                if config.models.len() == 1 { "" } else { "s" }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => config_error(&e),
+    }
+}
+
+fn config_error(e: &LoadError) -> ExitCode {
+    match e {
+        LoadError::Invalid(errors) => {
+            for e in errors {
+                eprintln!("error: {e}");
+            }
+            eprintln!(
+                "{} error{} in the config",
+                errors.len(),
+                if errors.len() == 1 { "" } else { "s" }
+            );
+        }
+        LoadError::Read { source, .. } => eprintln!("error: {e}: {source}"),
+    }
+    ExitCode::from(EXIT_CONFIG)
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let listeners = Listeners::bind(&config).await?;
+    switchyard::run(config, listeners, shutdown_signal())
+        .await
+        .map_err(|e: RunError| anyhow::Error::from(e))
+        .context("switchyard stopped")
+}
+
+fn runtime(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    match rt.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops switchyard");
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,267 @@
+//! Prometheus metrics: every name in one place, the registry, and handle
+//! structs whose label values are resolved once, when a pool or model is
+//! built. The request path only increments handles; it never looks a metric
+//! up by label.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::pool::PoolName;
+
+// --- request family ---
+pub const REQUESTS_TOTAL: &str = "switchyard_requests_total";
+pub const REQUEST_DURATION_SECONDS: &str = "switchyard_request_duration_seconds";
+pub const IN_FLIGHT: &str = "switchyard_in_flight";
+pub const UPSTREAM_ERRORS_TOTAL: &str = "switchyard_upstream_errors_total";
+pub const UNROUTED_REQUESTS_TOTAL: &str = "switchyard_unrouted_requests_total";
+// --- switch family ---
+pub const ACTIVE_POOL: &str = "switchyard_active_pool";
+pub const SWITCHES_TOTAL: &str = "switchyard_switches_total";
+// --- process family ---
+pub const BUILD_INFO: &str = "switchyard_build_info";
+
+/// Response classes, the `code` label of `switchyard_requests_total`.
+const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Latency buckets for inference: from sub-millisecond cache hits to
+/// minute-long generations.
+const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 120.0,
+];
+
+/// Why a request to an upstream failed; the `kind` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    /// No connection could be made.
+    Connect,
+    /// No response headers within `request_timeout`.
+    Timeout,
+    /// The connection broke after the request was sent.
+    Reset,
+}
+
+impl UpstreamErrorKind {
+    const ALL: [UpstreamErrorKind; 3] = [
+        UpstreamErrorKind::Connect,
+        UpstreamErrorKind::Timeout,
+        UpstreamErrorKind::Reset,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamErrorKind::Connect => "connect",
+            UpstreamErrorKind::Timeout => "timeout",
+            UpstreamErrorKind::Reset => "reset",
+        }
+    }
+}
+
+/// The registry and the metric families.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    in_flight: IntGaugeVec,
+    upstream_errors: IntCounterVec,
+    active_pool: IntGaugeVec,
+    switches: IntCounterVec,
+    unrouted: IntCounter,
+}
+
+// === impl Metrics ===
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        // Registration fails only on a duplicate or malformed name, and the
+        // names are constants registered once on a fresh registry.
+        let reg = |c: Box<dyn prometheus::core::Collector>| {
+            registry
+                .register(c)
+                .expect("metric names are unique and valid");
+        };
+        let requests = IntCounterVec::new(
+            Opts::new(REQUESTS_TOTAL, "Proxied requests by response class."),
+            &["model", "pool", "code"],
+        )
+        .expect("valid metric");
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                REQUEST_DURATION_SECONDS,
+                "Time from request to the end of the response body.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["model", "pool"],
+        )
+        .expect("valid metric");
+        let in_flight = IntGaugeVec::new(
+            Opts::new(IN_FLIGHT, "Requests whose response body has not finished."),
+            &["model", "pool"],
+        )
+        .expect("valid metric");
+        let upstream_errors = IntCounterVec::new(
+            Opts::new(
+                UPSTREAM_ERRORS_TOTAL,
+                "Requests that failed on the upstream side, by kind.",
+            ),
+            &["model", "pool", "kind"],
+        )
+        .expect("valid metric");
+        let active_pool = IntGaugeVec::new(
+            Opts::new(
+                ACTIVE_POOL,
+                "1 for the pool that serves a model, 0 for its standby.",
+            ),
+            &["model", "pool"],
+        )
+        .expect("valid metric");
+        let switches = IntCounterVec::new(
+            Opts::new(
+                SWITCHES_TOTAL,
+                "Switches of a model's active pool, by the pool switched to.",
+            ),
+            &["model", "to"],
+        )
+        .expect("valid metric");
+        let unrouted = IntCounter::new(UNROUTED_REQUESTS_TOTAL, "Requests that matched no model.")
+            .expect("valid metric");
+        let build_info = IntGaugeVec::new(
+            Opts::new(BUILD_INFO, "Always 1; the version label tells the build."),
+            &["version"],
+        )
+        .expect("valid metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+
+        reg(Box::new(requests.clone()));
+        reg(Box::new(duration.clone()));
+        reg(Box::new(in_flight.clone()));
+        reg(Box::new(upstream_errors.clone()));
+        reg(Box::new(active_pool.clone()));
+        reg(Box::new(switches.clone()));
+        reg(Box::new(unrouted.clone()));
+        reg(Box::new(build_info));
+        Metrics {
+            registry,
+            requests,
+            duration,
+            in_flight,
+            upstream_errors,
+            active_pool,
+            switches,
+            unrouted,
+        }
+    }
+
+    /// Handles for one pool of one model.
+    pub fn pool(&self, model: &str, pool: PoolName) -> PoolMetrics {
+        let p = pool.as_str();
+        PoolMetrics {
+            requests: CODE_CLASSES.map(|c| self.requests.with_label_values(&[model, p, c])),
+            duration: self.duration.with_label_values(&[model, p]),
+            in_flight: self.in_flight.with_label_values(&[model, p]),
+            upstream_errors: UpstreamErrorKind::ALL.map(|k| {
+                self.upstream_errors
+                    .with_label_values(&[model, p, k.as_str()])
+            }),
+            active: self.active_pool.with_label_values(&[model, p]),
+        }
+    }
+
+    /// Handles for one model's switches.
+    pub fn model(&self, model: &str) -> ModelMetrics {
+        ModelMetrics {
+            switches: PoolName::ALL.map(|p| self.switches.with_label_values(&[model, p.as_str()])),
+        }
+    }
+
+    pub fn unrouted(&self) -> &IntCounter {
+        &self.unrouted
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> Result<Vec<u8>, prometheus::Error> {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf)?;
+        Ok(buf)
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// Metric handles of one (model, pool).
+#[derive(Clone)]
+pub struct PoolMetrics {
+    requests: [IntCounter; 5],
+    pub duration: Histogram,
+    pub in_flight: IntGauge,
+    upstream_errors: [IntCounter; 3],
+    pub active: IntGauge,
+}
+
+// === impl PoolMetrics ===
+
+impl PoolMetrics {
+    /// Counts a response by its status class.
+    pub fn count_response(&self, status: http::StatusCode) {
+        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        self.requests[class].inc();
+    }
+
+    pub fn count_upstream_error(&self, kind: UpstreamErrorKind) {
+        let i = UpstreamErrorKind::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .unwrap_or(0);
+        self.upstream_errors[i].inc();
+    }
+}
+
+/// Metric handles of one model.
+#[derive(Clone)]
+pub struct ModelMetrics {
+    switches: [IntCounter; 2],
+}
+
+impl ModelMetrics {
+    pub fn count_switch(&self, to: PoolName) {
+        self.switches[to.index()].inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_write_the_labelled_series() {
+        let m = Metrics::new();
+        let p = m.pool("iris", PoolName::Green);
+        p.count_response(http::StatusCode::OK);
+        p.count_response(http::StatusCode::BAD_GATEWAY);
+        p.count_upstream_error(UpstreamErrorKind::Timeout);
+        m.model("iris").count_switch(PoolName::Green);
+        let text = String::from_utf8(m.encode().unwrap()).unwrap();
+        assert!(
+            text.contains(r#"switchyard_requests_total{code="2xx",model="iris",pool="green"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"switchyard_requests_total{code="5xx",model="iris",pool="green"} 1"#)
+        );
+        assert!(text.contains(
+            r#"switchyard_upstream_errors_total{kind="timeout",model="iris",pool="green"} 1"#
+        ));
+        assert!(text.contains(r#"switchyard_switches_total{model="iris",to="green"} 1"#));
+        assert!(text.contains("switchyard_build_info{version="));
+    }
+}

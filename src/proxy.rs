@@ -1,0 +1,159 @@
+//! The proxy listener and the forwarding of one request. Never writes switch
+//! state.
+//!
+//! # The life of a request
+//! 1. **accept**: `server::serve` accepts the connection and serves HTTP/1.1
+//!    or HTTP/2 (prior knowledge) on it; the client's address is kept per
+//!    connection in a [`ClientInfo`].
+//! 2. **route**: [`RouteTable::resolve`] picks the model by longest
+//!    `path_prefix` and optional `host`. No match: 404 JSON, counted in
+//!    `switchyard_unrouted_requests_total`; nothing goes upstream.
+//! 3. **load**: `model.active()` is the request's one read of switch state.
+//!    The `Arc<Pool>` it returns lives until the response body ends, so the
+//!    request finishes on the pool it started on whatever switches meanwhile.
+//! 4. **pick**: `pool.pick()` chooses an endpoint (power of two choices on
+//!    in-flight) and returns the in-flight guard.
+//! 5. **rewrite**: the URI gets the endpoint's authority, the version the
+//!    pool's protocol; hop-by-hop headers go, `x-forwarded-*` and
+//!    `x-request-id` are set. The body stays the client's stream.
+//! 6. **send**: through the pool's pooled client, bounded by the model's
+//!    `request_timeout` until the response headers. Connect failure or reset:
+//!    502; timeout: 504; both JSON with `x-switchyard-pool`.
+//! 7. **respond**: hop-by-hop headers go, `x-switchyard-pool` is added, the
+//!    response is counted by class, and the upstream body streams to the
+//!    client with the in-flight guard inside it (see `body.rs`).
+
+mod body;
+mod error;
+pub mod headers;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{header, HeaderValue, Request, Response, Version};
+use http_body_util::Either;
+use hyper::body::Incoming;
+use prometheus::IntCounter;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use body::ProxyBody;
+pub use error::{json_response, ProxyError};
+use headers::ClientInfo;
+
+use crate::metrics::UpstreamErrorKind;
+use crate::pool::Protocol;
+use crate::route::RouteTable;
+use crate::server;
+use crate::switch::Model;
+
+/// What the request path reads: built once, shared by every connection.
+pub struct Proxy {
+    routes: RouteTable<Arc<Model>>,
+    unrouted: IntCounter,
+}
+
+// === impl Proxy ===
+
+impl Proxy {
+    pub fn new(routes: RouteTable<Arc<Model>>, unrouted: IntCounter) -> Proxy {
+        Proxy { routes, unrouted }
+    }
+
+    /// Serves the proxy listener until `token` is cancelled, then drains.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        token: CancellationToken,
+        drain: Duration,
+    ) {
+        let make = move |peer: SocketAddr| {
+            let proxy = Arc::clone(&self);
+            let client = Arc::new(client_info(peer));
+            hyper::service::service_fn(move |req| {
+                let proxy = Arc::clone(&proxy);
+                let client = Arc::clone(&client);
+                async move { Ok::<_, Infallible>(proxy.forward(&client, req).await) }
+            })
+        };
+        server::serve("proxy", listener, make, token, drain).await;
+    }
+
+    /// Forwards one request and returns the response to send the client.
+    pub async fn forward(
+        &self,
+        client: &ClientInfo,
+        req: Request<Incoming>,
+    ) -> Response<ProxyBody> {
+        let host = request_host(&req);
+        let host_str = host.as_ref().and_then(|h| h.to_str().ok());
+        let Some(model) = self.routes.resolve(host_str, req.uri().path()) else {
+            self.unrouted.inc();
+            let path = req.uri().path().to_string();
+            return ProxyError::NoRoute { path }.into_response(None);
+        };
+
+        let pool = model.active();
+        let in_flight = pool.pick();
+        let timeout = model.request_timeout();
+
+        let (mut parts, body) = req.into_parts();
+        let client_version = parts.version;
+        parts.uri = in_flight.endpoint().uri(parts.uri.path_and_query());
+        parts.version = match pool.protocol() {
+            Protocol::Http1 => Version::HTTP_11,
+            Protocol::H2c => Version::HTTP_2,
+        };
+        headers::prepare_request(&mut parts.headers, client, host);
+        let upstream = Request::from_parts(parts, Either::Left(body));
+
+        let result = tokio::time::timeout(timeout, pool.client().request(upstream)).await;
+        let error = match result {
+            Ok(Ok(response)) => {
+                let (mut parts, body) = response.into_parts();
+                parts.version = client_version;
+                headers::prepare_response(&mut parts.headers, pool.header());
+                pool.metrics().count_response(parts.status);
+                return Response::from_parts(parts, ProxyBody::upstream(body, in_flight));
+            }
+            Ok(Err(e)) => {
+                let kind = if e.is_connect() {
+                    UpstreamErrorKind::Connect
+                } else {
+                    UpstreamErrorKind::Reset
+                };
+                ProxyError::upstream(&in_flight, kind, timeout, Some(e))
+            }
+            Err(_elapsed) => {
+                ProxyError::upstream(&in_flight, UpstreamErrorKind::Timeout, timeout, None)
+            }
+        };
+        if let ProxyError::Upstream { kind, .. } = &error {
+            pool.metrics().count_upstream_error(*kind);
+        }
+        let response = error.into_response(Some(pool.header()));
+        pool.metrics().count_response(response.status());
+        // `in_flight` drops here: the request is over.
+        response
+    }
+}
+
+/// The host the client addressed: the HTTP/2 authority or absolute-form
+/// URI's host, else the `Host` header.
+fn request_host<B>(req: &Request<B>) -> Option<HeaderValue> {
+    if let Some(authority) = req.uri().authority() {
+        return HeaderValue::from_str(authority.as_str()).ok();
+    }
+    req.headers().get(header::HOST).cloned()
+}
+
+/// Per-connection forwarding facts, formatted once per connection.
+fn client_info(peer: SocketAddr) -> ClientInfo {
+    ClientInfo {
+        ip: HeaderValue::from_str(&peer.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+        proto: HeaderValue::from_static("http"),
+    }
+}

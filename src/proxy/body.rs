@@ -1,0 +1,69 @@
+//! The response body the proxy sends: an upstream's streamed body carrying
+//! its in-flight guard, or a small body switchyard wrote itself (errors).
+//!
+//! The guard rides inside the body so that a request counts as in flight,
+//! and keeps its pool alive, until the last byte has gone to the client (or
+//! the client went away), not merely until the headers arrived.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use crate::pool::InFlight;
+
+pub enum ProxyBody {
+    Upstream {
+        body: Incoming,
+        /// Dropped with the body: ends the in-flight count and records the duration.
+        _in_flight: InFlight,
+    },
+    Local(Full<Bytes>),
+}
+
+impl ProxyBody {
+    pub fn upstream(body: Incoming, in_flight: InFlight) -> ProxyBody {
+        ProxyBody::Upstream {
+            body,
+            _in_flight: in_flight,
+        }
+    }
+
+    pub fn local(bytes: impl Into<Bytes>) -> ProxyBody {
+        ProxyBody::Local(Full::new(bytes.into()))
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        // Both variants are Unpin, so projecting through `get_mut` is sound.
+        match self.get_mut() {
+            ProxyBody::Upstream { body, .. } => Pin::new(body).poll_frame(cx),
+            ProxyBody::Local(full) => Pin::new(full)
+                .poll_frame(cx)
+                .map_err(|never| match never {}),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Upstream { body, .. } => body.is_end_stream(),
+            ProxyBody::Local(full) => full.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Upstream { body, .. } => body.size_hint(),
+            ProxyBody::Local(full) => full.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! Why the proxy answered a request itself, and the one place such an error
+//! becomes a response: status by side, a JSON body, and a log line only for
+//! failures the operator must see.
+
+use std::time::Duration;
+
+use http::{header, HeaderValue, Response, StatusCode};
+use tracing::{debug, warn};
+
+use super::body::ProxyBody;
+use super::headers::X_SWITCHYARD_POOL;
+use crate::metrics::UpstreamErrorKind;
+use crate::pool::InFlight;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The client's mistake: no model's prefix (and host) matches.
+    #[error("no model serves {path}")]
+    NoRoute { path: String },
+    /// The upstream side failed.
+    #[error("model {model:?}: pool {pool} endpoint {endpoint} {}", describe(*.kind, *.timeout))]
+    Upstream {
+        model: String,
+        pool: String,
+        endpoint: String,
+        kind: UpstreamErrorKind,
+        timeout: Duration,
+        #[source]
+        source: Option<hyper_util::client::legacy::Error>,
+    },
+}
+
+fn describe(kind: UpstreamErrorKind, timeout: Duration) -> String {
+    match kind {
+        UpstreamErrorKind::Connect => "could not be connected to".to_string(),
+        UpstreamErrorKind::Timeout => {
+            format!("sent no response within {timeout:?} (request_timeout)")
+        }
+        UpstreamErrorKind::Reset => "closed the connection before answering".to_string(),
+    }
+}
+
+impl ProxyError {
+    pub fn upstream(
+        in_flight: &InFlight,
+        kind: UpstreamErrorKind,
+        timeout: Duration,
+        source: Option<hyper_util::client::legacy::Error>,
+    ) -> ProxyError {
+        let pool = in_flight.pool();
+        ProxyError::Upstream {
+            model: pool.model().to_string(),
+            pool: pool.name().to_string(),
+            endpoint: in_flight.endpoint().url().to_string(),
+            kind,
+            timeout,
+            source,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ProxyError::Upstream { kind, .. } => match kind {
+                UpstreamErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+                UpstreamErrorKind::Connect | UpstreamErrorKind::Reset => StatusCode::BAD_GATEWAY,
+            },
+        }
+    }
+
+    /// The response for this error; `pool` is the `x-switchyard-pool` value
+    /// when the request had reached a pool.
+    pub fn into_response(self, pool: Option<&HeaderValue>) -> Response<ProxyBody> {
+        let status = self.status();
+        match &self {
+            ProxyError::NoRoute { .. } => debug!(error = %self, "unrouted request"),
+            ProxyError::Upstream { source, .. } => {
+                let cause = source.as_ref().map(|s| {
+                    // The hyper-util error wraps the io error that says why.
+                    let mut text = s.to_string();
+                    let mut next = std::error::Error::source(s);
+                    while let Some(e) = next {
+                        text.push_str(": ");
+                        text.push_str(&e.to_string());
+                        next = e.source();
+                    }
+                    text
+                });
+                warn!(error = %self, cause = cause.as_deref().unwrap_or(""), "upstream request failed");
+            }
+        }
+        json_response(status, &self.to_string(), pool)
+    }
+}
+
+/// A JSON error body `{"error": message}` with `status`.
+pub fn json_response(
+    status: StatusCode,
+    message: &str,
+    pool: Option<&HeaderValue>,
+) -> Response<ProxyBody> {
+    let body = serde_json::json!({ "error": message }).to_string();
+    let mut response = Response::new(ProxyBody::local(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(pool) = pool {
+        headers.insert(X_SWITCHYARD_POOL.clone(), pool.clone());
+    }
+    response
+}

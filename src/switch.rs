@@ -1,0 +1,488 @@
+//! The switch: per model, the `ArcSwap` naming the active pool, and the
+//! control side that moves it (flip, activate, rollback), keeps the history
+//! and persists the state file. Never sees a request.
+//!
+//! Readers (every request) do one `ArcSwap` load and keep the `Arc<Pool>` for
+//! the life of the request. Writers go through [`Switchboard::switch`], which
+//! serialises them on one async mutex and, in this order: decides the change
+//! on a plain value ([`ModelState::apply`]), persists the new state, stores
+//! the new pool in the `ArcSwap`, then replies. Persist before store: once a
+//! caller has seen "switched", a restart cannot undo it.
+
+mod state;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::metrics::ModelMetrics;
+use crate::pool::{Pool, PoolName};
+
+pub use state::StateError;
+
+/// How many past switches a model remembers (and so how far rollback goes).
+pub const HISTORY_LEN: usize = 16;
+
+/// One model: its route, its two pools and the pointer to the active one.
+pub struct Model {
+    name: Arc<str>,
+    path_prefix: String,
+    host: Option<String>,
+    request_timeout: Duration,
+    pools: [Arc<Pool>; 2],
+    active: ArcSwap<Pool>,
+    metrics: ModelMetrics,
+}
+
+// === impl Model ===
+
+impl Model {
+    /// `pools` is indexed by [`PoolName::index`].
+    pub fn new(
+        name: Arc<str>,
+        path_prefix: String,
+        host: Option<String>,
+        request_timeout: Duration,
+        pools: [Arc<Pool>; 2],
+        active: PoolName,
+        metrics: ModelMetrics,
+    ) -> Model {
+        let model = Model {
+            active: ArcSwap::new(Arc::clone(&pools[active.index()])),
+            name,
+            path_prefix,
+            host,
+            request_timeout,
+            pools,
+            metrics,
+        };
+        model.publish_active(active);
+        model
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn path_prefix(&self) -> &str {
+        &self.path_prefix
+    }
+
+    pub fn host(&self) -> Option<&str> {
+        self.host.as_deref()
+    }
+
+    /// How long an upstream may take to send response headers.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
+    pub fn pool(&self, name: PoolName) -> &Arc<Pool> {
+        &self.pools[name.index()]
+    }
+
+    /// The active pool. The one read of switch state a request makes: keep
+    /// the returned `Arc` for the whole request so it finishes on this pool.
+    #[inline]
+    pub fn active(&self) -> Arc<Pool> {
+        self.active.load_full()
+    }
+
+    pub fn active_name(&self) -> PoolName {
+        self.active.load().name()
+    }
+
+    fn store_active(&self, to: PoolName) {
+        self.active.store(Arc::clone(&self.pools[to.index()]));
+        self.publish_active(to);
+    }
+
+    fn publish_active(&self, active: PoolName) {
+        for p in &self.pools {
+            p.metrics().active.set(i64::from(p.name() == active));
+        }
+    }
+}
+
+/// What kind of switch happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SwitchReason {
+    Flip,
+    Activate,
+    Rollback,
+}
+
+impl fmt::Display for SwitchReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SwitchReason::Flip => "flip",
+            SwitchReason::Activate => "activate",
+            SwitchReason::Rollback => "rollback",
+        })
+    }
+}
+
+/// A switch asked for by an admin call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SwitchOp {
+    /// Make the standby active; with `expect`, only if `expect` is active now.
+    Flip { expect: Option<PoolName> },
+    /// Make this pool active; a no-op when it already is.
+    Activate(PoolName),
+    /// Return to the pool active before the last switch.
+    Rollback,
+}
+
+/// One switch, as kept in the history and the state file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchRecord {
+    pub from: PoolName,
+    pub to: PoolName,
+    pub reason: SwitchReason,
+    /// Milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
+    /// Who asked: the admin client's address.
+    pub actor: String,
+}
+
+/// The switch state of one model as a plain value: the sans-io core that
+/// [`Switchboard`] applies ops to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelState {
+    pub active: PoolName,
+    /// Oldest first; rollback pops the newest.
+    #[serde(default)]
+    pub history: VecDeque<SwitchRecord>,
+    /// The newest switch of any kind, rollbacks included.
+    #[serde(default)]
+    pub last_switch: Option<SwitchRecord>,
+}
+
+/// Why a switch was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SwitchError {
+    #[error("no model named {0:?}; see GET /models")]
+    UnknownModel(String),
+    #[error(
+        "model {model:?}: expected {expected} to be active, but {active} is; nothing switched"
+    )]
+    Unexpected {
+        model: String,
+        expected: PoolName,
+        active: PoolName,
+    },
+    #[error("model {model:?}: nothing to roll back to; no switch is recorded")]
+    NoHistory { model: String },
+    #[error("model {model:?}: cannot persist the switch; nothing switched")]
+    Persist {
+        model: String,
+        #[source]
+        source: StateError,
+    },
+}
+
+/// What a switch call did.
+#[derive(Debug, Clone)]
+pub struct SwitchOutcome {
+    pub model: String,
+    pub from: PoolName,
+    pub active: PoolName,
+    /// False for an `activate` of the pool already active.
+    pub switched: bool,
+}
+
+// === impl ModelState ===
+
+impl ModelState {
+    pub fn new(active: PoolName) -> ModelState {
+        ModelState {
+            active,
+            history: VecDeque::new(),
+            last_switch: None,
+        }
+    }
+
+    /// Applies `op` at time `now_ms` on behalf of `actor`. `Ok(None)` means
+    /// nothing changes; `Ok(Some(next))` is the state after the switch.
+    pub fn apply(
+        &self,
+        model: &str,
+        op: SwitchOp,
+        now_ms: u64,
+        actor: &str,
+    ) -> Result<Option<ModelState>, SwitchError> {
+        let (to, reason) = match op {
+            SwitchOp::Flip { expect } => {
+                if let Some(expected) = expect.filter(|e| *e != self.active) {
+                    return Err(SwitchError::Unexpected {
+                        model: model.to_string(),
+                        expected,
+                        active: self.active,
+                    });
+                }
+                (self.active.other(), SwitchReason::Flip)
+            }
+            SwitchOp::Activate(pool) if pool == self.active => return Ok(None),
+            SwitchOp::Activate(pool) => (pool, SwitchReason::Activate),
+            SwitchOp::Rollback => {
+                let Some(last) = self.history.back() else {
+                    return Err(SwitchError::NoHistory {
+                        model: model.to_string(),
+                    });
+                };
+                (last.from, SwitchReason::Rollback)
+            }
+        };
+        let record = SwitchRecord {
+            from: self.active,
+            to,
+            reason,
+            at_unix_ms: now_ms,
+            actor: actor.to_string(),
+        };
+        let mut next = self.clone();
+        next.active = to;
+        if reason == SwitchReason::Rollback {
+            next.history.pop_back();
+        } else {
+            if next.history.len() == HISTORY_LEN {
+                next.history.pop_front();
+            }
+            next.history.push_back(record.clone());
+        }
+        next.last_switch = Some(record);
+        Ok(Some(next))
+    }
+}
+
+/// The control side: every model's switch state, serialised writers, and
+/// the state file.
+pub struct Switchboard {
+    models: BTreeMap<String, Arc<Model>>,
+    /// Held across decide, persist, store: a tokio mutex because the state
+    /// file write is awaited while holding it, so two writers can never
+    /// persist out of order. The request path never touches it.
+    control: tokio::sync::Mutex<BTreeMap<String, ModelState>>,
+    state_path: PathBuf,
+}
+
+// === impl Switchboard ===
+
+impl Switchboard {
+    /// Builds the switchboard from the models (already pointing at their
+    /// starting pool) and their starting states, then writes the state file,
+    /// so a path that cannot be written fails the start, not the first flip.
+    pub async fn start(
+        models: Vec<Arc<Model>>,
+        states: BTreeMap<String, ModelState>,
+        state_path: PathBuf,
+    ) -> Result<Switchboard, StateError> {
+        state::save(state_path.clone(), states.clone()).await?;
+        Ok(Switchboard {
+            models: models
+                .into_iter()
+                .map(|m| (m.name().to_string(), m))
+                .collect(),
+            control: tokio::sync::Mutex::new(states),
+            state_path,
+        })
+    }
+
+    pub fn models(&self) -> impl Iterator<Item = &Arc<Model>> {
+        self.models.values()
+    }
+
+    pub fn model(&self, name: &str) -> Option<&Arc<Model>> {
+        self.models.get(name)
+    }
+
+    /// The switch state of one model (history, last switch).
+    pub async fn state(&self, name: &str) -> Option<ModelState> {
+        self.control.lock().await.get(name).cloned()
+    }
+
+    /// Applies one switch: decide, persist, store, log.
+    pub async fn switch(
+        &self,
+        name: &str,
+        op: SwitchOp,
+        actor: &str,
+    ) -> Result<SwitchOutcome, SwitchError> {
+        let model = self
+            .models
+            .get(name)
+            .ok_or_else(|| SwitchError::UnknownModel(name.to_string()))?;
+        let mut control = self.control.lock().await;
+        let current = control
+            .get(name)
+            .ok_or_else(|| SwitchError::UnknownModel(name.to_string()))?;
+        let from = current.active;
+        let Some(next) = current.apply(name, op, now_unix_ms(), actor)? else {
+            return Ok(SwitchOutcome {
+                model: name.to_string(),
+                from,
+                active: from,
+                switched: false,
+            });
+        };
+
+        let mut all = control.clone();
+        all.insert(name.to_string(), next.clone());
+        if let Err(source) = state::save(self.state_path.clone(), all).await {
+            warn!(model = name, error = %source, "switch not persisted; nothing switched");
+            return Err(SwitchError::Persist {
+                model: name.to_string(),
+                source,
+            });
+        }
+
+        let to = next.active;
+        model.store_active(to);
+        model.metrics.count_switch(to);
+        if let Some(record) = &next.last_switch {
+            info!(
+                model = name,
+                from = %from,
+                to = %to,
+                reason = %record.reason,
+                actor = actor,
+                "switched active pool"
+            );
+        }
+        control.insert(name.to_string(), next);
+        Ok(SwitchOutcome {
+            model: name.to_string(),
+            from,
+            active: to,
+            switched: true,
+        })
+    }
+}
+
+/// Reads the saved state and decides each model's starting state: the saved
+/// pool wins over the config's `active`. Saved models the config no longer
+/// has are dropped with a warning.
+pub fn starting_states(
+    path: &std::path::Path,
+    configured: &[(String, PoolName)],
+) -> Result<BTreeMap<String, ModelState>, StateError> {
+    let mut saved = state::load(path)?.unwrap_or_default();
+    let mut states = BTreeMap::new();
+    for (name, active) in configured {
+        let state = saved
+            .remove(name)
+            .unwrap_or_else(|| ModelState::new(*active));
+        states.insert(name.clone(), state);
+    }
+    for name in saved.keys() {
+        warn!(
+            model = %name,
+            path = %path.display(),
+            "state file names a model the config does not have; ignoring it"
+        );
+    }
+    Ok(states)
+}
+
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flip(expect: Option<PoolName>) -> SwitchOp {
+        SwitchOp::Flip { expect }
+    }
+
+    fn run(state: &ModelState, op: SwitchOp, t: u64) -> ModelState {
+        state.apply("iris", op, t, "test").unwrap().unwrap()
+    }
+
+    #[test]
+    fn flip_moves_to_the_standby_and_records_it() {
+        let s = ModelState::new(PoolName::Blue);
+        let s = run(&s, flip(None), 1);
+        assert_eq!(s.active, PoolName::Green);
+        assert_eq!(s.history.len(), 1);
+        let r = s.last_switch.as_ref().unwrap();
+        assert_eq!(
+            (r.from, r.to, r.reason, r.at_unix_ms),
+            (PoolName::Blue, PoolName::Green, SwitchReason::Flip, 1)
+        );
+    }
+
+    #[test]
+    fn flip_with_a_wrong_expectation_is_refused() {
+        let s = ModelState::new(PoolName::Green);
+        assert!(matches!(
+            s.apply("iris", flip(Some(PoolName::Blue)), 1, "t"),
+            Err(SwitchError::Unexpected {
+                expected: PoolName::Blue,
+                active: PoolName::Green,
+                ..
+            })
+        ));
+        assert_eq!(
+            run(&s, flip(Some(PoolName::Green)), 1).active,
+            PoolName::Blue
+        );
+    }
+
+    #[test]
+    fn activate_the_active_pool_changes_nothing() {
+        let s = ModelState::new(PoolName::Blue);
+        assert_eq!(
+            s.apply("iris", SwitchOp::Activate(PoolName::Blue), 1, "t")
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            run(&s, SwitchOp::Activate(PoolName::Green), 1).active,
+            PoolName::Green
+        );
+    }
+
+    #[test]
+    fn rollback_pops_history_until_empty() {
+        let s = ModelState::new(PoolName::Blue);
+        let s = run(&s, flip(None), 1); // green
+        let s = run(&s, flip(None), 2); // blue
+        let s = run(&s, SwitchOp::Rollback, 3);
+        assert_eq!(s.active, PoolName::Green);
+        assert_eq!(
+            s.last_switch.as_ref().unwrap().reason,
+            SwitchReason::Rollback
+        );
+        let s = run(&s, SwitchOp::Rollback, 4);
+        assert_eq!(s.active, PoolName::Blue);
+        assert!(s.history.is_empty());
+        assert!(matches!(
+            s.apply("iris", SwitchOp::Rollback, 5, "t"),
+            Err(SwitchError::NoHistory { .. })
+        ));
+    }
+
+    #[test]
+    fn history_keeps_the_last_sixteen() {
+        let mut s = ModelState::new(PoolName::Blue);
+        for t in 0..40 {
+            s = run(&s, flip(None), t);
+        }
+        assert_eq!(s.history.len(), HISTORY_LEN);
+        assert_eq!(
+            s.history.front().unwrap().at_unix_ms,
+            40 - HISTORY_LEN as u64
+        );
+    }
+}
