@@ -1,0 +1,613 @@
+//! Test support: real upstream servers and the real proxy on ephemeral
+//! loopback ports, HTTP/1.1 and HTTP/2 clients, and a deadline helper.
+//! No sleeps: tests wait on signals the servers send, or poll with
+//! [`eventually`], whose panic names what it waited for.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Body type of test requests: a full body or a stream the test feeds.
+pub type TestBody = BoxBody<Bytes, BoxError>;
+
+/// How long any wait in a test may take before it fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+// === deadline helper ===
+
+/// Polls `check` every 10 ms until it returns true; panics naming `what`
+/// after [`DEADLINE`].
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let give_up = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if check().await {
+            return;
+        }
+        if tokio::time::Instant::now() > give_up {
+            panic!("timed out after {DEADLINE:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Awaits `fut`, panicking with `what` if it takes longer than [`DEADLINE`].
+pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(DEADLINE, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {DEADLINE:?} waiting for {what}"),
+    }
+}
+
+// === upstream ===
+
+/// A test model server on `127.0.0.1:0`, speaking HTTP/1.1 and HTTP/2.
+///
+/// Paths:
+/// - anything else: 200, body is the upstream's name.
+/// - `/echo...`: 200, JSON of the request as received (method, path, query,
+///   version, headers, body length).
+/// - `/hold...`: counts as arrived (see [`Upstream::wait_held`]), waits for
+///   [`Upstream::release`], then answers 200 with the name.
+/// - `/stream...`: sends `first\n` at once, waits for release, sends `last\n`.
+/// - `/upload...`: reads the body as it streams, signals the first bytes
+///   (see [`Upstream::wait_upload_started`]), answers `{"bytes": n}`.
+/// - `/status/NNN`: answers with status NNN.
+/// - `/grpc...` (HTTP/2): a gRPC unary answer echoing the request message,
+///   with trailers `grpc-status: 0`, `grpc-message: ok-<name>`.
+pub struct Upstream {
+    pub name: &'static str,
+    pub addr: SocketAddr,
+    state: Arc<UpstreamState>,
+    token: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+struct UpstreamState {
+    name: &'static str,
+    hits: AtomicUsize,
+    held: watch::Sender<usize>,
+    released: watch::Sender<bool>,
+    upload_started: watch::Sender<bool>,
+}
+
+impl Upstream {
+    pub async fn start(name: &'static str) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        let addr = listener.local_addr().expect("upstream address");
+        let state = Arc::new(UpstreamState {
+            name,
+            hits: AtomicUsize::new(0),
+            held: watch::Sender::new(0),
+            released: watch::Sender::new(false),
+            upload_started: watch::Sender::new(false),
+        });
+        let token = CancellationToken::new();
+        let serve_state = Arc::clone(&state);
+        let serve_token = token.clone();
+        let task = tokio::spawn(async move {
+            let make = move |_peer: SocketAddr| {
+                let state = Arc::clone(&serve_state);
+                hyper::service::service_fn(move |req| {
+                    let state = Arc::clone(&state);
+                    async move { Ok::<_, Infallible>(upstream_handle(&state, req).await) }
+                })
+            };
+            switchyard::server::serve(
+                "test-upstream",
+                listener,
+                make,
+                serve_token,
+                Duration::from_secs(5),
+            )
+            .await;
+        });
+        Upstream {
+            name,
+            addr,
+            state,
+            token,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Requests this upstream has received.
+    pub fn hits(&self) -> usize {
+        self.state.hits.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `n` requests are held on `/hold` or `/stream`.
+    pub async fn wait_held(&self, n: usize) {
+        let mut rx = self.state.held.subscribe();
+        within(
+            &format!("{n} held request(s) on upstream {}", self.name),
+            rx.wait_for(|h| *h >= n),
+        )
+        .await
+        .expect("upstream alive");
+    }
+
+    /// Lets every held request (and every later one) finish.
+    pub fn release(&self) {
+        self.state.released.send_replace(true);
+    }
+
+    /// Waits until an `/upload` request's first bytes have arrived here.
+    pub async fn wait_upload_started(&self) {
+        let mut rx = self.state.upload_started.subscribe();
+        within(
+            &format!("upload bytes at upstream {}", self.name),
+            rx.wait_for(|s| *s),
+        )
+        .await
+        .expect("upstream alive");
+    }
+
+    /// Stops the server and waits until its port is closed.
+    pub async fn stop(self) {
+        self.token.cancel();
+        let _ = self.task.await;
+    }
+}
+
+async fn wait_released(state: &UpstreamState) {
+    let mut rx = state.released.subscribe();
+    let _ = rx.wait_for(|r| *r).await;
+}
+
+async fn upstream_handle(state: &UpstreamState, req: Request<Incoming>) -> Response<TestBody> {
+    state.hits.fetch_add(1, Ordering::SeqCst);
+    let path = req.uri().path().to_string();
+    let name = state.name;
+    if path.starts_with("/echo") {
+        let head = serde_json::json!({
+            "upstream": name,
+            "method": req.method().as_str(),
+            "path": path,
+            "query": req.uri().query(),
+            "version": format!("{:?}", req.version()),
+            "headers": headers_json(req.headers()),
+        });
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let mut v = head;
+        v["body_len"] = body.len().into();
+        return full(StatusCode::OK, v.to_string());
+    }
+    if path.starts_with("/hold") {
+        state.held.send_modify(|h| *h += 1);
+        wait_released(state).await;
+        return full(StatusCode::OK, name);
+    }
+    if path.starts_with("/stream") {
+        state.held.send_modify(|h| *h += 1);
+        let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(2);
+        let released = state.released.subscribe();
+        tokio::spawn(async move {
+            let mut released = released;
+            let _ = tx
+                .send(Ok(Frame::data(Bytes::from_static(b"first\n"))))
+                .await;
+            let _ = released.wait_for(|r| *r).await;
+            let _ = tx
+                .send(Ok(Frame::data(Bytes::from_static(b"last\n"))))
+                .await;
+        });
+        let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let mut resp = Response::new(BodyExt::boxed(body));
+        resp.headers_mut()
+            .insert("content-type", "text/plain".parse().unwrap());
+        return resp;
+    }
+    if path.starts_with("/upload") {
+        let mut body = req.into_body();
+        let mut total = 0usize;
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => {
+                    if let Some(data) = f.data_ref() {
+                        total += data.remaining();
+                        if total > 0 {
+                            state.upload_started.send_replace(true);
+                        }
+                    }
+                }
+                Err(e) => return full(StatusCode::BAD_REQUEST, format!("body error: {e}")),
+            }
+        }
+        return full(
+            StatusCode::OK,
+            serde_json::json!({ "bytes": total }).to_string(),
+        );
+    }
+    if let Some(code) = path.strip_prefix("/status/") {
+        let status = code
+            .parse::<u16>()
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .unwrap_or(StatusCode::BAD_REQUEST);
+        return full(status, name);
+    }
+    if path.starts_with("/grpc") {
+        let message = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        trailers.insert("grpc-message", format!("ok-{name}").parse().unwrap());
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> =
+            vec![Ok(Frame::data(message)), Ok(Frame::trailers(trailers))];
+        let body = StreamBody::new(tokio_stream::iter(frames));
+        let mut resp = Response::new(BodyExt::boxed(body));
+        resp.headers_mut()
+            .insert("content-type", "application/grpc".parse().unwrap());
+        return resp;
+    }
+    full(StatusCode::OK, name)
+}
+
+fn headers_json(headers: &HeaderMap) -> Value {
+    let mut map = serde_json::Map::new();
+    for (k, v) in headers {
+        let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+        match map.get_mut(k.as_str()) {
+            Some(Value::String(prev)) => {
+                prev.push_str(", ");
+                prev.push_str(&v);
+            }
+            _ => {
+                map.insert(k.as_str().to_string(), Value::String(v));
+            }
+        }
+    }
+    Value::Object(map)
+}
+
+pub fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<TestBody> {
+    let mut resp = Response::new(full_body(body));
+    *resp.status_mut() = status;
+    resp
+}
+
+pub fn full_body(body: impl Into<Bytes>) -> TestBody {
+    Full::new(body.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// An address where nothing listens: connecting is refused at once.
+pub async fn dead_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    drop(l);
+    addr
+}
+
+/// A server that accepts connections and never answers.
+pub struct HungUpstream {
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl HungUpstream {
+    pub async fn start() -> HungUpstream {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((s, _)) = l.accept().await {
+                open.push(s); // held open, never read or answered
+            }
+        });
+        HungUpstream { addr, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for HungUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+// === proxy ===
+
+/// The real proxy, run in-process with `switchyard::run` on ephemeral ports.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: Arc<tempfile::TempDir>,
+    pub state_path: PathBuf,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), switchyard::RunError>>>,
+}
+
+/// Builds a full config: `[proxy]` (plus `proxy_extra` lines), `[admin]`,
+/// `[state]` at `state_path`, then `models` verbatim.
+pub fn config_text(state_path: &Path, proxy_extra: &str, models: &str) -> String {
+    format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\n{proxy_extra}\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[state]\npath = {:?}\n\n{models}\n",
+        state_path.display().to_string()
+    )
+}
+
+/// `[[models]]` text for one model with one endpoint per pool.
+pub fn model(name: &str, prefix: &str, blue: &str, green: &str) -> String {
+    format!(
+        "[[models]]\nname = {name:?}\npath_prefix = {prefix:?}\nblue.endpoints = [{blue:?}]\ngreen.endpoints = [{green:?}]\n"
+    )
+}
+
+impl Proxy {
+    /// Starts a proxy for `models` in a fresh temp dir.
+    pub async fn start(models: &str) -> Proxy {
+        Proxy::start_with("", models).await
+    }
+
+    /// Starts a proxy with extra `[proxy]` lines (e.g. `request_timeout = "1s"`).
+    pub async fn start_with(proxy_extra: &str, models: &str) -> Proxy {
+        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        Proxy::try_start_in(dir, proxy_extra, models)
+            .await
+            .expect("proxy starts")
+    }
+
+    /// Starts a proxy whose state file lives in `dir` (reuse `dir` to restart).
+    /// Returns the error if `run` fails before becoming ready.
+    pub async fn try_start_in(
+        dir: Arc<tempfile::TempDir>,
+        proxy_extra: &str,
+        models: &str,
+    ) -> Result<Proxy, switchyard::RunError> {
+        let state_path = dir.path().join("state.json");
+        let text = config_text(&state_path, proxy_extra, models);
+        let config_path = dir.path().join("switchyard.toml");
+        std::fs::write(&config_path, &text).expect("write config");
+        let config = switchyard::Config::from_toml(&text, &config_path).unwrap_or_else(|errors| {
+            let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            panic!("test config is invalid:\n{}\n---\n{text}", lines.join("\n"))
+        });
+        let listeners = switchyard::Listeners {
+            proxy: TcpListener::bind("127.0.0.1:0").await.expect("bind proxy"),
+            admin: TcpListener::bind("127.0.0.1:0").await.expect("bind admin"),
+        };
+        let addr = listeners.proxy.local_addr().expect("proxy addr");
+        let admin = listeners.admin.local_addr().expect("admin addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let mut task = tokio::spawn(switchyard::run(config, listeners, async {
+            let _ = rx.await;
+        }));
+        // Ready once /readyz answers 200, or fail fast if run returned.
+        let ready_url = format!("http://{admin}/readyz");
+        let give_up = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            if task.is_finished() {
+                return match (&mut task).await.expect("run task") {
+                    Err(e) => Err(e),
+                    Ok(()) => panic!("proxy stopped before it was ready"),
+                };
+            }
+            if let Ok(r) = try_send(&client(), Method::GET, &ready_url, full_body("")).await {
+                if r.status == StatusCode::OK {
+                    break;
+                }
+            }
+            if tokio::time::Instant::now() > give_up {
+                panic!("timed out waiting for the proxy to be ready");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(Proxy {
+            addr,
+            admin,
+            dir,
+            state_path,
+            shutdown: Some(tx),
+            task: Some(task),
+        })
+    }
+
+    /// URL of `path` on the proxy listener.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// URL of `path` on the admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// Admin POST (flip, activate, rollback).
+    pub async fn admin_post(&self, path: &str) -> Reply {
+        send(
+            &client(),
+            Method::POST,
+            &self.admin_url(path),
+            full_body(""),
+        )
+        .await
+    }
+
+    pub async fn admin_get(&self, path: &str) -> Reply {
+        send(&client(), Method::GET, &self.admin_url(path), full_body("")).await
+    }
+
+    /// Signals shutdown and waits for `run` to return.
+    pub async fn stop(mut self) -> Result<(), switchyard::RunError> {
+        self.shutdown.take().map(|tx| tx.send(()));
+        let task = self.task.take().expect("running");
+        within("proxy shutdown", task)
+            .await
+            .expect("run task did not panic")
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+// === clients ===
+
+pub type TestClient = Client<HttpConnector, TestBody>;
+
+/// A pooled HTTP/1.1 keep-alive client.
+pub fn client() -> TestClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A pooled HTTP/2 (prior knowledge) client.
+pub fn h2_client() -> TestClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+/// A response read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// The `x-switchyard-pool` header, or "" when absent.
+    pub fn pool(&self) -> &str {
+        self.headers
+            .get("x-switchyard-pool")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
+    }
+}
+
+pub async fn try_send(
+    client: &TestClient,
+    method: Method,
+    url: &str,
+    body: TestBody,
+) -> Result<Reply, BoxError> {
+    let req = Request::builder().method(method).uri(url).body(body)?;
+    let resp = client.request(req).await?;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await?.to_bytes();
+    Ok(Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
+}
+
+/// Sends a request and reads the whole response; panics on transport errors.
+pub async fn send(client: &TestClient, method: Method, url: &str, body: TestBody) -> Reply {
+    within(
+        &format!("{method} {url}"),
+        try_send(client, method.clone(), url, body),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{method} {url} failed: {e}"))
+}
+
+pub async fn get(url: &str) -> Reply {
+    send(&client(), Method::GET, url, full_body("")).await
+}
+
+pub async fn post(url: &str, body: impl Into<Bytes>) -> Reply {
+    send(&client(), Method::POST, url, full_body(body)).await
+}
+
+/// A request body the test feeds chunk by chunk.
+pub fn channel_body() -> (mpsc::Sender<Result<Frame<Bytes>, BoxError>>, TestBody) {
+    let (tx, rx) = mpsc::channel(4);
+    let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    (tx, BodyExt::boxed(body))
+}
+
+/// One HTTP/1.1 connection, for tests that must stay on a single connection.
+pub async fn h1_connection(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<TestBody> {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("h1 handshake");
+    tokio::spawn(conn);
+    sender
+}
+
+/// One HTTP/2 connection, for tests that must stay on a single connection.
+pub async fn h2_connection(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<TestBody> {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    sender
+}
+
+/// Reads a response body to the end.
+pub async fn read_body(body: Incoming) -> Bytes {
+    within("response body", body.collect())
+        .await
+        .expect("body")
+        .to_bytes()
+}
+
+/// Concatenates chunks (for tests that inspect streamed data).
+pub fn concat(chunks: &[Bytes]) -> Bytes {
+    let mut b = BytesMut::new();
+    for c in chunks {
+        b.extend_from_slice(c);
+    }
+    b.freeze()
+}
