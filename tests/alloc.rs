@@ -1,0 +1,113 @@
+//! Proves the request path's lookups allocate nothing: routing, the active
+//! pool load, and the endpoint pick (with the release of its guard) are
+//! counted by a thread-local counting allocator.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchyard::config::{EndpointConfig, PoolConfig};
+use switchyard::metrics::Metrics;
+use switchyard::pool::{Pool, PoolName, Protocol};
+use switchyard::route::RouteTable;
+use switchyard::switch::Model;
+
+struct Counting;
+
+thread_local! {
+    // `const` init: no lazy initialisation, so no allocation inside `alloc`.
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations_in(f: impl FnOnce()) -> usize {
+    let before = ALLOCATIONS.with(Cell::get);
+    f();
+    ALLOCATIONS.with(Cell::get) - before
+}
+
+fn model(metrics: &Metrics, name: &str, prefix: &str) -> Arc<Model> {
+    let name: Arc<str> = name.into();
+    let config = PoolConfig {
+        protocol: Protocol::Http1,
+        endpoints: (0..3)
+            .map(|i| EndpointConfig {
+                url: format!("http://127.0.0.1:{}", 8000 + i),
+                authority: format!("127.0.0.1:{}", 8000 + i).parse().unwrap(),
+            })
+            .collect(),
+    };
+    let pools = PoolName::ALL.map(|p| {
+        Arc::new(Pool::new(
+            Arc::clone(&name),
+            p,
+            &config,
+            Duration::from_secs(1),
+            metrics.pool(&name, p),
+        ))
+    });
+    Arc::new(Model::new(
+        Arc::clone(&name),
+        prefix.to_string(),
+        None,
+        Duration::from_secs(60),
+        pools,
+        PoolName::Blue,
+        metrics.model(&name),
+    ))
+}
+
+#[test]
+fn the_counter_sees_allocations() {
+    let n = allocations_in(|| drop(std::hint::black_box(Vec::<u8>::with_capacity(64))));
+    assert_eq!(n, 1);
+}
+
+#[test]
+fn resolve_load_and_pick_allocate_nothing() {
+    let metrics = Metrics::new();
+    let models: Vec<_> = (0..50)
+        .map(|i| model(&metrics, &format!("m{i}"), &format!("/v2/models/m{i}")))
+        .collect();
+    let routes = RouteTable::new(
+        models
+            .iter()
+            .map(|m| (m.path_prefix().to_string(), None, Arc::clone(m))),
+    );
+    // Warm up thread-locals (the random generator, arc-swap's debt slots).
+    let warm = routes.resolve(Some("h"), "/v2/models/m7/infer").unwrap();
+    drop(warm.active().pick());
+
+    let mut served_by = None;
+    let n = allocations_in(|| {
+        for _ in 0..1000 {
+            let model = routes
+                .resolve(Some("api.example:8080"), "/v2/models/m7/infer")
+                .expect("route");
+            let pool = model.active();
+            let in_flight = pool.pick();
+            served_by = Some(in_flight.pool().name());
+        }
+    });
+    assert_eq!(n, 0, "resolve + load + pick allocated {n} times in 1000 requests");
+    assert_eq!(served_by, Some(PoolName::Blue));
+}
