@@ -529,26 +529,53 @@ fn validate_pool(
 // === value parsers ===
 
 /// Parses durations such as `"500ms"`, `"2s"`, `"1.5s"`, `"5m"`, `"1h"`.
+///
+/// Exact decimal arithmetic, not `f64`: `"8945979685ms"` must be exactly that
+/// many milliseconds. Digits finer than a nanosecond are dropped.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let bad = || {
         format!("invalid duration {s:?}; expected a number with a unit (ms, s, m, h) such as \"500ms\" or \"2s\"")
     };
+    let too_long = || format!("duration {s:?} is too long");
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .ok_or_else(bad)?;
     let (number, unit) = s.split_at(split);
-    let scale = match unit {
-        "ms" => 1e-3,
-        "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
+    let unit_nanos: u128 = match unit {
+        "ms" => 1_000_000,
+        "s" => 1_000_000_000,
+        "m" => 60_000_000_000,
+        "h" => 3_600_000_000_000,
         _ => return Err(bad()),
     };
-    if number.is_empty() || number.starts_with('.') || number.ends_with('.') {
+    let (whole, fraction) = match number.split_once('.') {
+        Some((w, f)) => (w, Some(f)),
+        None => (number, None),
+    };
+    let all_digits = |d: &str| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit());
+    if !all_digits(whole) || fraction.is_some_and(|f| !all_digits(f)) {
         return Err(bad());
     }
-    let value: f64 = number.parse().map_err(|_| bad())?;
-    Duration::try_from_secs_f64(value * scale).map_err(|_| format!("duration {s:?} is too long"))
+    let mut nanos: u128 = 0;
+    for b in whole.bytes() {
+        nanos = nanos
+            .checked_mul(10)
+            .and_then(|n| n.checked_add(u128::from(b - b'0')))
+            .ok_or_else(too_long)?;
+    }
+    nanos = nanos.checked_mul(unit_nanos).ok_or_else(too_long)?;
+    if let Some(fraction) = fraction {
+        // 18 digits are already finer than a nanosecond of an hour; more
+        // would overflow the scale below without changing the result.
+        let digits = &fraction[..fraction.len().min(18)];
+        let scale = 10u128.pow(digits.len() as u32);
+        let value: u128 = digits.parse().map_err(|_| bad())?;
+        nanos = nanos
+            .checked_add(value * unit_nanos / scale)
+            .ok_or_else(too_long)?;
+    }
+    let secs = u64::try_from(nanos / 1_000_000_000).map_err(|_| too_long())?;
+    Ok(Duration::new(secs, (nanos % 1_000_000_000) as u32))
 }
 
 fn is_valid_name(name: &str) -> bool {
