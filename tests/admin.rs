@@ -172,10 +172,16 @@ async fn flip_makes_the_standby_active_and_records_the_switch() {
     assert_eq!(served_by(&proxy).await, "blue");
 
     let body = assert_ok_json(&proxy.admin_post("/models/iris/flip").await);
-    assert_eq!(body["model"], "iris");
-    assert_eq!(body["active"], "green");
-    assert_eq!(body["standby"], "blue");
-    assert_eq!(body["switched"], true);
+    assert_eq!(
+        body,
+        json!({
+            "model": "iris",
+            "active": "green",
+            "standby": "blue",
+            "previous": "blue",
+            "switched": true,
+        })
+    );
     assert_eq!(served_by(&proxy).await, "green");
 
     let detail = assert_ok_json(&proxy.admin_get("/models/iris").await);
@@ -262,6 +268,10 @@ async fn activate_makes_a_pool_active_and_is_a_no_op_when_it_already_is() {
 
     let body = assert_ok_json(&proxy.admin_post("/models/iris/activate/green").await);
     assert_eq!(body["active"], "green");
+    assert_eq!(
+        body["previous"], "green",
+        "a no-op has no other previous pool"
+    );
     assert_eq!(body["switched"], false);
     assert_eq!(served_by(&proxy).await, "green");
     let detail = proxy.admin_get("/models/iris").await.json();
@@ -301,6 +311,7 @@ async fn rollback_returns_to_the_previous_pool() {
 
     let body = assert_ok_json(&proxy.admin_post("/models/iris/rollback").await);
     assert_eq!(body["active"], "blue");
+    assert_eq!(body["previous"], "green");
     assert_eq!(body["switched"], true);
     assert_eq!(served_by(&proxy).await, "blue");
     let detail = proxy.admin_get("/models/iris").await.json();
@@ -659,5 +670,33 @@ async fn a_switch_that_cannot_be_persisted_is_refused_and_changes_nothing() {
     std::fs::remove_dir(&proxy.state_path).unwrap();
     assert_eq!(proxy.admin_post("/models/iris/flip").await.status, 200);
     assert_eq!(served_by(&proxy).await, "green");
+    proxy.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn concurrent_flips_with_the_same_expectation_switch_once() {
+    let (_blue, _green, proxy) = iris().await;
+    // Eight pipelines race to flip blue to green; exactly one may win.
+    let url = proxy.admin_url("/models/iris/flip?expect=blue");
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { post(&url, "").await })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for call in calls {
+        let r = within("concurrent flip", call).await.expect("flip task");
+        if r.status != 200 {
+            assert_error(&r, 409);
+        }
+        statuses.push(r.status.as_u16());
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 409, 409, 409, 409, 409, 409, 409]);
+    assert_eq!(active(&proxy).await, "green");
+    assert_eq!(served_by(&proxy).await, "green");
+    let detail = proxy.admin_get("/models/iris").await.json();
+    assert_eq!(detail["history"].as_array().map(Vec::len), Some(1));
     proxy.stop().await.unwrap();
 }

@@ -460,6 +460,41 @@ async fn serve_refuses_a_corrupt_state_file_and_does_not_serve() {
 }
 
 #[tokio::test]
+async fn serve_fails_when_the_state_file_cannot_be_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let (text, _, _) = serve_config(dir.path(), "http://127.0.0.1:8001", "http://127.0.0.1:8002");
+    let text = text.replace("path = \"state.json\"", "path = \"missing-dir/state.json\"");
+    let config = dir.path().join("switchyard.toml");
+    std::fs::write(&config, text).unwrap();
+
+    let out = switchyard(&["serve", "--config", config.to_str().unwrap()]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", describe(out.status));
+    let state = dir.path().join("missing-dir").join("state.json");
+    assert!(
+        out.stderr.contains(&state.display().to_string()),
+        "stderr should name the state file:\n{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("listening"), "{}", out.stderr);
+}
+
+#[tokio::test]
+async fn serve_fails_when_its_port_is_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, proxy, _) = serve_config(dir.path(), "http://127.0.0.1:8001", "http://127.0.0.1:8002");
+    let _taken = TcpListener::bind(proxy).expect("hold the proxy port");
+    let config = dir.path().join("switchyard.toml");
+
+    let out = switchyard(&["serve", "--config", config.to_str().unwrap()]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", describe(out.status));
+    assert!(
+        out.stderr.contains(&proxy.to_string()),
+        "stderr should name the address:\n{}",
+        out.stderr
+    );
+}
+
+#[tokio::test]
 async fn serve_runs_until_sigterm_and_exits_zero() {
     let blue = Upstream::start("blue").await;
     let green = Upstream::start("green").await;

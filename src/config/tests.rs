@@ -321,6 +321,14 @@ fn a_config_without_models_is_refused() {
 // === pools and endpoints ===
 
 #[test]
+fn a_model_without_a_pool_is_blamed_on_its_table() {
+    let src = format!(
+        "{HEAD}\n[[models]]\nname = \"iris\"\nblue.endpoints = [\"http://127.0.0.1:8001\"]\n"
+    );
+    assert_blames(&src, "[[models]]", &["green"]);
+}
+
+#[test]
 fn a_pool_with_no_endpoints_is_blamed_on_its_line() {
     let src = pools(r#"["http://127.0.0.1:8001"]"#, "[]   # empty");
     assert_blames(&src, "empty", &["green", "no endpoints"]);
