@@ -24,7 +24,9 @@ fn pool_config(endpoints: usize) -> PoolConfig {
         endpoints: (0..endpoints)
             .map(|i| EndpointConfig {
                 url: format!("http://127.0.0.1:{}", 8000 + i),
-                authority: format!("127.0.0.1:{}", 8000 + i).parse().expect("authority"),
+                authority: format!("127.0.0.1:{}", 8000 + i)
+                    .parse()
+                    .expect("authority"),
             })
             .collect(),
     }

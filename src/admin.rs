@@ -148,10 +148,11 @@ impl Admin {
         let query = Query::parse(req.uri().query());
         let actor = peer.to_string();
 
+        // `allow` is the Allow header's value: "GET, HEAD" or "POST".
         let allow = |allow: &'static str| -> Result<(), AdminError> {
             let ok = match allow {
-                "GET" => method == Method::GET || method == Method::HEAD,
-                _ => method == Method::POST,
+                "POST" => method == Method::POST,
+                _ => method == Method::GET || method == Method::HEAD,
             };
             if ok {
                 Ok(())
@@ -166,17 +167,17 @@ impl Admin {
 
         match segments.as_slice() {
             ["healthz"] => {
-                allow("GET")?;
+                allow("GET, HEAD")?;
                 query.only(&[])?;
                 Ok(json(StatusCode::OK, &json!({ "status": "ok" })))
             }
             ["readyz"] => {
-                allow("GET")?;
+                allow("GET, HEAD")?;
                 query.only(&[])?;
                 Ok(self.readiness())
             }
             ["metrics"] => {
-                allow("GET")?;
+                allow("GET, HEAD")?;
                 query.only(&[])?;
                 let text = self.metrics.encode().map_err(AdminError::Metrics)?;
                 let mut response = Response::new(Full::new(Bytes::from(text)));
@@ -187,7 +188,7 @@ impl Admin {
                 Ok(response)
             }
             ["models"] => {
-                allow("GET")?;
+                allow("GET, HEAD")?;
                 query.only(&[])?;
                 let mut models = Vec::new();
                 for model in self.switchboard.models() {
@@ -197,7 +198,7 @@ impl Admin {
                 Ok(json(StatusCode::OK, &json!({ "models": models })))
             }
             ["models", name] => {
-                allow("GET")?;
+                allow("GET, HEAD")?;
                 query.only(&[])?;
                 let model = self.model(name)?;
                 let state = self.switchboard.state(name).await;
@@ -215,6 +216,8 @@ impl Admin {
             ["models", name, "activate", pool] => {
                 allow("POST")?;
                 query.only(&[])?;
+                // An unknown model is 404 whatever the pool segment says.
+                self.model(name)?;
                 let pool: PoolName = pool.parse()?;
                 self.switch(name, SwitchOp::Activate(pool), &actor).await
             }

@@ -100,8 +100,9 @@ fn config_error(e: &LoadError) -> ExitCode {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal();
     let listeners = Listeners::bind(&config).await?;
-    switchyard::run(config, listeners, shutdown_signal())
+    switchyard::run(config, listeners, shutdown)
         .await
         .map_err(|e: RunError| anyhow::Error::from(e))
         .context("switchyard stopped")
@@ -127,28 +128,28 @@ fn runtime(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCo
     }
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
+/// Installs the SIGINT and SIGTERM handlers now, before startup work, so a
+/// signal that arrives while the state file loads still means "stop
+/// cleanly"; the returned future resolves on the first of them.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let interrupt = signal(SignalKind::interrupt());
+    let terminate = signal(SignalKind::terminate());
+    async move {
+        match (interrupt, terminate) {
+            (Ok(mut int), Ok(mut term)) => {
                 tokio::select! {
-                    _ = ctrl_c => {}
+                    _ = int.recv() => {}
                     _ = term.recv() => {}
                 }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops switchyard");
-                let _ = ctrl_c.await;
+            (int, term) => {
+                let e = int.err().or(term.err());
+                tracing::warn!(error = ?e, "cannot install signal handlers; falling back to Ctrl-C only");
+                // A failed ctrl_c wait leaves nothing to wait for: stop.
+                let _ = tokio::signal::ctrl_c().await;
             }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
     }
 }
 

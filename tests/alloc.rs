@@ -108,6 +108,9 @@ fn resolve_load_and_pick_allocate_nothing() {
             served_by = Some(in_flight.pool().name());
         }
     });
-    assert_eq!(n, 0, "resolve + load + pick allocated {n} times in 1000 requests");
+    assert_eq!(
+        n, 0,
+        "resolve + load + pick allocated {n} times in 1000 requests"
+    );
     assert_eq!(served_by, Some(PoolName::Blue));
 }

@@ -101,12 +101,20 @@ fn write_atomically(path: &Path, models: BTreeMap<String, ModelState>) -> std::i
     tmp_name.push(".tmp");
     let tmp = dir.join(tmp_name);
 
-    let mut file = File::create(&tmp)?;
-    file.write_all(&json)?;
-    file.write_all(b"\n")?;
-    file.sync_all()?;
-    drop(file);
-    fs::rename(&tmp, path)?;
+    let written = (|| {
+        let mut file = File::create(&tmp)?;
+        file.write_all(&json)?;
+        file.write_all(b"\n")?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        // Best effort: the write already failed and that error is the one
+        // to report; a temp file left behind is overwritten by the next save.
+        let _ = fs::remove_file(&tmp);
+    }
+    written?;
     // The rename is durable only once the directory entry is.
     File::open(dir)?.sync_all()
 }
