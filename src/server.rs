@@ -30,7 +30,9 @@ pub fn builder() -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// Serves `listener` until `token` is cancelled, then drains.
+/// Serves `listener` until `token` is cancelled, then drains: connections
+/// finish their requests for at most `drain`, and whatever is still open then
+/// is cut, so nothing this listener accepted outlives the call.
 ///
 /// `make` builds the service for one connection from the peer's address.
 /// `name` labels the log lines (`proxy`, `admin`, ...).
@@ -53,6 +55,12 @@ pub async fn serve<M, S, B>(
     // value, and `shutdown` consumes it, so no connection can be added after
     // the drain has started counting.
     let graceful = GracefulShutdown::new();
+    // Cancelled when the drain time is up, or if this future is dropped:
+    // every connection task listens and drops its connection (closing the
+    // socket). Connections run in their own tasks, so without this they
+    // would outlive `serve` and a "cut" drain would cut nothing.
+    let cut = CancellationToken::new();
+    let _cut_on_return = cut.clone().drop_guard();
     loop {
         tokio::select! {
             () = token.cancelled() => break,
@@ -65,9 +73,15 @@ pub async fn serve<M, S, B>(
                     }
                     let conn = builder.serve_connection(TokioIo::new(stream), make(peer)).into_owned();
                     let conn = graceful.watch(conn);
+                    let cut = cut.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            debug!(listener = name, %peer, error = %e, "connection ended with an error");
+                        tokio::select! {
+                            result = conn => if let Err(e) = result {
+                                debug!(listener = name, %peer, error = %e, "connection ended with an error");
+                            },
+                            () = cut.cancelled() => {
+                                debug!(listener = name, %peer, "connection cut at the end of the drain");
+                            }
                         }
                     });
                 }
