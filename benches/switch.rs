@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue};
-use switchyard::config::{EndpointConfig, PoolConfig};
+use switchyard::config::{EndpointConfig, HealthConfig, ModelConfig, PoolConfig};
 use switchyard::metrics::Metrics;
-use switchyard::pool::{Pool, PoolName, Protocol};
+use switchyard::pool::{PoolName, Protocol};
 use switchyard::proxy::headers::{prepare_request, ClientInfo};
 use switchyard::route::RouteTable;
 use switchyard::switch::Model;
@@ -29,28 +29,27 @@ fn pool_config(endpoints: usize) -> PoolConfig {
                     .expect("authority"),
             })
             .collect(),
+        health: HealthConfig::default(),
     }
 }
 
 fn model(metrics: &Metrics, name: &str, prefix: &str) -> Arc<Model> {
-    let name: Arc<str> = name.into();
-    let pools = PoolName::ALL.map(|p| {
-        Arc::new(Pool::new(
-            Arc::clone(&name),
-            p,
-            &pool_config(4),
-            Duration::from_secs(1),
-            metrics.pool(&name, p),
-        ))
-    });
+    let pool = pool_config(4);
+    let config = ModelConfig {
+        name: name.to_string(),
+        path_prefix: prefix.to_string(),
+        host: None,
+        active: PoolName::Blue,
+        request_timeout: Duration::from_secs(60),
+        failover: false,
+        blue: pool.clone(),
+        green: pool,
+    };
     Arc::new(Model::new(
-        Arc::clone(&name),
-        prefix.to_string(),
-        None,
-        Duration::from_secs(60),
-        pools,
+        &config,
         PoolName::Blue,
-        metrics.model(&name),
+        Duration::from_secs(1),
+        metrics,
     ))
 }
 

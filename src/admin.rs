@@ -52,9 +52,9 @@ impl AdminError {
             AdminError::BadPool(_) | AdminError::BadQuery(_) => StatusCode::BAD_REQUEST,
             AdminError::Switch(e) => match e {
                 SwitchError::UnknownModel(_) => StatusCode::NOT_FOUND,
-                SwitchError::Unexpected { .. } | SwitchError::NoHistory { .. } => {
-                    StatusCode::CONFLICT
-                }
+                SwitchError::Unexpected { .. }
+                | SwitchError::NoHistory { .. }
+                | SwitchError::Unhealthy { .. } => StatusCode::CONFLICT,
                 SwitchError::Persist { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             },
             AdminError::Metrics(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -71,7 +71,19 @@ impl AdminError {
         } else {
             debug!(error = %self, status = status.as_u16(), "admin call refused");
         }
-        let mut response = json(status, &json!({ "error": self.to_string() }));
+        let mut body = json!({ "error": self.to_string() });
+        if let AdminError::Switch(SwitchError::Unhealthy {
+            pool, endpoints, ..
+        }) = &self
+        {
+            // The guard's reason, machine-readable: which endpoints, in what state.
+            body["pool"] = json!(pool);
+            body["endpoints"] = endpoints
+                .iter()
+                .map(|(url, state)| json!({ "url": url, "state": state }))
+                .collect();
+        }
+        let mut response = json(status, &body);
         if let AdminError::MethodNotAllowed { allow, .. } = self {
             response
                 .headers_mut()
@@ -206,25 +218,30 @@ impl Admin {
             }
             ["models", name, "flip"] => {
                 allow("POST")?;
-                query.only(&["expect"])?;
+                query.only(&["expect", "force"])?;
                 let expect = query
                     .get("expect")
                     .map(str::parse::<PoolName>)
                     .transpose()?;
-                self.switch(name, SwitchOp::Flip { expect }, &actor).await
+                let force = query.flag("force")?;
+                self.switch(name, SwitchOp::Flip { expect }, force, &actor)
+                    .await
             }
             ["models", name, "activate", pool] => {
                 allow("POST")?;
-                query.only(&[])?;
+                query.only(&["force"])?;
                 // An unknown model is 404 whatever the pool segment says.
                 self.model(name)?;
                 let pool: PoolName = pool.parse()?;
-                self.switch(name, SwitchOp::Activate(pool), &actor).await
+                let force = query.flag("force")?;
+                self.switch(name, SwitchOp::Activate(pool), force, &actor)
+                    .await
             }
             ["models", name, "rollback"] => {
                 allow("POST")?;
-                query.only(&[])?;
-                self.switch(name, SwitchOp::Rollback, &actor).await
+                query.only(&["force"])?;
+                let force = query.flag("force")?;
+                self.switch(name, SwitchOp::Rollback, force, &actor).await
             }
             _ => Err(AdminError::NotFound(path.to_string())),
         }
@@ -240,9 +257,10 @@ impl Admin {
         &self,
         name: &str,
         op: SwitchOp,
+        force: bool,
         actor: &str,
     ) -> Result<AdminResponse, AdminError> {
-        let outcome = self.switchboard.switch(name, op, actor).await?;
+        let outcome = self.switchboard.switch(name, op, force, actor).await?;
         Ok(json(
             StatusCode::OK,
             &json!({
@@ -255,17 +273,29 @@ impl Admin {
         ))
     }
 
-    /// Ready when every model's active pool has an endpoint to send to.
+    /// Ready when every pool has had its first probe round and every
+    /// model's active pool has a healthy endpoint.
     fn readiness(&self) -> AdminResponse {
-        let mut ready = true;
+        let probed = self
+            .switchboard
+            .models()
+            .all(|m| PoolName::ALL.iter().all(|p| m.pool(*p).is_probed()));
+        let mut ready = probed;
         let models: Vec<Value> = self
             .switchboard
             .models()
             .map(|m| {
                 let pool = m.active();
-                let model_ready = !pool.endpoints().is_empty();
+                let healthy = pool.healthy_count();
+                let model_ready = probed && healthy > 0;
                 ready &= model_ready;
-                json!({ "name": m.name(), "active": pool.name(), "ready": model_ready })
+                json!({
+                    "name": m.name(),
+                    "active": pool.name(),
+                    "ready": model_ready,
+                    "healthy_endpoints": healthy,
+                    "endpoints": pool.endpoints().len(),
+                })
             })
             .collect();
         let status = if ready {
@@ -273,7 +303,10 @@ impl Admin {
         } else {
             StatusCode::SERVICE_UNAVAILABLE
         };
-        json(status, &json!({ "ready": ready, "models": models }))
+        json(
+            status,
+            &json!({ "ready": ready, "probed": probed, "models": models }),
+        )
     }
 }
 
@@ -303,6 +336,7 @@ fn model_detail(model: &Model, state: Option<&ModelState>) -> Value {
         "path_prefix": model.path_prefix(),
         "host": model.host(),
         "request_timeout_ms": model.request_timeout().as_millis() as u64,
+        "failover": model.failover(),
         "pools": pools,
         "last_switch": state.and_then(|s| s.last_switch.as_ref()),
         "history": state.map(|s| &s.history),
@@ -313,11 +347,25 @@ fn pool_detail(pool: &Pool, active: bool) -> Value {
     let endpoints: Vec<Value> = pool
         .endpoints()
         .iter()
-        .map(|e| json!({ "url": e.url(), "in_flight": e.in_flight(), "served": e.served() }))
+        .map(|e| {
+            let report = e.report();
+            json!({
+                "url": e.url(),
+                "state": e.state(),
+                "in_flight": e.in_flight(),
+                "served": e.served(),
+                "open_connections": e.open_connections(),
+                "consecutive_request_failures": e.consecutive_request_failures(),
+                "consecutive_probe_failures": report.as_ref().map_or(0, |r| r.consecutive_failures),
+                "last_probe": report.as_deref(),
+                "ejected_until_unix_ms": report.as_ref().and_then(|r| r.ejected_until_unix_ms),
+            })
+        })
         .collect();
     json!({
         "active": active,
         "protocol": pool.protocol(),
+        "healthy_endpoints": pool.healthy_count(),
         "in_flight": pool.in_flight(),
         "served": pool.served(),
         "endpoints": endpoints,
@@ -365,6 +413,17 @@ impl<'a> Query<'a> {
             Some((k, _)) => Err(AdminError::BadQuery(format!(
                 "unknown query parameter {k:?}; expected one of: {}",
                 known.join(", ")
+            ))),
+        }
+    }
+
+    /// A boolean parameter: absent is false; `true` or `false` otherwise.
+    fn flag(&self, key: &str) -> Result<bool, AdminError> {
+        match self.get(key) {
+            None | Some("false") => Ok(false),
+            Some("true") | Some("") => Ok(true),
+            Some(other) => Err(AdminError::BadQuery(format!(
+                "query parameter {key:?} is {other:?}; expected true or false"
             ))),
         }
     }

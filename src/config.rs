@@ -20,6 +20,11 @@ use toml::Spanned;
 
 use crate::pool::{PoolName, Protocol};
 
+mod health;
+
+use health::RawHealth;
+pub use health::{HealthConfig, EJECT_BASE, EJECT_MAX};
+
 /// How long the proxy waits for an upstream's response headers.
 /// Inference can be slow (large batches, long generations), hence generous.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -67,6 +72,9 @@ pub struct ModelConfig {
     /// The pool that serves when no saved state names one.
     pub active: PoolName,
     pub request_timeout: Duration,
+    /// Send requests to the standby when the active pool has no healthy
+    /// endpoint, instead of answering 503.
+    pub failover: bool,
     pub blue: PoolConfig,
     pub green: PoolConfig,
 }
@@ -84,6 +92,7 @@ impl ModelConfig {
 pub struct PoolConfig {
     pub protocol: Protocol,
     pub endpoints: Vec<EndpointConfig>,
+    pub health: HealthConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -192,6 +201,10 @@ struct RawModel {
     active: Option<Spanned<String>>,
     #[serde(default)]
     request_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    failover: bool,
+    #[serde(default)]
+    health: Option<RawHealth>,
     blue: RawPool,
     green: RawPool,
 }
@@ -202,6 +215,8 @@ struct RawPool {
     endpoints: Spanned<Vec<Spanned<String>>>,
     #[serde(default)]
     protocol: Option<Spanned<String>>,
+    #[serde(default)]
+    health: Option<RawHealth>,
 }
 
 // === loading ===
@@ -457,8 +472,8 @@ fn validate_model(
         m.request_timeout.as_ref(),
         proxy.request_timeout,
     );
-    let blue = validate_pool(c, i, &name, PoolName::Blue, &m.blue);
-    let green = validate_pool(c, i, &name, PoolName::Green, &m.green);
+    let blue = validate_pool(c, i, &name, PoolName::Blue, &m.blue, m.health.as_ref());
+    let green = validate_pool(c, i, &name, PoolName::Green, &m.green, m.health.as_ref());
 
     (c.errors.len() == before).then(|| ModelConfig {
         name,
@@ -466,6 +481,7 @@ fn validate_model(
         host,
         active,
         request_timeout,
+        failover: m.failover,
         blue,
         green,
     })
@@ -477,8 +493,10 @@ fn validate_pool(
     model: &str,
     pool: PoolName,
     raw: &RawPool,
+    model_health: Option<&RawHealth>,
 ) -> PoolConfig {
     let key = format!("models[{i}].{pool}");
+    let health = health::validate(c, &key, model_health, raw.health.as_ref());
     let protocol = match &raw.protocol {
         None => Protocol::Http1,
         Some(p) => {
@@ -523,6 +541,7 @@ fn validate_pool(
     PoolConfig {
         protocol,
         endpoints,
+        health,
     }
 }
 

@@ -198,7 +198,7 @@ fn local_addr(l: &TcpListener) -> SocketAddr {
 }
 
 /// Runs the demo until `shutdown` resolves.
-pub async fn run(shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+pub async fn run(shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), RunError> {
     let mut config = Config::from_toml(DEMO_CONFIG, Path::new(DEMO_CONFIG_NAME))
         .unwrap_or_else(|errors| unreachable_config(&errors));
     let state_path = demo_state_path();
@@ -239,15 +239,49 @@ pub async fn run(shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     };
     let proxy = local_addr(&listeners.proxy);
     let admin = local_addr(&listeners.admin);
+    let running = tokio::spawn(crate::run(config, listeners, shutdown));
+    // The banner invites a flip at once: print it only once both pools are
+    // probed, or a quick reader's flip would meet the guard's 409.
+    wait_until_probed(admin, &running).await;
     print_banner(&urls, proxy, admin);
 
-    let result = crate::run(config, listeners, shutdown).await;
+    let result = match running.await {
+        Ok(result) => result,
+        Err(e) => Err(RunError::Task("proxy", Some(e))),
+    };
     token.cancel();
     while servers.join_next().await.is_some() {}
     // The demo's state is throwaway; a failed removal leaves a small file in
     // the temp directory and nothing else.
     let _ = std::fs::remove_file(&state_path);
     result
+}
+
+/// Polls the admin listener's `/readyz` until the first probe round is in,
+/// the proxy stopped, or a few seconds passed (then the banner prints anyway).
+async fn wait_until_probed(
+    admin: SocketAddr,
+    running: &tokio::task::JoinHandle<Result<(), RunError>>,
+) {
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let client = Client::builder(TokioExecutor::new()).build_http::<http_body_util::Empty<Bytes>>();
+    let Ok(url) = format!("http://{admin}/readyz").parse::<http::Uri>() else {
+        return;
+    };
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < give_up && !running.is_finished() {
+        if let Ok(response) = client.get(url.clone()).await {
+            if let Ok(body) = response.into_body().collect().await {
+                let probed = serde_json::from_slice::<Value>(&body.to_bytes())
+                    .is_ok_and(|v| v["probed"] == Value::Bool(true));
+                if probed {
+                    return;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// `config/demo.toml` is checked by a test; it cannot fail to parse.

@@ -9,6 +9,7 @@
 //! - `switch`: per-model active-pool pointer; flip, activate, rollback; the
 //!   state file.
 //! - `pool`: endpoints, balancing, in-flight counting, the upstream client.
+//! - `health`: active probes, passive ejection, warm standby connections.
 //! - `proxy`: the inbound listener and the forwarding of one request.
 //! - `admin`: the admin listener and its JSON handlers.
 //! - `metrics`: metric names, the registry, per-pool handles.
@@ -21,6 +22,7 @@
 pub mod admin;
 pub mod config;
 pub mod demo;
+pub mod health;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
@@ -41,7 +43,7 @@ pub use config::Config;
 
 use crate::admin::Admin;
 use crate::metrics::Metrics;
-use crate::pool::{Pool, PoolName};
+use crate::pool::PoolName;
 use crate::proxy::Proxy;
 use crate::route::RouteTable;
 use crate::switch::{Model, StateError, Switchboard};
@@ -110,25 +112,12 @@ pub async fn run(
 
     let mut models = Vec::with_capacity(config.models.len());
     for m in &config.models {
-        let name: Arc<str> = m.name.as_str().into();
-        let pools = PoolName::ALL.map(|p| {
-            Arc::new(Pool::new(
-                Arc::clone(&name),
-                p,
-                m.pool(p),
-                config.proxy.connect_timeout,
-                metrics.pool(&m.name, p),
-            ))
-        });
         let active = states.get(&m.name).map_or(m.active, |s| s.active);
         models.push(Arc::new(Model::new(
-            name,
-            m.path_prefix.clone(),
-            m.host.clone(),
-            m.request_timeout,
-            pools,
+            m,
             active,
-            metrics.model(&m.name),
+            config.proxy.connect_timeout,
+            &metrics,
         )));
     }
     for m in &models {
@@ -142,6 +131,7 @@ pub async fn run(
             Arc::clone(m),
         )
     }));
+    let checker = health::Checker::new(&models);
     let switchboard =
         Arc::new(Switchboard::start(models, states, config.state.path.clone()).await?);
     let proxy = Arc::new(Proxy::new(routes, metrics.unrouted().clone()));
@@ -164,13 +154,14 @@ pub async fn run(
             .serve(listeners.admin, root.child_token(), drain)
             .map_done("admin"),
     );
+    tasks.spawn(checker.run(root.child_token()).map_done("health"));
 
     let result = tokio::select! {
         () = shutdown => {
             info!("shutting down: no new connections; draining in-flight requests");
             Ok(())
         }
-        // The serve loops only return once cancelled, so any task ending
+        // The serve and probe loops only return once cancelled, so any task ending
         // here is a failure (a panic, most likely).
         Some(ended) = tasks.join_next() => match ended {
             Ok(name) => Err(RunError::Task(name, None)),

@@ -16,6 +16,13 @@ pub const REQUEST_DURATION_SECONDS: &str = "switchyard_request_duration_seconds"
 pub const IN_FLIGHT: &str = "switchyard_in_flight";
 pub const UPSTREAM_ERRORS_TOTAL: &str = "switchyard_upstream_errors_total";
 pub const UNROUTED_REQUESTS_TOTAL: &str = "switchyard_unrouted_requests_total";
+// --- health family ---
+pub const ENDPOINT_HEALTHY: &str = "switchyard_endpoint_healthy";
+pub const PROBES_TOTAL: &str = "switchyard_probes_total";
+pub const PROBE_DURATION_SECONDS: &str = "switchyard_probe_duration_seconds";
+pub const EJECTIONS_TOTAL: &str = "switchyard_ejections_total";
+pub const UPSTREAM_CONNECTIONS: &str = "switchyard_upstream_connections";
+pub const FAILOVERS_TOTAL: &str = "switchyard_failovers_total";
 // --- switch family ---
 pub const ACTIVE_POOL: &str = "switchyard_active_pool";
 pub const SWITCHES_TOTAL: &str = "switchyard_switches_total";
@@ -70,6 +77,12 @@ pub struct Metrics {
     active_pool: IntGaugeVec,
     switches: IntCounterVec,
     unrouted: IntCounter,
+    endpoint_healthy: IntGaugeVec,
+    probes: IntCounterVec,
+    probe_duration: HistogramVec,
+    ejections: IntCounterVec,
+    connections: IntGaugeVec,
+    failovers: IntCounterVec,
 }
 
 // === impl Metrics ===
@@ -129,6 +142,49 @@ impl Metrics {
         .expect("valid metric");
         let unrouted = IntCounter::new(UNROUTED_REQUESTS_TOTAL, "Requests that matched no model.")
             .expect("valid metric");
+        let endpoint_healthy = IntGaugeVec::new(
+            Opts::new(
+                ENDPOINT_HEALTHY,
+                "1 when the endpoint's probes pass, else 0 (unknown, unhealthy or ejected).",
+            ),
+            &["model", "pool", "endpoint"],
+        )
+        .expect("valid metric");
+        let probes = IntCounterVec::new(
+            Opts::new(PROBES_TOTAL, "Health probes by result."),
+            &["model", "pool", "result"],
+        )
+        .expect("valid metric");
+        let probe_duration = HistogramVec::new(
+            HistogramOpts::new(PROBE_DURATION_SECONDS, "Time a health probe took.")
+                .buckets(DURATION_BUCKETS.to_vec()),
+            &["model", "pool"],
+        )
+        .expect("valid metric");
+        let ejections = IntCounterVec::new(
+            Opts::new(
+                EJECTIONS_TOTAL,
+                "Endpoints taken out of rotation after failed requests in a row.",
+            ),
+            &["model", "pool", "endpoint"],
+        )
+        .expect("valid metric");
+        let connections = IntGaugeVec::new(
+            Opts::new(
+                UPSTREAM_CONNECTIONS,
+                "Open connections to the pool's endpoints.",
+            ),
+            &["model", "pool"],
+        )
+        .expect("valid metric");
+        let failovers = IntCounterVec::new(
+            Opts::new(
+                FAILOVERS_TOTAL,
+                "Requests the standby pool served because the active one had no healthy endpoint.",
+            ),
+            &["model", "pool"],
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new(BUILD_INFO, "Always 1; the version label tells the build."),
             &["version"],
@@ -146,7 +202,19 @@ impl Metrics {
         reg(Box::new(switches.clone()));
         reg(Box::new(unrouted.clone()));
         reg(Box::new(build_info));
+        reg(Box::new(endpoint_healthy.clone()));
+        reg(Box::new(probes.clone()));
+        reg(Box::new(probe_duration.clone()));
+        reg(Box::new(ejections.clone()));
+        reg(Box::new(connections.clone()));
+        reg(Box::new(failovers.clone()));
         Metrics {
+            endpoint_healthy,
+            probes,
+            probe_duration,
+            ejections,
+            connections,
+            failovers,
             registry,
             requests,
             duration,
@@ -170,6 +238,19 @@ impl Metrics {
                     .with_label_values(&[model, p, k.as_str()])
             }),
             active: self.active_pool.with_label_values(&[model, p]),
+            connections: self.connections.with_label_values(&[model, p]),
+            probes: ["ok", "fail"].map(|r| self.probes.with_label_values(&[model, p, r])),
+            probe_duration: self.probe_duration.with_label_values(&[model, p]),
+            failovers: self.failovers.with_label_values(&[model, p]),
+        }
+    }
+
+    /// Handles for one endpoint of one pool.
+    pub fn endpoint(&self, model: &str, pool: PoolName, endpoint: &str) -> EndpointMetrics {
+        let labels = [model, pool.as_str(), endpoint];
+        EndpointMetrics {
+            healthy: self.endpoint_healthy.with_label_values(&labels),
+            ejections: self.ejections.with_label_values(&labels),
         }
     }
 
@@ -206,6 +287,18 @@ pub struct PoolMetrics {
     pub in_flight: IntGauge,
     upstream_errors: [IntCounter; 3],
     pub active: IntGauge,
+    pub connections: IntGauge,
+    /// `[ok, fail]`.
+    probes: [IntCounter; 2],
+    pub probe_duration: Histogram,
+    pub failovers: IntCounter,
+}
+
+/// Metric handles of one endpoint.
+#[derive(Clone)]
+pub struct EndpointMetrics {
+    pub healthy: IntGauge,
+    pub ejections: IntCounter,
 }
 
 // === impl PoolMetrics ===
@@ -215,6 +308,11 @@ impl PoolMetrics {
     pub fn count_response(&self, status: http::StatusCode) {
         let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
         self.requests[class].inc();
+    }
+
+    pub fn count_probe(&self, ok: bool, seconds: f64) {
+        self.probes[usize::from(!ok)].inc();
+        self.probe_duration.observe(seconds);
     }
 
     pub fn count_upstream_error(&self, kind: UpstreamErrorKind) {

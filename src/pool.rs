@@ -6,13 +6,12 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderValue, Uri};
+use http::HeaderValue;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -21,8 +20,15 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::config::PoolConfig;
-use crate::metrics::PoolMetrics;
+use crate::config::{HealthConfig, PoolConfig};
+use crate::health::EndpointState;
+use crate::metrics::{Metrics, PoolMetrics};
+
+mod connector;
+mod endpoint;
+
+pub use connector::CountingConnector;
+pub use endpoint::Endpoint;
 
 /// How long an idle upstream connection stays in the pool. Longer than any
 /// sensible probe interval, so a probed standby stays warm.
@@ -95,47 +101,7 @@ pub enum Protocol {
 /// Body of a request sent upstream: the client's streamed body, or a body
 /// switchyard made itself.
 pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
-pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
-
-/// One upstream server of a pool.
-#[derive(Debug)]
-pub struct Endpoint {
-    url: String,
-    authority: Authority,
-    in_flight: AtomicUsize,
-    served: AtomicU64,
-}
-
-// === impl Endpoint ===
-
-impl Endpoint {
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
-    pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
-    }
-
-    /// Requests sent to this endpoint since start.
-    pub fn served(&self) -> u64 {
-        self.served.load(Ordering::Relaxed)
-    }
-
-    /// The upstream URI for a request path on this endpoint.
-    pub fn uri(&self, path: Option<&PathAndQuery>) -> Uri {
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(self.authority.clone());
-        parts.path_and_query = Some(
-            path.cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/")),
-        );
-        // Scheme, authority and path are each valid on their own, and together
-        // they always form a valid absolute URI.
-        Uri::from_parts(parts).expect("scheme, authority and path form a URI")
-    }
-}
+pub type UpstreamClient = Client<CountingConnector, UpstreamBody>;
 
 /// A pool of endpoints for one model.
 pub struct Pool {
@@ -144,6 +110,9 @@ pub struct Pool {
     protocol: Protocol,
     endpoints: Box<[Endpoint]>,
     client: UpstreamClient,
+    health: HealthConfig,
+    /// Set by the prober once every endpoint has had its first probe.
+    probed: AtomicBool,
     /// `x-switchyard-pool` value, built once.
     header: HeaderValue,
     metrics: PoolMetrics,
@@ -157,26 +126,40 @@ impl Pool {
         name: PoolName,
         config: &PoolConfig,
         connect_timeout: Duration,
-        metrics: PoolMetrics,
+        metrics: &Metrics,
     ) -> Pool {
-        let endpoints = config
+        let endpoints: Box<[Endpoint]> = config
             .endpoints
             .iter()
-            .map(|e| Endpoint {
-                url: e.url.clone(),
-                authority: e.authority.clone(),
-                in_flight: AtomicUsize::new(0),
-                served: AtomicU64::new(0),
+            .map(|e| {
+                Endpoint::new(
+                    e.url.clone(),
+                    e.authority.clone(),
+                    config.health.eject_after,
+                    metrics.endpoint(&model, name, &e.url),
+                )
             })
             .collect();
+        let pool_metrics = metrics.pool(&model, name);
+        let counters = endpoints
+            .iter()
+            .map(|e| (e.authority().clone(), e.connection_counter()))
+            .collect();
+        let connector = CountingConnector::new(
+            http_connector(connect_timeout),
+            counters,
+            pool_metrics.connections.clone(),
+        );
         Pool {
             name,
             model,
             protocol: config.protocol,
             endpoints,
-            client: build_client(config.protocol, connect_timeout),
+            client: build_client(config.protocol, connector),
+            health: config.health.clone(),
+            probed: AtomicBool::new(false),
             header: HeaderValue::from_static(name.as_str()),
-            metrics,
+            metrics: pool_metrics,
         }
     }
 
@@ -200,6 +183,27 @@ impl Pool {
         &self.client
     }
 
+    pub fn health_config(&self) -> &HealthConfig {
+        &self.health
+    }
+
+    /// Endpoints whose probes pass now.
+    pub fn healthy_count(&self) -> usize {
+        self.endpoints
+            .iter()
+            .filter(|e| e.state() == EndpointState::Healthy)
+            .count()
+    }
+
+    /// Whether every endpoint has had its first probe.
+    pub fn is_probed(&self) -> bool {
+        self.probed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn mark_probed(&self) {
+        self.probed.store(true, Ordering::Release);
+    }
+
     /// The `x-switchyard-pool` header value naming this pool.
     pub fn header(&self) -> &HeaderValue {
         &self.header
@@ -220,30 +224,50 @@ impl Pool {
     }
 
     /// Picks an endpoint by power of two choices on in-flight requests and
-    /// counts the request on it until the returned guard drops.
+    /// counts the request on it until the returned guard drops; `None` when
+    /// no endpoint is in rotation.
     ///
-    /// Atomics only: two random candidates, the less loaded wins. This keeps
-    /// load even without the herd that "least loaded of all" causes.
-    pub fn pick(self: &Arc<Self>) -> InFlight {
+    /// Atomics only: two random candidates, the one in rotation and less
+    /// loaded wins. This keeps load even without the herd that "least loaded
+    /// of all" causes. Only when both candidates are out of rotation does it
+    /// scan for the least loaded endpoint still serving.
+    pub fn pick(self: &Arc<Self>) -> Option<InFlight> {
         let n = self.endpoints.len();
         let index = match n {
-            0 | 1 => 0,
-            2 => self.less_loaded(0, 1),
+            0 => return None,
+            1 => 0,
+            2 => self.better(0, 1),
             _ => {
                 let a = fastrand::usize(..n);
                 let mut b = fastrand::usize(..n - 1);
                 if b >= a {
                     b += 1;
                 }
-                self.less_loaded(a, b)
+                self.better(a, b)
             }
         };
-        InFlight::start(Arc::clone(self), index)
+        let index = if self.endpoints[index].is_serving() {
+            index
+        } else {
+            self.endpoints
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| e.is_serving())
+                .min_by_key(|(_, e)| e.in_flight())?
+                .0
+        };
+        Some(InFlight::start(Arc::clone(self), index))
     }
 
-    fn less_loaded(&self, a: usize, b: usize) -> usize {
-        let (la, lb) = (self.endpoints[a].in_flight(), self.endpoints[b].in_flight());
-        match la.cmp(&lb) {
+    /// Of two endpoints, the one in rotation, else the less loaded, else either.
+    fn better(&self, a: usize, b: usize) -> usize {
+        let (ea, eb) = (&self.endpoints[a], &self.endpoints[b]);
+        match (ea.is_serving(), eb.is_serving()) {
+            (true, false) => return a,
+            (false, true) => return b,
+            _ => {}
+        }
+        match ea.in_flight().cmp(&eb.in_flight()) {
             std::cmp::Ordering::Less => a,
             std::cmp::Ordering::Greater => b,
             std::cmp::Ordering::Equal => {
@@ -257,10 +281,14 @@ impl Pool {
     }
 }
 
-fn build_client(protocol: Protocol, connect_timeout: Duration) -> UpstreamClient {
+fn http_connector(connect_timeout: Duration) -> HttpConnector {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(connect_timeout));
+    connector
+}
+
+fn build_client(protocol: Protocol, connector: CountingConnector) -> UpstreamClient {
     let mut builder = Client::builder(TokioExecutor::new());
     // Without a pool timer idle connections never expire and the pool keeps
     // dead sockets; with it, connections idle longer than the timeout close.
@@ -285,11 +313,9 @@ pub struct InFlight {
 
 impl InFlight {
     fn start(pool: Arc<Pool>, endpoint: usize) -> InFlight {
-        let e = &pool.endpoints[endpoint];
-        // Relaxed: the counters feed balancing and status, which tolerate a
-        // momentarily stale view; nothing else is ordered by them.
-        e.in_flight.fetch_add(1, Ordering::Relaxed);
-        e.served.fetch_add(1, Ordering::Relaxed);
+        // The counters feed balancing and status, which tolerate a
+        // momentarily stale view; they are Relaxed atomics.
+        pool.endpoints[endpoint].start_request();
         pool.metrics.in_flight.inc();
         InFlight {
             pool,
@@ -309,7 +335,7 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.endpoint().in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.endpoint().end_request();
         let metrics = &self.pool.metrics;
         metrics.in_flight.dec();
         metrics
@@ -319,95 +345,4 @@ impl Drop for InFlight {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::EndpointConfig;
-    use crate::metrics::Metrics;
-
-    fn pool(n: usize) -> Arc<Pool> {
-        let config = PoolConfig {
-            protocol: Protocol::Http1,
-            endpoints: (0..n)
-                .map(|i| EndpointConfig {
-                    url: format!("http://127.0.0.1:{}", 9000 + i),
-                    authority: format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
-                })
-                .collect(),
-        };
-        let metrics = Metrics::new().pool("m", PoolName::Blue);
-        Arc::new(Pool::new(
-            "m".into(),
-            PoolName::Blue,
-            &config,
-            Duration::from_secs(1),
-            metrics,
-        ))
-    }
-
-    #[test]
-    fn pool_names_parse_and_print() {
-        for p in PoolName::ALL {
-            assert_eq!(p.as_str().parse::<PoolName>(), Ok(p));
-            assert_eq!(p.other().other(), p);
-        }
-        assert!("red".parse::<PoolName>().is_err());
-        assert!("Blue".parse::<PoolName>().is_err());
-    }
-
-    #[tokio::test]
-    async fn in_flight_counts_until_the_guard_drops() {
-        let pool = pool(1);
-        let a = pool.pick();
-        let b = pool.pick();
-        assert_eq!(pool.in_flight(), 2);
-        assert_eq!(pool.metrics().in_flight.get(), 2);
-        drop(a);
-        assert_eq!(pool.in_flight(), 1);
-        drop(b);
-        assert_eq!(pool.in_flight(), 0);
-        assert_eq!(pool.served(), 2);
-    }
-
-    #[tokio::test]
-    async fn two_choices_avoid_the_busier_endpoint() {
-        let pool = pool(2);
-        // Load endpoint 0 with three requests: every pick must take endpoint 1
-        // until the loads are level.
-        let held: Vec<_> = (0..3).map(|_| InFlight::start(pool.clone(), 0)).collect();
-        let picks: Vec<_> = (0..3).map(|_| pool.pick()).collect();
-        assert!(picks.iter().all(|g| g.endpoint().url().ends_with(":9001")));
-        drop((held, picks));
-    }
-
-    #[tokio::test]
-    async fn picks_spread_over_many_endpoints() {
-        let pool = pool(5);
-        let held: Vec<_> = (0..500).map(|_| pool.pick()).collect();
-        for e in pool.endpoints() {
-            // Power of two choices keeps every endpoint near 100 of 500.
-            assert!(
-                (80..=120).contains(&e.in_flight()),
-                "{}: {}",
-                e.url(),
-                e.in_flight()
-            );
-        }
-        drop(held);
-    }
-
-    #[test]
-    fn endpoint_uri_keeps_path_and_query() {
-        let e = Endpoint {
-            url: "http://10.0.0.1:8000".into(),
-            authority: "10.0.0.1:8000".parse().unwrap(),
-            in_flight: AtomicUsize::new(0),
-            served: AtomicU64::new(0),
-        };
-        let pq: PathAndQuery = "/v2/models/iris/infer?x=1".parse().unwrap();
-        assert_eq!(
-            e.uri(Some(&pq)).to_string(),
-            "http://10.0.0.1:8000/v2/models/iris/infer?x=1"
-        );
-        assert_eq!(e.uri(None).to_string(), "http://10.0.0.1:8000/");
-    }
-}
+mod tests;

@@ -11,8 +11,10 @@
 //! 3. **load**: `model.active()` is the request's one read of switch state.
 //!    The `Arc<Pool>` it returns lives until the response body ends, so the
 //!    request finishes on the pool it started on whatever switches meanwhile.
-//! 4. **pick**: `pool.pick()` chooses an endpoint (power of two choices on
-//!    in-flight) and returns the in-flight guard.
+//! 4. **pick**: `pool.pick()` chooses an endpoint in rotation (power of two
+//!    choices on in-flight) and returns the in-flight guard. None in
+//!    rotation: 503 JSON, or, with `failover = true`, the standby pool
+//!    serves and the response says `x-switchyard-failover: true`.
 //! 5. **rewrite**: the URI gets the endpoint's authority, the version the
 //!    pool's protocol; hop-by-hop headers go, `x-forwarded-*` and
 //!    `x-request-id` are set. The body stays the client's stream.
@@ -20,8 +22,10 @@
 //!    `request_timeout` until the response headers. Connect failure or reset:
 //!    502; timeout: 504; both JSON with `x-switchyard-pool`.
 //! 7. **respond**: hop-by-hop headers go, `x-switchyard-pool` is added, the
-//!    response is counted by class, and the upstream body streams to the
-//!    client with the in-flight guard inside it (see `body.rs`).
+//!    response is counted by class and, as a passive health check, on the
+//!    endpoint (5xx and upstream errors in a row eject it), and the upstream
+//!    body streams to the client with the in-flight guard inside it
+//!    (see `body.rs`).
 
 mod body;
 mod error;
@@ -41,7 +45,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use body::ProxyBody;
 pub use error::{json_response, ProxyError};
-use headers::ClientInfo;
+use headers::{ClientInfo, X_SWITCHYARD_FAILOVER};
 
 use crate::metrics::UpstreamErrorKind;
 use crate::pool::Protocol;
@@ -95,8 +99,24 @@ impl Proxy {
             return ProxyError::NoRoute { path }.into_response(None);
         };
 
-        let pool = model.active();
-        let in_flight = pool.pick();
+        let active = model.active();
+        let (in_flight, failover) = match active.pick() {
+            Some(in_flight) => (in_flight, false),
+            None => match model
+                .failover()
+                .then(|| model.standby_of(&active).pick())
+                .flatten()
+            {
+                Some(in_flight) => (in_flight, true),
+                None => {
+                    let error = ProxyError::no_healthy_endpoint(&active);
+                    let response = error.into_response(Some(active.header()));
+                    active.metrics().count_response(response.status());
+                    return response;
+                }
+            },
+        };
+        let pool = in_flight.pool();
         let timeout = model.request_timeout();
 
         let (mut parts, body) = req.into_parts();
@@ -115,7 +135,17 @@ impl Proxy {
                 let (mut parts, body) = response.into_parts();
                 parts.version = client_version;
                 headers::prepare_response(&mut parts.headers, pool.header());
+                if failover {
+                    parts.headers.insert(
+                        X_SWITCHYARD_FAILOVER.clone(),
+                        HeaderValue::from_static("true"),
+                    );
+                    pool.metrics().failovers.inc();
+                }
                 pool.metrics().count_response(parts.status);
+                in_flight
+                    .endpoint()
+                    .record_outcome(parts.status.is_server_error());
                 return Response::from_parts(parts, ProxyBody::upstream(body, in_flight));
             }
             Ok(Err(e)) => {
@@ -133,6 +163,7 @@ impl Proxy {
         if let ProxyError::Upstream { kind, .. } = &error {
             pool.metrics().count_upstream_error(*kind);
         }
+        in_flight.endpoint().record_outcome(true);
         let response = error.into_response(Some(pool.header()));
         pool.metrics().count_response(response.status());
         // `in_flight` drops here: the request is over.

@@ -21,7 +21,9 @@ use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::metrics::ModelMetrics;
+use crate::config::ModelConfig;
+use crate::health::EndpointState;
+use crate::metrics::{Metrics, ModelMetrics};
 use crate::pool::{Pool, PoolName};
 
 pub use state::StateError;
@@ -35,6 +37,7 @@ pub struct Model {
     path_prefix: String,
     host: Option<String>,
     request_timeout: Duration,
+    failover: bool,
     pools: [Arc<Pool>; 2],
     active: ArcSwap<Pool>,
     metrics: ModelMetrics,
@@ -43,24 +46,34 @@ pub struct Model {
 // === impl Model ===
 
 impl Model {
-    /// `pools` is indexed by [`PoolName::index`].
+    /// Builds the model and its two pools from its config, with `active`
+    /// serving first.
     pub fn new(
-        name: Arc<str>,
-        path_prefix: String,
-        host: Option<String>,
-        request_timeout: Duration,
-        pools: [Arc<Pool>; 2],
+        config: &ModelConfig,
         active: PoolName,
-        metrics: ModelMetrics,
+        connect_timeout: Duration,
+        metrics: &Metrics,
     ) -> Model {
+        let name: Arc<str> = config.name.as_str().into();
+        // Indexed by `PoolName::index`.
+        let pools = PoolName::ALL.map(|p| {
+            Arc::new(Pool::new(
+                Arc::clone(&name),
+                p,
+                config.pool(p),
+                connect_timeout,
+                metrics,
+            ))
+        });
         let model = Model {
             active: ArcSwap::new(Arc::clone(&pools[active.index()])),
             name,
-            path_prefix,
-            host,
-            request_timeout,
+            path_prefix: config.path_prefix.clone(),
+            host: config.host.clone(),
+            request_timeout: config.request_timeout,
+            failover: config.failover,
             pools,
-            metrics,
+            metrics: metrics.model(&config.name),
         };
         model.publish_active(active);
         model
@@ -81,6 +94,16 @@ impl Model {
     /// How long an upstream may take to send response headers.
     pub fn request_timeout(&self) -> Duration {
         self.request_timeout
+    }
+
+    /// Whether the standby serves when the active pool has no endpoint in rotation.
+    pub fn failover(&self) -> bool {
+        self.failover
+    }
+
+    /// The other pool of this model than `pool`.
+    pub fn standby_of(&self, pool: &Pool) -> &Arc<Pool> {
+        &self.pools[pool.name().other().index()]
     }
 
     pub fn pool(&self, name: PoolName) -> &Arc<Pool> {
@@ -150,6 +173,10 @@ pub struct SwitchRecord {
     pub at_unix_ms: u64,
     /// Who asked: the admin client's address.
     pub actor: String,
+    /// The target pool had no healthy endpoint and the caller overrode the
+    /// guard with `force`.
+    #[serde(default)]
+    pub forced: bool,
 }
 
 /// The switch state of one model as a plain value: the sans-io core that
@@ -180,12 +207,27 @@ pub enum SwitchError {
     },
     #[error("model {model:?}: nothing to roll back to; no switch is recorded")]
     NoHistory { model: String },
+    #[error("model {model:?}: pool {pool} has no healthy endpoint ({}); nothing switched; add ?force=true to switch anyway", describe_endpoints(.endpoints))]
+    Unhealthy {
+        model: String,
+        pool: PoolName,
+        /// Each endpoint's URL and state.
+        endpoints: Vec<(String, EndpointState)>,
+    },
     #[error("model {model:?}: cannot persist the switch; nothing switched")]
     Persist {
         model: String,
         #[source]
         source: StateError,
     },
+}
+
+fn describe_endpoints(endpoints: &[(String, EndpointState)]) -> String {
+    let parts: Vec<String> = endpoints
+        .iter()
+        .map(|(url, state)| format!("{url} {state}"))
+        .collect();
+    parts.join(", ")
 }
 
 /// What a switch call did.
@@ -218,6 +260,20 @@ impl ModelState {
         now_ms: u64,
         actor: &str,
     ) -> Result<Option<ModelState>, SwitchError> {
+        self.apply_checked(model, op, now_ms, actor, |_| Ok(false))
+    }
+
+    /// [`ModelState::apply`] with a guard on the target pool: `guard(to)`
+    /// refuses the switch with an error, or allows it and says whether the
+    /// caller had to force it (recorded in the history).
+    pub fn apply_checked(
+        &self,
+        model: &str,
+        op: SwitchOp,
+        now_ms: u64,
+        actor: &str,
+        guard: impl FnOnce(PoolName) -> Result<bool, SwitchError>,
+    ) -> Result<Option<ModelState>, SwitchError> {
         let (to, reason) = match op {
             SwitchOp::Flip { expect } => {
                 if let Some(expected) = expect.filter(|e| *e != self.active) {
@@ -240,12 +296,14 @@ impl ModelState {
                 (last.from, SwitchReason::Rollback)
             }
         };
+        let forced = guard(to)?;
         let record = SwitchRecord {
             from: self.active,
             to,
             reason,
             at_unix_ms: now_ms,
             actor: actor.to_string(),
+            forced,
         };
         let mut next = self.clone();
         next.active = to;
@@ -308,11 +366,13 @@ impl Switchboard {
         self.control.lock().await.get(name).cloned()
     }
 
-    /// Applies one switch: decide, persist, store, log.
+    /// Applies one switch: decide, persist, store, log. The target pool must
+    /// have a healthy endpoint unless `force` is set.
     pub async fn switch(
         &self,
         name: &str,
         op: SwitchOp,
+        force: bool,
         actor: &str,
     ) -> Result<SwitchOutcome, SwitchError> {
         let model = self
@@ -324,7 +384,25 @@ impl Switchboard {
             .get(name)
             .ok_or_else(|| SwitchError::UnknownModel(name.to_string()))?;
         let from = current.active;
-        let Some(next) = current.apply(name, op, now_unix_ms(), actor)? else {
+        let guard = |to: PoolName| {
+            let pool = model.pool(to);
+            if pool.healthy_count() > 0 {
+                Ok(false)
+            } else if force {
+                Ok(true)
+            } else {
+                Err(SwitchError::Unhealthy {
+                    model: name.to_string(),
+                    pool: to,
+                    endpoints: pool
+                        .endpoints()
+                        .iter()
+                        .map(|e| (e.url().to_string(), e.state()))
+                        .collect(),
+                })
+            }
+        };
+        let Some(next) = current.apply_checked(name, op, now_unix_ms(), actor, guard)? else {
             return Ok(SwitchOutcome {
                 model: name.to_string(),
                 from,
@@ -353,6 +431,7 @@ impl Switchboard {
                 to = %to,
                 reason = %record.reason,
                 actor = actor,
+                forced = record.forced,
                 "switched active pool"
             );
         }

@@ -120,10 +120,22 @@ async fn a_model_shows_its_pools_endpoints_and_served_counts() {
         let endpoints = body["pools"][pool]["endpoints"]
             .as_array()
             .unwrap_or_else(|| panic!("pools.{pool}.endpoints: {body}"));
+        assert_eq!(endpoints.len(), 1, "pools.{pool}: {body}");
+        let e = &endpoints[0];
         assert_eq!(
-            endpoints,
-            &vec![json!({ "url": upstream.url(), "in_flight": 0, "served": 0 })],
-            "pools.{pool}"
+            (&e["url"], &e["in_flight"], &e["served"]),
+            (&json!(upstream.url()), &json!(0), &json!(0)),
+            "pools.{pool}: {e}"
+        );
+        // Health, as probed before the proxy reported itself started.
+        assert_eq!(e["state"], "healthy", "pools.{pool}: {e}");
+        assert_eq!(e["last_probe"]["ok"], true, "pools.{pool}: {e}");
+        assert_eq!(e["last_probe"]["result"], "status 200", "pools.{pool}: {e}");
+        assert_eq!(e["consecutive_probe_failures"], 0, "pools.{pool}: {e}");
+        assert_eq!(e["ejected_until_unix_ms"], Value::Null, "pools.{pool}: {e}");
+        assert!(
+            e["open_connections"].as_u64() >= Some(1),
+            "pools.{pool}: {e}"
         );
     }
 
@@ -428,7 +440,7 @@ async fn an_unknown_query_parameter_is_400() {
         (Method::POST, "/models/iris/flip?expcet=blue"),
         (Method::POST, "/models/iris/flip?expect=blue&force=1"),
         (Method::POST, "/models/iris/activate/green?dry_run=1"),
-        (Method::POST, "/models/iris/rollback?force"),
+        (Method::POST, "/models/iris/rollback?dry_run"),
         (Method::GET, "/models?verbose=1"),
         (Method::GET, "/models/iris?pool=blue"),
         (Method::GET, "/metrics?name=x"),
@@ -539,7 +551,7 @@ async fn healthz_and_readyz_answer_with_json() {
     assert_eq!(body["ready"], true, "{body}");
     assert_eq!(
         body["models"],
-        json!([{ "name": "iris", "active": "blue", "ready": true }])
+        json!([{ "name": "iris", "active": "blue", "ready": true, "healthy_endpoints": 1, "endpoints": 1 }])
     );
 
     proxy.admin_post("/models/iris/flip").await;

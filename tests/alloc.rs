@@ -7,9 +7,9 @@ use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchyard::config::{EndpointConfig, PoolConfig};
+use switchyard::config::{EndpointConfig, HealthConfig, ModelConfig, PoolConfig};
 use switchyard::metrics::Metrics;
-use switchyard::pool::{Pool, PoolName, Protocol};
+use switchyard::pool::{PoolName, Protocol};
 use switchyard::route::RouteTable;
 use switchyard::switch::Model;
 
@@ -46,8 +46,7 @@ fn allocations_in(f: impl FnOnce()) -> usize {
 }
 
 fn model(metrics: &Metrics, name: &str, prefix: &str) -> Arc<Model> {
-    let name: Arc<str> = name.into();
-    let config = PoolConfig {
+    let pool = PoolConfig {
         protocol: Protocol::Http1,
         endpoints: (0..3)
             .map(|i| EndpointConfig {
@@ -55,24 +54,23 @@ fn model(metrics: &Metrics, name: &str, prefix: &str) -> Arc<Model> {
                 authority: format!("127.0.0.1:{}", 8000 + i).parse().unwrap(),
             })
             .collect(),
+        health: HealthConfig::default(),
     };
-    let pools = PoolName::ALL.map(|p| {
-        Arc::new(Pool::new(
-            Arc::clone(&name),
-            p,
-            &config,
-            Duration::from_secs(1),
-            metrics.pool(&name, p),
-        ))
-    });
+    let config = ModelConfig {
+        name: name.to_string(),
+        path_prefix: prefix.to_string(),
+        host: None,
+        active: PoolName::Blue,
+        request_timeout: Duration::from_secs(60),
+        failover: false,
+        blue: pool.clone(),
+        green: pool,
+    };
     Arc::new(Model::new(
-        Arc::clone(&name),
-        prefix.to_string(),
-        None,
-        Duration::from_secs(60),
-        pools,
+        &config,
         PoolName::Blue,
-        metrics.model(&name),
+        Duration::from_secs(1),
+        metrics,
     ))
 }
 
@@ -95,7 +93,7 @@ fn resolve_load_and_pick_allocate_nothing() {
     );
     // Warm up thread-locals (the random generator, arc-swap's debt slots).
     let warm = routes.resolve(Some("h"), "/v2/models/m7/infer").unwrap();
-    drop(warm.active().pick());
+    drop(warm.active().pick().expect("an endpoint in rotation"));
 
     let mut served_by = None;
     let n = allocations_in(|| {
@@ -104,7 +102,7 @@ fn resolve_load_and_pick_allocate_nothing() {
                 .resolve(Some("api.example:8080"), "/v2/models/m7/infer")
                 .expect("route");
             let pool = model.active();
-            let in_flight = pool.pick();
+            let in_flight = pool.pick().expect("an endpoint in rotation");
             served_by = Some(in_flight.pool().name());
         }
     });

@@ -10,13 +10,21 @@ use tracing::{debug, warn};
 use super::body::ProxyBody;
 use super::headers::X_SWITCHYARD_POOL;
 use crate::metrics::UpstreamErrorKind;
-use crate::pool::InFlight;
+use crate::pool::{InFlight, Pool};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     /// The client's mistake: no model's prefix (and host) matches.
     #[error("no model serves {path}")]
     NoRoute { path: String },
+    /// No endpoint of the pool is in rotation (all unhealthy or ejected).
+    #[error("model {model:?}: pool {pool} has no healthy endpoint ({up} of {total} up); see GET /models/{model}")]
+    NoHealthyEndpoint {
+        model: String,
+        pool: String,
+        up: usize,
+        total: usize,
+    },
     /// The upstream side failed.
     #[error("model {model:?}: pool {pool} endpoint {endpoint} {}", describe(*.kind, *.timeout))]
     Upstream {
@@ -58,9 +66,19 @@ impl ProxyError {
         }
     }
 
+    pub fn no_healthy_endpoint(pool: &Pool) -> ProxyError {
+        ProxyError::NoHealthyEndpoint {
+            model: pool.model().to_string(),
+            pool: pool.name().to_string(),
+            up: pool.endpoints().iter().filter(|e| e.is_serving()).count(),
+            total: pool.endpoints().len(),
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ProxyError::NoHealthyEndpoint { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Upstream { kind, .. } => match kind {
                 UpstreamErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
                 UpstreamErrorKind::Connect | UpstreamErrorKind::Reset => StatusCode::BAD_GATEWAY,
@@ -74,6 +92,11 @@ impl ProxyError {
         let status = self.status();
         match &self {
             ProxyError::NoRoute { .. } => debug!(error = %self, "unrouted request"),
+            // Logged by the prober when the endpoints went down; once per
+            // request here would flood the log during an outage.
+            ProxyError::NoHealthyEndpoint { .. } => {
+                debug!(error = %self, "no endpoint in rotation")
+            }
             ProxyError::Upstream { source, .. } => {
                 let cause = source.as_ref().map(|s| {
                     // The hyper-util error wraps the io error that says why.

@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -76,6 +76,12 @@ pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
 /// - `/upload...`: reads the body as it streams, signals the first bytes
 ///   (see [`Upstream::wait_upload_started`]), answers `{"bytes": n}`.
 /// - `/status/NNN`: answers with status NNN.
+/// - `/grpc.health.v1.Health/Check`: the gRPC health service, `SERVING`, or
+///   `NOT_SERVING` after [`Upstream::set_healthy`]`(false)`; a probe too.
+/// - `/v2/health/ready` (the default probe path): 200, or 503 after
+///   [`Upstream::set_healthy`]`(false)`; counted in [`Upstream::probes`],
+///   not in [`Upstream::hits`].
+/// - after [`Upstream::set_failing`]`(true)`, every other request is a 500.
 /// - `/grpc...` (HTTP/2): a gRPC unary answer echoing the request message,
 ///   with trailers `grpc-status: 0`, `grpc-message: ok-<name>`.
 pub struct Upstream {
@@ -89,6 +95,10 @@ pub struct Upstream {
 struct UpstreamState {
     name: &'static str,
     hits: AtomicUsize,
+    probes: AtomicUsize,
+    connections: AtomicUsize,
+    healthy: AtomicBool,
+    failing: AtomicBool,
     held: watch::Sender<usize>,
     released: watch::Sender<bool>,
     upload_started: watch::Sender<bool>,
@@ -103,6 +113,10 @@ impl Upstream {
         let state = Arc::new(UpstreamState {
             name,
             hits: AtomicUsize::new(0),
+            probes: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
+            healthy: AtomicBool::new(true),
+            failing: AtomicBool::new(false),
             held: watch::Sender::new(0),
             released: watch::Sender::new(false),
             upload_started: watch::Sender::new(false),
@@ -112,6 +126,7 @@ impl Upstream {
         let serve_token = token.clone();
         let task = tokio::spawn(async move {
             let make = move |_peer: SocketAddr| {
+                serve_state.connections.fetch_add(1, Ordering::SeqCst);
                 let state = Arc::clone(&serve_state);
                 hyper::service::service_fn(move |req| {
                     let state = Arc::clone(&state);
@@ -140,9 +155,29 @@ impl Upstream {
         format!("http://{}", self.addr)
     }
 
-    /// Requests this upstream has received.
+    /// Requests this upstream has received, health probes not included.
     pub fn hits(&self) -> usize {
         self.state.hits.load(Ordering::SeqCst)
+    }
+
+    /// Health probes this upstream has answered.
+    pub fn probes(&self) -> usize {
+        self.state.probes.load(Ordering::SeqCst)
+    }
+
+    /// TCP connections this upstream has accepted.
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(Ordering::SeqCst)
+    }
+
+    /// Makes the health path answer 200 (true) or 503 (false).
+    pub fn set_healthy(&self, healthy: bool) {
+        self.state.healthy.store(healthy, Ordering::SeqCst);
+    }
+
+    /// Makes every request but probes answer 500 (true) or normally (false).
+    pub fn set_failing(&self, failing: bool) {
+        self.state.failing.store(failing, Ordering::SeqCst);
     }
 
     /// Waits until `n` requests are held on `/hold` or `/stream`.
@@ -185,9 +220,39 @@ async fn wait_released(state: &UpstreamState) {
 }
 
 async fn upstream_handle(state: &UpstreamState, req: Request<Incoming>) -> Response<TestBody> {
-    state.hits.fetch_add(1, Ordering::SeqCst);
     let path = req.uri().path().to_string();
     let name = state.name;
+    if path == "/v2/health/ready" {
+        state.probes.fetch_add(1, Ordering::SeqCst);
+        return if state.healthy.load(Ordering::SeqCst) {
+            full(StatusCode::OK, "{}")
+        } else {
+            full(StatusCode::SERVICE_UNAVAILABLE, "{}")
+        };
+    }
+    if path == "/grpc.health.v1.Health/Check" {
+        // The standard gRPC health service: SERVING (1) or NOT_SERVING (2).
+        state.probes.fetch_add(1, Ordering::SeqCst);
+        let _ = req.into_body().collect().await;
+        let status = if state.healthy.load(Ordering::SeqCst) {
+            1
+        } else {
+            2
+        };
+        let message = Bytes::from(vec![0, 0, 0, 0, 2, 0x08, status]);
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> =
+            vec![Ok(Frame::data(message)), Ok(Frame::trailers(trailers))];
+        let mut resp = Response::new(BodyExt::boxed(StreamBody::new(tokio_stream::iter(frames))));
+        resp.headers_mut()
+            .insert("content-type", "application/grpc".parse().unwrap());
+        return resp;
+    }
+    state.hits.fetch_add(1, Ordering::SeqCst);
+    if state.failing.load(Ordering::SeqCst) {
+        return full(StatusCode::INTERNAL_SERVER_ERROR, name);
+    }
     if path.starts_with("/echo") {
         let head = serde_json::json!({
             "upstream": name,
@@ -416,7 +481,8 @@ impl Proxy {
         let mut task = tokio::spawn(switchyard::run(config, listeners, async {
             let _ = rx.await;
         }));
-        // Ready once /readyz answers 200, or fail fast if run returned.
+        // Started once the first probe round is in (/readyz says
+        // `"probed": true`, whether ready or not), or fail fast if run returned.
         let ready_url = format!("http://{admin}/readyz");
         let give_up = tokio::time::Instant::now() + DEADLINE;
         loop {
@@ -427,12 +493,14 @@ impl Proxy {
                 };
             }
             if let Ok(r) = try_send(&client(), Method::GET, &ready_url, full_body("")).await {
-                if r.status == StatusCode::OK {
+                let probed = serde_json::from_slice::<Value>(&r.body)
+                    .is_ok_and(|v| v["probed"] == Value::Bool(true));
+                if probed {
                     break;
                 }
             }
             if tokio::time::Instant::now() > give_up {
-                panic!("timed out waiting for the proxy to be ready");
+                panic!("timed out waiting for the proxy's first probe round");
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

@@ -1,0 +1,182 @@
+//! `[models.health]` and its per-pool override `[models.<pool>.health]`:
+//! the raw shape, the defaults, and the checks that reject settings a prober
+//! cannot honour (a timeout longer than the interval, zero thresholds).
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::Checker;
+
+pub const DEFAULT_HEALTH_PATH: &str = "/v2/health/ready";
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+pub const DEFAULT_HEALTHY_AFTER: u32 = 2;
+pub const DEFAULT_UNHEALTHY_AFTER: u32 = 3;
+pub const DEFAULT_WARM_CONNECTIONS: u32 = 2;
+pub const DEFAULT_EJECT_AFTER: u32 = 5;
+/// First passive ejection lasts this long; each one in a row doubles it.
+pub const EJECT_BASE: Duration = Duration::from_secs(10);
+/// Upper bound of the doubling ejection back-off.
+pub const EJECT_MAX: Duration = Duration::from_secs(300);
+/// More idle connections than this per endpoint is a config mistake, not warmth.
+const MAX_WARM_CONNECTIONS: u32 = 64;
+
+/// Health settings of one pool, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// Probed with `GET` on HTTP/1.1 pools; unused on h2c pools, which are
+    /// probed with the gRPC health protocol.
+    pub path: String,
+    /// The `service` asked about in a gRPC health check; "" is the whole server.
+    pub grpc_service: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_after: u32,
+    pub unhealthy_after: u32,
+    /// Idle keep-alive connections the prober keeps open per endpoint.
+    pub warm_connections: u32,
+    /// Consecutive failed requests (connect errors, resets, timeouts, 5xx)
+    /// that eject an endpoint.
+    pub eject_after: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            path: DEFAULT_HEALTH_PATH.to_string(),
+            grpc_service: String::new(),
+            interval: DEFAULT_INTERVAL,
+            timeout: DEFAULT_TIMEOUT,
+            healthy_after: DEFAULT_HEALTHY_AFTER,
+            unhealthy_after: DEFAULT_UNHEALTHY_AFTER,
+            warm_connections: DEFAULT_WARM_CONNECTIONS,
+            eject_after: DEFAULT_EJECT_AFTER,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHealth {
+    #[serde(default)]
+    path: Option<Spanned<String>>,
+    #[serde(default)]
+    grpc_service: Option<Spanned<String>>,
+    #[serde(default)]
+    interval: Option<Spanned<String>>,
+    #[serde(default)]
+    timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    healthy_after: Option<Spanned<u32>>,
+    #[serde(default)]
+    unhealthy_after: Option<Spanned<u32>>,
+    #[serde(default)]
+    warm_connections: Option<Spanned<u32>>,
+    #[serde(default)]
+    eject_after: Option<Spanned<u32>>,
+}
+
+/// Checks a pool's health settings: each key from the pool's own table if it
+/// sets it, else from the model's, else the default. `key` names the pool
+/// (`models[0].green`) for messages.
+pub(super) fn validate(
+    c: &mut Checker<'_>,
+    key: &str,
+    model: Option<&RawHealth>,
+    pool: Option<&RawHealth>,
+) -> HealthConfig {
+    // Field by field: the pool's value wins, then the model's.
+    macro_rules! pick {
+        ($field:ident) => {
+            pool.and_then(|p| p.$field.as_ref())
+                .or_else(|| model.and_then(|m| m.$field.as_ref()))
+        };
+    }
+    let d = HealthConfig::default();
+    let k = |field: &str| format!("{key}.health.{field}");
+
+    let path = match pick!(path) {
+        None => d.path,
+        Some(p) if p.get_ref().starts_with('/') && !p.get_ref().contains(char::is_whitespace) => {
+            p.get_ref().clone()
+        }
+        Some(p) => {
+            c.error(
+                p.span(),
+                format!(
+                    "{}: {:?} must be a path starting with \"/\"",
+                    k("path"),
+                    p.get_ref()
+                ),
+            );
+            d.path
+        }
+    };
+    let grpc_service = pick!(grpc_service).map_or(d.grpc_service, |s| s.get_ref().clone());
+    let interval = c.duration(&k("interval"), pick!(interval), d.interval);
+    let timeout = c.duration(&k("timeout"), pick!(timeout), d.timeout);
+    if timeout > interval {
+        let span = pick!(timeout)
+            .or(pick!(interval))
+            .map_or(0..0, |s| s.span());
+        c.error(
+            span,
+            format!(
+                "{}: timeout {timeout:?} is longer than the interval {interval:?}; probes would overlap",
+                k("timeout")
+            ),
+        );
+    }
+    let mut count =
+        |field: &str, value: Option<&Spanned<u32>>, default: u32, min: u32, max: u32| -> u32 {
+            match value {
+                None => default,
+                Some(v) if (min..=max).contains(v.get_ref()) => *v.get_ref(),
+                Some(v) => {
+                    c.error(
+                        v.span(),
+                        format!(
+                            "{}: {} is out of range; expected {min} to {max}",
+                            k(field),
+                            v.get_ref()
+                        ),
+                    );
+                    default
+                }
+            }
+        };
+    let healthy_after = count(
+        "healthy_after",
+        pick!(healthy_after),
+        d.healthy_after,
+        1,
+        1000,
+    );
+    let unhealthy_after = count(
+        "unhealthy_after",
+        pick!(unhealthy_after),
+        d.unhealthy_after,
+        1,
+        1000,
+    );
+    let warm_connections = count(
+        "warm_connections",
+        pick!(warm_connections),
+        d.warm_connections,
+        0,
+        MAX_WARM_CONNECTIONS,
+    );
+    let eject_after = count("eject_after", pick!(eject_after), d.eject_after, 1, 100_000);
+    HealthConfig {
+        path,
+        grpc_service,
+        interval,
+        timeout,
+        healthy_after,
+        unhealthy_after,
+        warm_connections,
+        eject_after,
+    }
+}

@@ -1,0 +1,448 @@
+//! The health checker: probes every endpoint of both pools of every model,
+//! keeps the standby's connections warm, and turns probe results and the
+//! request path's ejections into each endpoint's state. Never swaps pools.
+//!
+//! One loop per pool. Each round, every endpoint gets `warm_connections`
+//! concurrent probes (one on h2c pools, whose single connection multiplexes)
+//! through the pool's own upstream client: the connections probes open are
+//! the ones requests reuse, so a standby that is probed is a standby that is
+//! connected. An endpoint passes a round when all its probes pass.
+//!
+//! Probes: HTTP/1.1 pools get `GET {health.path}`, passing on 2xx. h2c pools
+//! get the standard gRPC health check (`grpc.health.v1.Health/Check` for
+//! `health.grpc_service`), passing on `grpc-status: 0` and `SERVING`.
+//!
+//! The state machine itself is sans-io, in `health/tracker.rs`. A health
+//! change is logged once, when it happens, with its cause; never per probe.
+
+mod tracker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{header, HeaderValue, Method, Request, Version};
+use http_body_util::{BodyExt, Either, Full};
+use serde::Serialize;
+use tokio::task::JoinSet;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use tracker::{EndpointState, Thresholds, Tracker};
+
+use crate::config::{EJECT_BASE, EJECT_MAX};
+use crate::pool::{Pool, Protocol, UpstreamBody};
+use crate::switch::Model;
+
+/// A probe reads at most this much of a health response before it stops:
+/// enough for any readiness body, bounded against a misbehaving upstream.
+const MAX_PROBE_BODY: usize = 64 * 1024;
+const GRPC_HEALTH_PATH: &str = "/grpc.health.v1.Health/Check";
+static PROBE_USER_AGENT: HeaderValue = HeaderValue::from_static("switchyard-probe");
+
+/// The latest probe round of one endpoint, as status shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeReport {
+    pub ok: bool,
+    /// `status 200`, `status 503`, `no answer within 1s`, `connect failed: ...`.
+    pub result: String,
+    pub latency_ms: f64,
+    pub at_unix_ms: u64,
+    /// Failed probe rounds in a row.
+    pub consecutive_failures: u32,
+    /// While ejected: when the back-off ends (the endpoint returns once
+    /// probes pass after it).
+    pub ejected_until_unix_ms: Option<u64>,
+}
+
+/// Probes every pool of every model until cancelled.
+pub struct Checker {
+    pools: Vec<Arc<Pool>>,
+}
+
+// === impl Checker ===
+
+impl Checker {
+    pub fn new(models: &[Arc<Model>]) -> Checker {
+        let pools = models
+            .iter()
+            .flat_map(|m| crate::pool::PoolName::ALL.map(|p| Arc::clone(m.pool(p))))
+            .collect();
+        Checker { pools }
+    }
+
+    /// Runs one probe loop per pool until `token` is cancelled.
+    pub async fn run(self, token: CancellationToken) {
+        let mut loops = JoinSet::new();
+        for pool in self.pools {
+            loops.spawn(watch_pool(pool, token.child_token()));
+        }
+        // Each loop returns only once cancelled; a panic ends `run` (and so
+        // the whole proxy) instead of leaving a pool silently unprobed.
+        while let Some(ended) = loops.join_next().await {
+            if let Err(e) = ended {
+                if e.is_panic() {
+                    std::panic::resume_unwind(e.into_panic());
+                }
+            }
+        }
+    }
+}
+
+async fn watch_pool(pool: Arc<Pool>, token: CancellationToken) {
+    let config = pool.health_config().clone();
+    let thresholds = Thresholds {
+        healthy_after: config.healthy_after,
+        unhealthy_after: config.unhealthy_after,
+        eject_base: EJECT_BASE,
+        eject_max: EJECT_MAX,
+    };
+    let mut trackers = vec![Tracker::new(thresholds); pool.endpoints().len()];
+    let mut ticker = tokio::time::interval(config.interval);
+    // A slow round pushes the next one back instead of firing a burst.
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = token.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let outcomes = tokio::select! {
+            () = token.cancelled() => return,
+            outcomes = probe_round(&pool) => outcomes,
+        };
+        let now = Instant::now();
+        for (index, outcome) in outcomes.into_iter().enumerate() {
+            apply(&pool, index, &mut trackers[index], outcome, now);
+        }
+        pool.mark_probed();
+    }
+}
+
+/// Feeds one endpoint's round into its tracker and publishes the result.
+fn apply(pool: &Pool, index: usize, tracker: &mut Tracker, outcome: Outcome, now: Instant) {
+    let endpoint = &pool.endpoints()[index];
+    let labels = (pool.model(), pool.name(), endpoint.url());
+    if endpoint.is_eject_requested() {
+        if let Some(backoff) = tracker.eject(now) {
+            endpoint.metrics().ejections.inc();
+            warn!(
+                model = labels.0,
+                pool = %labels.1,
+                endpoint = labels.2,
+                failures = endpoint.consecutive_request_failures(),
+                backoff = ?backoff,
+                "endpoint ejected after failed requests in a row"
+            );
+        }
+    }
+    if let Some(state) = tracker.on_probe(outcome.ok, now) {
+        if state == EndpointState::Healthy {
+            info!(model = labels.0, pool = %labels.1, endpoint = labels.2, state = %state, cause = %outcome.result, "endpoint health changed");
+        } else {
+            warn!(model = labels.0, pool = %labels.1, endpoint = labels.2, state = %state, cause = %outcome.result, "endpoint health changed");
+        }
+    }
+    let ejected_until_unix_ms = tracker
+        .ejected_until()
+        .map(|until| unix_ms_in(until.saturating_duration_since(now)));
+    endpoint.publish(
+        tracker.state(),
+        ProbeReport {
+            ok: outcome.ok,
+            result: outcome.result,
+            latency_ms: outcome.latency.as_secs_f64() * 1000.0,
+            at_unix_ms: unix_ms_in(Duration::ZERO),
+            consecutive_failures: tracker.consecutive_failures(),
+            ejected_until_unix_ms,
+        },
+    );
+}
+
+fn unix_ms_in(after: Duration) -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| (d + after).as_millis() as u64)
+}
+
+/// What one endpoint's round found.
+#[derive(Debug)]
+struct Outcome {
+    ok: bool,
+    result: String,
+    latency: Duration,
+}
+
+/// Probes every endpoint of `pool` at once; one [`Outcome`] per endpoint,
+/// in endpoint order.
+async fn probe_round(pool: &Arc<Pool>) -> Vec<Outcome> {
+    let per_endpoint = match pool.protocol() {
+        Protocol::Http1 => pool.health_config().warm_connections.max(1),
+        Protocol::H2c => 1,
+    };
+    let mut probes = JoinSet::new();
+    for index in 0..pool.endpoints().len() {
+        for _ in 0..per_endpoint {
+            let pool = Arc::clone(pool);
+            probes.spawn(async move { (index, probe_once(&pool, index).await) });
+        }
+    }
+    let mut outcomes: Vec<Option<Outcome>> = (0..pool.endpoints().len()).map(|_| None).collect();
+    while let Some(joined) = probes.join_next().await {
+        let Ok((index, result)) = joined else {
+            continue;
+        };
+        let latency = result.as_ref().map_or(Duration::ZERO, |r| r.latency);
+        pool.metrics()
+            .count_probe(result.is_ok(), latency.as_secs_f64());
+        let next = match result {
+            Ok(pass) => Outcome {
+                ok: true,
+                result: pass.result,
+                latency,
+            },
+            Err(fail) => Outcome {
+                ok: false,
+                result: fail,
+                latency,
+            },
+        };
+        // The endpoint passes when every probe passed: keep the first failure.
+        outcomes[index] = Some(match outcomes[index].take() {
+            Some(prev) if !prev.ok => prev,
+            Some(prev) if next.ok => Outcome {
+                latency: prev.latency.max(next.latency),
+                ..prev
+            },
+            _ => next,
+        });
+    }
+    outcomes
+        .into_iter()
+        .map(|o| {
+            o.unwrap_or(Outcome {
+                ok: false,
+                result: "probe task failed".to_string(),
+                latency: Duration::ZERO,
+            })
+        })
+        .collect()
+}
+
+struct Pass {
+    result: String,
+    latency: Duration,
+}
+
+/// One probe request through the pool's client.
+async fn probe_once(pool: &Pool, index: usize) -> Result<Pass, String> {
+    let config = pool.health_config();
+    let endpoint = &pool.endpoints()[index];
+    let request = match pool.protocol() {
+        Protocol::Http1 => {
+            http_probe(endpoint.uri(Some(&config.path.parse().map_err(|_| "bad health path")?)))
+        }
+        Protocol::H2c => grpc_probe(
+            endpoint.uri(Some(&http::uri::PathAndQuery::from_static(
+                GRPC_HEALTH_PATH,
+            ))),
+            &config.grpc_service,
+        ),
+    }
+    .map_err(|e| format!("cannot build probe: {e}"))?;
+    let protocol = pool.protocol();
+    let started = Instant::now();
+    let checked = tokio::time::timeout(config.timeout, async {
+        let response = pool.client().request(request).await.map_err(|e| {
+            if e.is_connect() {
+                format!("connect failed: {}", error_chain(&e))
+            } else {
+                format!("request failed: {}", error_chain(&e))
+            }
+        })?;
+        match protocol {
+            Protocol::Http1 => check_http(response).await,
+            Protocol::H2c => check_grpc(response).await,
+        }
+    })
+    .await;
+    match checked {
+        Ok(Ok(result)) => Ok(Pass {
+            result,
+            latency: started.elapsed(),
+        }),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(format!("no answer within {:?}", config.timeout)),
+    }
+}
+
+fn http_probe(uri: http::Uri) -> Result<Request<UpstreamBody>, http::Error> {
+    Request::builder()
+        .method(Method::GET)
+        .uri(uri)
+        .version(Version::HTTP_11)
+        .header(header::USER_AGENT, PROBE_USER_AGENT.clone())
+        .body(Either::Right(Full::new(Bytes::new())))
+}
+
+async fn check_http(response: http::Response<hyper::body::Incoming>) -> Result<String, String> {
+    let status = response.status();
+    // Read the body so the connection goes back to the pool, warm.
+    let _ = read_bounded(response.into_body()).await;
+    if status.is_success() {
+        Ok(format!("status {}", status.as_u16()))
+    } else {
+        Err(format!("status {}", status.as_u16()))
+    }
+}
+
+/// `grpc.health.v1.HealthCheckRequest { service }`, length-prefixed.
+fn grpc_probe(uri: http::Uri, service: &str) -> Result<Request<UpstreamBody>, http::Error> {
+    let mut message = BytesMut::new();
+    if !service.is_empty() {
+        message.extend_from_slice(&[0x0a]); // field 1, length-delimited
+        put_varint(&mut message, service.len() as u64);
+        message.extend_from_slice(service.as_bytes());
+    }
+    let mut frame = BytesMut::with_capacity(5 + message.len());
+    frame.extend_from_slice(&[0]); // not compressed
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&message);
+    Request::builder()
+        .method(Method::POST)
+        .uri(uri)
+        .version(Version::HTTP_2)
+        .header(header::CONTENT_TYPE, "application/grpc")
+        .header(header::TE, "trailers")
+        .header(header::USER_AGENT, PROBE_USER_AGENT.clone())
+        .body(Either::Right(Full::new(frame.freeze())))
+}
+
+fn put_varint(buf: &mut BytesMut, mut v: u64) {
+    while v >= 0x80 {
+        buf.extend_from_slice(&[(v as u8) | 0x80]);
+        v >>= 7;
+    }
+    buf.extend_from_slice(&[v as u8]);
+}
+
+/// Passes on `grpc-status: 0` with `HealthCheckResponse.status == SERVING`.
+async fn check_grpc(response: http::Response<hyper::body::Incoming>) -> Result<String, String> {
+    if !response.status().is_success() {
+        return Err(format!("status {}", response.status().as_u16()));
+    }
+    // A trailers-only response carries grpc-status in the headers.
+    let header_status = response.headers().get("grpc-status").cloned();
+    let collected = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("body failed: {e}"))?;
+    let trailer_status = collected
+        .trailers()
+        .and_then(|t| t.get("grpc-status"))
+        .cloned();
+    let grpc_status = trailer_status.or(header_status);
+    match grpc_status.as_ref().map(HeaderValue::as_bytes) {
+        Some(b"0") => {}
+        Some(other) => return Err(format!("grpc-status {}", String::from_utf8_lossy(other))),
+        None => return Err("no grpc-status".to_string()),
+    }
+    let mut body = collected.to_bytes();
+    if body.len() < 5 {
+        return Err("empty gRPC health response".to_string());
+    }
+    body.advance(5);
+    match serving_status(&body) {
+        Some(1) => Ok("SERVING".to_string()),
+        Some(2) => Err("NOT_SERVING".to_string()),
+        Some(other) => Err(format!("health status {other}")),
+        None => Err("health status UNKNOWN".to_string()),
+    }
+}
+
+/// Field 1 (varint) of a `HealthCheckResponse`, skipping other fields.
+fn serving_status(mut message: &[u8]) -> Option<u64> {
+    let mut status = None;
+    while !message.is_empty() {
+        let key = read_varint(&mut message)?;
+        match (key >> 3, key & 7) {
+            (1, 0) => status = Some(read_varint(&mut message)?),
+            (_, 0) => {
+                read_varint(&mut message)?;
+            }
+            (_, 2) => {
+                let len = usize::try_from(read_varint(&mut message)?).ok()?;
+                message = message.get(len..)?;
+            }
+            (_, 1) => message = message.get(8..)?,
+            (_, 5) => message = message.get(4..)?,
+            _ => return None,
+        }
+    }
+    status
+}
+
+fn read_varint(buf: &mut &[u8]) -> Option<u64> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = buf.split_first()?;
+        *buf = rest;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte < 0x80 {
+            return Some(value);
+        }
+    }
+    None
+}
+
+async fn read_bounded(mut body: hyper::body::Incoming) -> usize {
+    let mut read = 0;
+    while read <= MAX_PROBE_BODY {
+        match body.frame().await {
+            Some(Ok(frame)) => read += frame.data_ref().map_or(0, Bytes::len),
+            _ => break,
+        }
+    }
+    read
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serving_status_reads_field_one() {
+        assert_eq!(serving_status(&[0x08, 0x01]), Some(1));
+        assert_eq!(serving_status(&[0x08, 0x02]), Some(2));
+        assert_eq!(serving_status(&[]), None);
+        // An unknown length-delimited field before the status is skipped.
+        assert_eq!(
+            serving_status(&[0x12, 0x02, b'h', b'i', 0x08, 0x01]),
+            Some(1)
+        );
+        assert_eq!(serving_status(&[0x12, 0x09, b'h']), None);
+    }
+
+    #[test]
+    fn varints_round_trip() {
+        for v in [0u64, 1, 127, 128, 300, 16_383, 16_384, u64::from(u32::MAX)] {
+            let mut buf = BytesMut::new();
+            put_varint(&mut buf, v);
+            let mut slice = &buf[..];
+            assert_eq!(read_varint(&mut slice), Some(v));
+            assert!(slice.is_empty());
+        }
+    }
+}

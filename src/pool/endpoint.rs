@@ -1,0 +1,171 @@
+//! One upstream server of a pool: its address, its load (in-flight and
+//! served counters), and its health as the request path sees it. The
+//! request path reads the health with one atomic load and reports its own
+//! outcomes (passive checks); the prober (`health.rs`) writes the state.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::Uri;
+
+use crate::health::{EndpointState, ProbeReport};
+use crate::metrics::EndpointMetrics;
+
+pub struct Endpoint {
+    url: String,
+    authority: Authority,
+    in_flight: AtomicUsize,
+    served: AtomicU64,
+    /// An [`EndpointState`] as `u8`: written by the prober, and by the
+    /// request path when it ejects the endpoint.
+    state: AtomicU8,
+    /// Failed requests in a row (connect error, reset, timeout, 5xx).
+    passive_failures: AtomicU32,
+    /// Failures in a row that eject the endpoint.
+    eject_after: u32,
+    /// Set by the request path when it ejects; the prober starts the
+    /// back-off and clears it once the endpoint is back.
+    eject_requested: AtomicBool,
+    /// Open connections, counted by the pool's connector.
+    open_connections: Arc<AtomicUsize>,
+    /// The prober's latest report, for status.
+    report: ArcSwapOption<ProbeReport>,
+    metrics: EndpointMetrics,
+}
+
+// === impl Endpoint ===
+
+impl Endpoint {
+    pub(super) fn new(
+        url: String,
+        authority: Authority,
+        eject_after: u32,
+        metrics: EndpointMetrics,
+    ) -> Endpoint {
+        metrics.healthy.set(0);
+        Endpoint {
+            url,
+            authority,
+            in_flight: AtomicUsize::new(0),
+            served: AtomicU64::new(0),
+            state: AtomicU8::new(EndpointState::Unknown as u8),
+            passive_failures: AtomicU32::new(0),
+            eject_after,
+            eject_requested: AtomicBool::new(false),
+            open_connections: Arc::new(AtomicUsize::new(0)),
+            report: ArcSwapOption::empty(),
+            metrics,
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Requests sent to this endpoint since start.
+    pub fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
+
+    /// Upstream connections open now (idle or busy).
+    pub fn open_connections(&self) -> usize {
+        self.open_connections.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn connection_counter(&self) -> Arc<AtomicUsize> {
+        Arc::clone(&self.open_connections)
+    }
+
+    pub fn state(&self) -> EndpointState {
+        EndpointState::from_u8(self.state.load(Ordering::Relaxed))
+    }
+
+    /// Whether balancing may send a request here: one atomic load.
+    #[inline]
+    pub fn is_serving(&self) -> bool {
+        self.state().is_serving()
+    }
+
+    pub fn report(&self) -> Option<Arc<ProbeReport>> {
+        self.report.load_full()
+    }
+
+    pub fn consecutive_request_failures(&self) -> u32 {
+        self.passive_failures.load(Ordering::Relaxed)
+    }
+
+    /// Counts one request's outcome for passive checks. Enough failures in a
+    /// row take the endpoint out of rotation at once; the prober then owns
+    /// its back-off and return.
+    #[inline]
+    pub fn record_outcome(&self, failed: bool) {
+        // Relaxed throughout: these counters order nothing else, and a
+        // request racing an ejection by one request is harmless.
+        if failed {
+            let n = self.passive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+            if n >= self.eject_after && !self.eject_requested.swap(true, Ordering::Relaxed) {
+                self.state
+                    .store(EndpointState::Ejected as u8, Ordering::Relaxed);
+                self.metrics.healthy.set(0);
+            }
+        } else if self.passive_failures.load(Ordering::Relaxed) != 0 {
+            self.passive_failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// True once, for the prober: the request path asked for an ejection.
+    pub(crate) fn is_eject_requested(&self) -> bool {
+        self.eject_requested.load(Ordering::Relaxed)
+    }
+
+    /// The prober publishes the endpoint's state and its latest report.
+    pub(crate) fn publish(&self, state: EndpointState, report: ProbeReport) {
+        if state != EndpointState::Ejected && self.is_eject_requested() {
+            // Back in rotation: the ejection is over, count afresh.
+            self.passive_failures.store(0, Ordering::Relaxed);
+            self.eject_requested.store(false, Ordering::Relaxed);
+        }
+        self.state.store(state as u8, Ordering::Relaxed);
+        self.metrics
+            .healthy
+            .set(i64::from(state == EndpointState::Healthy));
+        self.report.store(Some(Arc::new(report)));
+    }
+
+    pub(crate) fn metrics(&self) -> &EndpointMetrics {
+        &self.metrics
+    }
+
+    pub(super) fn start_request(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.served.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn end_request(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The upstream URI for a request path on this endpoint.
+    pub fn uri(&self, path: Option<&PathAndQuery>) -> Uri {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(
+            path.cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
+        // Scheme, authority and path are each valid on their own, and together
+        // they always form a valid absolute URI.
+        Uri::from_parts(parts).expect("scheme, authority and path form a URI")
+    }
+}

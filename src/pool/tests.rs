@@ -1,0 +1,142 @@
+use super::*;
+use crate::config::EndpointConfig;
+use crate::health::ProbeReport;
+use crate::metrics::Metrics;
+
+fn pool_with(n: usize, eject_after: u32) -> Arc<Pool> {
+    let config = PoolConfig {
+        protocol: Protocol::Http1,
+        endpoints: (0..n)
+            .map(|i| EndpointConfig {
+                url: format!("http://127.0.0.1:{}", 9000 + i),
+                authority: format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
+            })
+            .collect(),
+        health: HealthConfig {
+            eject_after,
+            ..HealthConfig::default()
+        },
+    };
+    Arc::new(Pool::new(
+        "m".into(),
+        PoolName::Blue,
+        &config,
+        Duration::from_secs(1),
+        &Metrics::new(),
+    ))
+}
+
+fn pool(n: usize) -> Arc<Pool> {
+    pool_with(n, 5)
+}
+
+fn report(ok: bool) -> ProbeReport {
+    ProbeReport {
+        ok,
+        result: String::new(),
+        latency_ms: 0.0,
+        at_unix_ms: 0,
+        consecutive_failures: 0,
+        ejected_until_unix_ms: None,
+    }
+}
+
+#[test]
+fn pool_names_parse_and_print() {
+    for p in PoolName::ALL {
+        assert_eq!(p.as_str().parse::<PoolName>(), Ok(p));
+        assert_eq!(p.other().other(), p);
+    }
+    assert!("red".parse::<PoolName>().is_err());
+    assert!("Blue".parse::<PoolName>().is_err());
+    assert_eq!(format!("[{:<6}]", PoolName::Blue), "[blue  ]");
+}
+
+#[tokio::test]
+async fn in_flight_counts_until_the_guard_drops() {
+    let pool = pool(1);
+    let a = pool.pick().unwrap();
+    let b = pool.pick().unwrap();
+    assert_eq!(pool.in_flight(), 2);
+    assert_eq!(pool.metrics().in_flight.get(), 2);
+    drop(a);
+    assert_eq!(pool.in_flight(), 1);
+    drop(b);
+    assert_eq!(pool.in_flight(), 0);
+    assert_eq!(pool.served(), 2);
+}
+
+#[tokio::test]
+async fn two_choices_avoid_the_busier_endpoint() {
+    let pool = pool(2);
+    // Load endpoint 0 with three requests: every pick must take endpoint 1
+    // until the loads are level.
+    let held: Vec<_> = (0..3).map(|_| InFlight::start(pool.clone(), 0)).collect();
+    let picks: Vec<_> = (0..3).map(|_| pool.pick().unwrap()).collect();
+    assert!(picks.iter().all(|g| g.endpoint().url().ends_with(":9001")));
+    drop((held, picks));
+}
+
+#[tokio::test]
+async fn picks_spread_over_many_endpoints() {
+    let pool = pool(5);
+    let held: Vec<_> = (0..500).map(|_| pool.pick().unwrap()).collect();
+    for e in pool.endpoints() {
+        // Power of two choices keeps every endpoint near 100 of 500.
+        assert!(
+            (80..=120).contains(&e.in_flight()),
+            "{}: {}",
+            e.url(),
+            e.in_flight()
+        );
+    }
+    drop(held);
+}
+
+#[tokio::test]
+async fn picks_skip_endpoints_out_of_rotation() {
+    let pool = pool(4);
+    for e in &pool.endpoints()[..3] {
+        e.publish(EndpointState::Unhealthy, report(false));
+    }
+    pool.endpoints()[3].publish(EndpointState::Healthy, report(true));
+    assert_eq!(pool.healthy_count(), 1);
+    for _ in 0..100 {
+        let g = pool.pick().unwrap();
+        assert!(g.endpoint().url().ends_with(":9003"));
+    }
+    pool.endpoints()[3].publish(EndpointState::Unhealthy, report(false));
+    assert!(pool.pick().is_none(), "no endpoint in rotation");
+}
+
+#[tokio::test]
+async fn failed_requests_in_a_row_eject_an_endpoint() {
+    let pool = pool_with(2, 3);
+    let e = &pool.endpoints()[0];
+    e.publish(EndpointState::Healthy, report(true));
+    e.record_outcome(true);
+    e.record_outcome(true);
+    e.record_outcome(false); // a success resets the count
+    e.record_outcome(true);
+    e.record_outcome(true);
+    assert!(e.is_serving());
+    e.record_outcome(true);
+    assert_eq!(e.state(), EndpointState::Ejected);
+    assert!(e.is_eject_requested());
+    // Once the prober brings it back, the count starts afresh.
+    e.publish(EndpointState::Healthy, report(true));
+    assert!(!e.is_eject_requested());
+    assert_eq!(e.consecutive_request_failures(), 0);
+}
+
+#[test]
+fn endpoint_uri_keeps_path_and_query() {
+    let pool = pool(1);
+    let e = &pool.endpoints()[0];
+    let pq: http::uri::PathAndQuery = "/v2/models/iris/infer?x=1".parse().unwrap();
+    assert_eq!(
+        e.uri(Some(&pq)).to_string(),
+        "http://127.0.0.1:9000/v2/models/iris/infer?x=1"
+    );
+    assert_eq!(e.uri(None).to_string(), "http://127.0.0.1:9000/");
+}
