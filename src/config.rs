@@ -23,7 +23,7 @@ use crate::pool::{PoolName, Protocol};
 mod health;
 
 use health::RawHealth;
-pub use health::{HealthConfig, EJECT_BASE, EJECT_MAX};
+pub use health::{HealthConfig, EJECT_MAX};
 
 /// How long the proxy waits for an upstream's response headers.
 /// Inference can be slow (large batches, long generations), hence generous.

@@ -31,7 +31,7 @@ use tracing::{info, warn};
 
 pub use tracker::{EndpointState, Thresholds, Tracker};
 
-use crate::config::{EJECT_BASE, EJECT_MAX};
+use crate::config::EJECT_MAX;
 use crate::pool::{Pool, Protocol, UpstreamBody};
 use crate::switch::Model;
 
@@ -95,8 +95,8 @@ async fn watch_pool(pool: Arc<Pool>, token: CancellationToken) {
     let thresholds = Thresholds {
         healthy_after: config.healthy_after,
         unhealthy_after: config.unhealthy_after,
-        eject_base: EJECT_BASE,
-        eject_max: EJECT_MAX,
+        eject_base: config.eject_backoff,
+        eject_max: EJECT_MAX.max(config.eject_backoff),
     };
     let mut trackers = vec![Tracker::new(thresholds); pool.endpoints().len()];
     let mut ticker = tokio::time::interval(config.interval);

@@ -17,7 +17,7 @@ pub const DEFAULT_UNHEALTHY_AFTER: u32 = 3;
 pub const DEFAULT_WARM_CONNECTIONS: u32 = 2;
 pub const DEFAULT_EJECT_AFTER: u32 = 5;
 /// First passive ejection lasts this long; each one in a row doubles it.
-pub const EJECT_BASE: Duration = Duration::from_secs(10);
+pub const DEFAULT_EJECT_BACKOFF: Duration = Duration::from_secs(10);
 /// Upper bound of the doubling ejection back-off.
 pub const EJECT_MAX: Duration = Duration::from_secs(300);
 /// More idle connections than this per endpoint is a config mistake, not warmth.
@@ -40,6 +40,9 @@ pub struct HealthConfig {
     /// Consecutive failed requests (connect errors, resets, timeouts, 5xx)
     /// that eject an endpoint.
     pub eject_after: u32,
+    /// How long the first ejection lasts; doubled per ejection in a row, up
+    /// to [`EJECT_MAX`] (or this, if longer).
+    pub eject_backoff: Duration,
 }
 
 impl Default for HealthConfig {
@@ -53,6 +56,7 @@ impl Default for HealthConfig {
             unhealthy_after: DEFAULT_UNHEALTHY_AFTER,
             warm_connections: DEFAULT_WARM_CONNECTIONS,
             eject_after: DEFAULT_EJECT_AFTER,
+            eject_backoff: DEFAULT_EJECT_BACKOFF,
         }
     }
 }
@@ -76,6 +80,8 @@ pub(super) struct RawHealth {
     warm_connections: Option<Spanned<u32>>,
     #[serde(default)]
     eject_after: Option<Spanned<u32>>,
+    #[serde(default)]
+    eject_backoff: Option<Spanned<String>>,
 }
 
 /// Checks a pool's health settings: each key from the pool's own table if it
@@ -117,6 +123,7 @@ pub(super) fn validate(
     let grpc_service = pick!(grpc_service).map_or(d.grpc_service, |s| s.get_ref().clone());
     let interval = c.duration(&k("interval"), pick!(interval), d.interval);
     let timeout = c.duration(&k("timeout"), pick!(timeout), d.timeout);
+    let eject_backoff = c.duration(&k("eject_backoff"), pick!(eject_backoff), d.eject_backoff);
     if timeout > interval {
         let span = pick!(timeout)
             .or(pick!(interval))
@@ -178,5 +185,6 @@ pub(super) fn validate(
         unhealthy_after,
         warm_connections,
         eject_after,
+        eject_backoff,
     }
 }
