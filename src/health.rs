@@ -8,6 +8,12 @@
 //! the ones requests reuse, so a standby that is probed is a standby that is
 //! connected. An endpoint passes a round when all its probes pass.
 //!
+//! The trade-off Pingora's `reuse_connection` names, decided per pool:
+//! reused connections keep the standby warm (the default); with
+//! `warm_connections = 0` each HTTP/1.1 probe asks for `Connection: close`,
+//! so it opens a fresh connection and so also catches a broken network path,
+//! at the price of a cold standby.
+//!
 //! Probes: HTTP/1.1 pools get `GET {health.path}`, passing on 2xx. h2c pools
 //! get the standard gRPC health check (`grpc.health.v1.Health/Check` for
 //! `health.grpc_service`), passing on `grpc-status: 0` and `SERVING`.
@@ -239,9 +245,10 @@ async fn probe_once(pool: &Pool, index: usize) -> Result<Pass, String> {
     let config = pool.health_config();
     let endpoint = &pool.endpoints()[index];
     let request = match pool.protocol() {
-        Protocol::Http1 => {
-            http_probe(endpoint.uri(Some(&config.path.parse().map_err(|_| "bad health path")?)))
-        }
+        Protocol::Http1 => http_probe(
+            endpoint.uri(Some(&config.path.parse().map_err(|_| "bad health path")?)),
+            config.warm_connections > 0,
+        ),
         Protocol::H2c => grpc_probe(
             endpoint.uri(Some(&http::uri::PathAndQuery::from_static(
                 GRPC_HEALTH_PATH,
@@ -276,13 +283,19 @@ async fn probe_once(pool: &Pool, index: usize) -> Result<Pass, String> {
     }
 }
 
-fn http_probe(uri: http::Uri) -> Result<Request<UpstreamBody>, http::Error> {
-    Request::builder()
+/// A probe request. With `keep` false (`warm_connections = 0`) it asks for
+/// `Connection: close`, so probing leaves no idle connection behind: each
+/// probe pays a fresh connect, which also proves the network path works.
+fn http_probe(uri: http::Uri, keep: bool) -> Result<Request<UpstreamBody>, http::Error> {
+    let mut builder = Request::builder()
         .method(Method::GET)
         .uri(uri)
         .version(Version::HTTP_11)
-        .header(header::USER_AGENT, PROBE_USER_AGENT.clone())
-        .body(Either::Right(Full::new(Bytes::new())))
+        .header(header::USER_AGENT, PROBE_USER_AGENT.clone());
+    if !keep {
+        builder = builder.header(header::CONNECTION, "close");
+    }
+    builder.body(Either::Right(Full::new(Bytes::new())))
 }
 
 async fn check_http(response: http::Response<hyper::body::Incoming>) -> Result<String, String> {
