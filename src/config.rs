@@ -105,7 +105,7 @@ pub struct EndpointConfig {
 // === errors ===
 
 /// One problem in a config file, with the position of the value to blame.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ConfigError {
     pub file: PathBuf,
     pub line: usize,
@@ -399,6 +399,9 @@ fn validate(raw: RawConfig, blame: &Blame<'_>) -> Result<Config, Vec<ConfigError
         }
     }
 
+    // A model-level health mistake is found once per pool, word for word.
+    let mut seen = HashSet::new();
+    c.errors.retain(|e| seen.insert(e.clone()));
     if c.errors.is_empty() {
         Ok(Config {
             proxy,
@@ -496,7 +499,13 @@ fn validate_pool(
     model_health: Option<&RawHealth>,
 ) -> PoolConfig {
     let key = format!("models[{i}].{pool}");
-    let health = health::validate(c, &key, model_health, raw.health.as_ref());
+    let health = health::validate(
+        c,
+        &format!("models[{i}]"),
+        &key,
+        model_health,
+        raw.health.as_ref(),
+    );
     let protocol = match &raw.protocol {
         None => Protocol::Http1,
         Some(p) => {

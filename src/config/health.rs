@@ -84,12 +84,33 @@ pub(super) struct RawHealth {
     eject_backoff: Option<Spanned<String>>,
 }
 
+impl RawHealth {
+    /// Whether this table sets `field` itself.
+    fn sets(&self, field: &str) -> bool {
+        match field {
+            "path" => self.path.is_some(),
+            "grpc_service" => self.grpc_service.is_some(),
+            "interval" => self.interval.is_some(),
+            "timeout" => self.timeout.is_some(),
+            "healthy_after" => self.healthy_after.is_some(),
+            "unhealthy_after" => self.unhealthy_after.is_some(),
+            "warm_connections" => self.warm_connections.is_some(),
+            "eject_after" => self.eject_after.is_some(),
+            "eject_backoff" => self.eject_backoff.is_some(),
+            _ => false,
+        }
+    }
+}
+
 /// Checks a pool's health settings: each key from the pool's own table if it
-/// sets it, else from the model's, else the default. `key` names the pool
-/// (`models[0].green`) for messages.
+/// sets it, else from the model's, else the default. Messages name the
+/// table the value came from: `pool_key` (`models[0].green`) or `model_key`
+/// (`models[0]`), so a model-level mistake reads the same for both pools
+/// and the caller reports it once.
 pub(super) fn validate(
     c: &mut Checker<'_>,
-    key: &str,
+    model_key: &str,
+    pool_key: &str,
     model: Option<&RawHealth>,
     pool: Option<&RawHealth>,
 ) -> HealthConfig {
@@ -101,7 +122,14 @@ pub(super) fn validate(
         };
     }
     let d = HealthConfig::default();
-    let k = |field: &str| format!("{key}.health.{field}");
+    let k = |field: &str| {
+        let table = if pool.is_some_and(|p| p.sets(field)) {
+            pool_key
+        } else {
+            model_key
+        };
+        format!("{table}.health.{field}")
+    };
 
     let path = match pick!(path) {
         None => d.path,

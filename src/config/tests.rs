@@ -576,3 +576,95 @@ proptest! {
         prop_assert!(parse_duration(&n.to_string()).is_err());
     }
 }
+
+// === health ===
+
+#[test]
+fn health_settings_default_as_documented() {
+    let config = parse(MINIMAL).unwrap();
+    for pool in [&config.models[0].blue, &config.models[0].green] {
+        assert_eq!(pool.health, HealthConfig::default());
+        assert_eq!(pool.health.path, "/v2/health/ready");
+        assert_eq!(pool.health.interval, Duration::from_secs(2));
+        assert_eq!(pool.health.timeout, Duration::from_secs(1));
+        assert_eq!(
+            (pool.health.healthy_after, pool.health.unhealthy_after),
+            (2, 3)
+        );
+        assert_eq!(pool.health.warm_connections, 2);
+        assert_eq!(pool.health.eject_after, 5);
+        assert_eq!(pool.health.eject_backoff, Duration::from_secs(10));
+    }
+    assert!(!config.models[0].failover);
+}
+
+#[test]
+fn a_pool_overrides_the_models_health_settings_key_by_key() {
+    let src = format!(
+        "{HEAD}\n[[models]]\nname = \"iris\"\nfailover = true\n\
+         blue.endpoints = [\"http://127.0.0.1:8001\"]\n\
+         green.endpoints = [\"http://127.0.0.1:8002\"]\n\
+         green.health.interval = \"5s\"\n\n\
+         [models.health]\npath = \"/ping\"\ninterval = \"500ms\"\ntimeout = \"200ms\"\n\
+         healthy_after = 1\nunhealthy_after = 4\nwarm_connections = 0\neject_after = 2\neject_backoff = \"1s\"\n"
+    );
+    let config = parse(&src).unwrap();
+    let model = &config.models[0];
+    assert!(model.failover);
+    let blue = &model.blue.health;
+    assert_eq!(blue.path, "/ping");
+    assert_eq!(blue.interval, Duration::from_millis(500));
+    assert_eq!(blue.timeout, Duration::from_millis(200));
+    assert_eq!((blue.healthy_after, blue.unhealthy_after), (1, 4));
+    assert_eq!((blue.warm_connections, blue.eject_after), (0, 2));
+    assert_eq!(blue.eject_backoff, Duration::from_secs(1));
+    let green = &model.green.health;
+    assert_eq!(
+        green.interval,
+        Duration::from_secs(5),
+        "the pool's own key wins"
+    );
+    assert_eq!(green.path, "/ping", "other keys come from the model");
+    assert_eq!(green.timeout, Duration::from_millis(200));
+}
+
+#[test]
+fn a_probe_timeout_longer_than_the_interval_is_refused() {
+    let src = model_with("health.interval = \"1s\"\nhealth.timeout = \"3s\"");
+    // Both pools inherit the bad pair; it is reported once, on the
+    // timeout's line, naming the model's table.
+    assert_blames(
+        &src,
+        "health.timeout",
+        &["models[0].health.timeout", "longer than the interval"],
+    );
+}
+
+#[test]
+fn zero_thresholds_are_refused_on_their_line() {
+    for key in ["healthy_after", "unhealthy_after", "eject_after"] {
+        let src = model_with(&format!("green.health.{key} = 0"));
+        assert_blames(&src, &format!("{key} = 0"), &[key, "out of range", "1 to"]);
+    }
+    let src = model_with("blue.health.warm_connections = 1000");
+    assert_blames(&src, "warm_connections", &["warm_connections", "0 to 64"]);
+    let src = model_with("blue.health.interval = \"0s\"");
+    assert_blames(&src, "interval", &["interval", "longer than zero"]);
+}
+
+#[test]
+fn a_negative_threshold_is_a_shape_error_on_its_line() {
+    let src = model_with("health.unhealthy_after = -1");
+    let e = one_error(&src);
+    assert_eq!(e.line, line_of(&src, "unhealthy_after"));
+}
+
+#[test]
+fn a_bad_health_path_or_key_is_blamed_on_its_line() {
+    let src = model_with("health.path = \"ready\"");
+    assert_blames(&src, "health.path", &["models[0].health.path", "\"/\""]);
+    let src = model_with("green.health.path = \"ready\"");
+    assert_blames(&src, "health.path", &["models[0].green.health.path"]);
+    let src = model_with("health.intervall = \"2s\"");
+    assert_blames(&src, "intervall", &["intervall"]);
+}
