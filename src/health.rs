@@ -10,9 +10,11 @@
 //!
 //! The trade-off Pingora's `reuse_connection` names, decided per pool:
 //! reused connections keep the standby warm (the default); with
-//! `warm_connections = 0` each HTTP/1.1 probe asks for `Connection: close`,
-//! so it opens a fresh connection and so also catches a broken network path,
-//! at the price of a cold standby.
+//! `warm_connections = 0` each HTTP/1.1 probe goes through a client of its
+//! own that pools nothing, and asks for `Connection: close`, so it opens a
+//! fresh connection and so also catches a broken network path, at the price
+//! of a cold standby. (Through the pool's client it would ride, and then
+//! close, an idle connection that requests keep alive.)
 //!
 //! Probes: HTTP/1.1 pools get `GET {health.path}`, passing on 2xx. h2c pools
 //! get the standard gRPC health check (`grpc.health.v1.Health/Check` for
@@ -129,7 +131,10 @@ async fn watch_pool(pool: Arc<Pool>, token: CancellationToken) {
 fn apply(pool: &Pool, index: usize, tracker: &mut Tracker, outcome: Outcome, now: Instant) {
     let endpoint = &pool.endpoints()[index];
     let labels = (pool.model(), pool.name(), endpoint.url());
-    if endpoint.is_eject_requested() {
+    // Read once: `publish` must know whether this round's state accounts
+    // for an ejection the request path asked for, or raced it.
+    let ejection_seen = endpoint.is_eject_requested();
+    if ejection_seen {
         if let Some(backoff) = tracker.eject(now) {
             endpoint.metrics().ejections.inc();
             warn!(
@@ -162,6 +167,7 @@ fn apply(pool: &Pool, index: usize, tracker: &mut Tracker, outcome: Outcome, now
             consecutive_failures: tracker.consecutive_failures(),
             ejected_until_unix_ms,
         },
+        ejection_seen,
     );
 }
 
@@ -195,16 +201,15 @@ async fn probe_round(pool: &Arc<Pool>) -> Vec<Outcome> {
     }
     let mut outcomes: Vec<Option<Outcome>> = (0..pool.endpoints().len()).map(|_| None).collect();
     while let Some(joined) = probes.join_next().await {
-        let Ok((index, result)) = joined else {
+        let Ok((index, (result, latency))) = joined else {
             continue;
         };
-        let latency = result.as_ref().map_or(Duration::ZERO, |r| r.latency);
         pool.metrics()
             .count_probe(result.is_ok(), latency.as_secs_f64());
         let next = match result {
             Ok(pass) => Outcome {
                 ok: true,
-                result: pass.result,
+                result: pass,
                 latency,
             },
             Err(fail) => Outcome {
@@ -235,13 +240,15 @@ async fn probe_round(pool: &Arc<Pool>) -> Vec<Outcome> {
         .collect()
 }
 
-struct Pass {
-    result: String,
-    latency: Duration,
+/// One probe request through the pool's client: what it found, and how long
+/// it took, failed or not (a probe that timed out took the whole timeout).
+async fn probe_once(pool: &Pool, index: usize) -> (Result<String, String>, Duration) {
+    let started = Instant::now();
+    let result = probe_checked(pool, index, started).await;
+    (result, started.elapsed())
 }
 
-/// One probe request through the pool's client.
-async fn probe_once(pool: &Pool, index: usize) -> Result<Pass, String> {
+async fn probe_checked(pool: &Pool, index: usize, started: Instant) -> Result<String, String> {
     let config = pool.health_config();
     let endpoint = &pool.endpoints()[index];
     let request = match pool.protocol() {
@@ -258,9 +265,8 @@ async fn probe_once(pool: &Pool, index: usize) -> Result<Pass, String> {
     }
     .map_err(|e| format!("cannot build probe: {e}"))?;
     let protocol = pool.protocol();
-    let started = Instant::now();
-    let checked = tokio::time::timeout(config.timeout, async {
-        let response = pool.client().request(request).await.map_err(|e| {
+    let checked = tokio::time::timeout_at(started + config.timeout, async {
+        let response = pool.probe_client().request(request).await.map_err(|e| {
             if e.is_connect() {
                 format!("connect failed: {}", error_chain(&e))
             } else {
@@ -274,17 +280,14 @@ async fn probe_once(pool: &Pool, index: usize) -> Result<Pass, String> {
     })
     .await;
     match checked {
-        Ok(Ok(result)) => Ok(Pass {
-            result,
-            latency: started.elapsed(),
-        }),
-        Ok(Err(e)) => Err(e),
+        Ok(result) => result,
         Err(_) => Err(format!("no answer within {:?}", config.timeout)),
     }
 }
 
-/// A probe request. With `keep` false (`warm_connections = 0`) it asks for
-/// `Connection: close`, so probing leaves no idle connection behind: each
+/// A probe request. With `keep` false (`warm_connections = 0`) it goes
+/// through the pool's unpooled probe client ([`Pool::probe_client`]) and asks
+/// for `Connection: close`, so probing leaves no idle connection behind: each
 /// probe pays a fresh connect, which also proves the network path works.
 fn http_probe(uri: http::Uri, keep: bool) -> Result<Request<UpstreamBody>, http::Error> {
     let mut builder = Request::builder()

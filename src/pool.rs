@@ -110,6 +110,11 @@ pub struct Pool {
     protocol: Protocol,
     endpoints: Box<[Endpoint]>,
     client: UpstreamClient,
+    /// With `warm_connections = 0` on HTTP/1.1: the probes' own client, which
+    /// keeps no idle connection, so every probe connects afresh (proving the
+    /// network path) and never rides, then closes, a connection that requests
+    /// keep alive in `client`. Same connector, so its connections are counted.
+    cold_probes: Option<UpstreamClient>,
     health: HealthConfig,
     /// Set by the prober once every endpoint has had its first probe.
     probed: AtomicBool,
@@ -150,12 +155,16 @@ impl Pool {
             counters,
             pool_metrics.connections.clone(),
         );
+        let cold_probes = (config.protocol == Protocol::Http1
+            && config.health.warm_connections == 0)
+            .then(|| build_unpooled_client(connector.clone()));
         Pool {
             name,
             model,
             protocol: config.protocol,
             endpoints,
             client: build_client(config.protocol, connector),
+            cold_probes,
             health: config.health.clone(),
             probed: AtomicBool::new(false),
             header: HeaderValue::from_static(name.as_str()),
@@ -181,6 +190,13 @@ impl Pool {
 
     pub fn client(&self) -> &UpstreamClient {
         &self.client
+    }
+
+    /// The client health probes go through: the pool's own, whose
+    /// connections they keep warm, or with `warm_connections = 0` one that
+    /// opens a connection per probe and keeps none.
+    pub fn probe_client(&self) -> &UpstreamClient {
+        self.cold_probes.as_ref().unwrap_or(&self.client)
     }
 
     pub fn health_config(&self) -> &HealthConfig {
@@ -297,6 +313,14 @@ fn build_client(protocol: Protocol, connector: CountingConnector) -> UpstreamCli
         .timer(TokioTimer::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .http2_only(protocol == Protocol::H2c);
+    builder.build(connector)
+}
+
+/// An HTTP/1.1 client that pools nothing: each request gets a connection of
+/// its own, closed once the response is read.
+fn build_unpooled_client(connector: CountingConnector) -> UpstreamClient {
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder.timer(TokioTimer::new()).pool_max_idle_per_host(0);
     builder.build(connector)
 }
 

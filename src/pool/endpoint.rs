@@ -109,13 +109,14 @@ impl Endpoint {
     /// its back-off and return.
     #[inline]
     pub fn record_outcome(&self, failed: bool) {
-        // Relaxed throughout: these counters order nothing else, and a
-        // request racing an ejection by one request is harmless.
+        // The counter is Relaxed: it orders nothing else, and a request
+        // racing an ejection by one request is harmless. The ejection itself
+        // (once per ejection, off the hot path) is SeqCst: see `publish`.
         if failed {
             let n = self.passive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-            if n >= self.eject_after && !self.eject_requested.swap(true, Ordering::Relaxed) {
+            if n >= self.eject_after && !self.eject_requested.swap(true, Ordering::SeqCst) {
                 self.state
-                    .store(EndpointState::Ejected as u8, Ordering::Relaxed);
+                    .store(EndpointState::Ejected as u8, Ordering::SeqCst);
                 self.metrics.healthy.set(0);
             }
         } else if self.passive_failures.load(Ordering::Relaxed) != 0 {
@@ -129,13 +130,31 @@ impl Endpoint {
     }
 
     /// The prober publishes the endpoint's state and its latest report.
-    pub(crate) fn publish(&self, state: EndpointState, report: ProbeReport) {
-        if state != EndpointState::Ejected && self.is_eject_requested() {
-            // Back in rotation: the ejection is over, count afresh.
-            self.passive_failures.store(0, Ordering::Relaxed);
-            self.eject_requested.store(false, Ordering::Relaxed);
+    /// `ejection_seen` is what [`Endpoint::is_eject_requested`] said when
+    /// the prober looked, before its state machine decided `state`.
+    ///
+    /// The request path may eject the endpoint after the prober looked: that
+    /// ejection must not be overwritten by a round that knew nothing of it.
+    /// It stays, and the next round starts its back-off.
+    pub(crate) fn publish(&self, state: EndpointState, report: ProbeReport, ejection_seen: bool) {
+        let mut state = state;
+        if state != EndpointState::Ejected && self.eject_requested.load(Ordering::SeqCst) {
+            if ejection_seen {
+                // Back in rotation: the ejection is over, count afresh.
+                self.passive_failures.store(0, Ordering::Relaxed);
+                self.eject_requested.store(false, Ordering::SeqCst);
+            } else {
+                state = EndpointState::Ejected;
+            }
         }
-        self.state.store(state as u8, Ordering::Relaxed);
+        self.state.store(state as u8, Ordering::SeqCst);
+        // An ejection between the check above and the store: the request
+        // path stores `Ejected` after setting the request, we load the
+        // request after storing, all SeqCst, so one of us sees the other.
+        if state.is_serving() && self.eject_requested.load(Ordering::SeqCst) {
+            state = EndpointState::Ejected;
+            self.state.store(state as u8, Ordering::SeqCst);
+        }
         self.metrics
             .healthy
             .set(i64::from(state == EndpointState::Healthy));

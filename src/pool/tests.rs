@@ -97,15 +97,15 @@ async fn picks_spread_over_many_endpoints() {
 async fn picks_skip_endpoints_out_of_rotation() {
     let pool = pool(4);
     for e in &pool.endpoints()[..3] {
-        e.publish(EndpointState::Unhealthy, report(false));
+        e.publish(EndpointState::Unhealthy, report(false), false);
     }
-    pool.endpoints()[3].publish(EndpointState::Healthy, report(true));
+    pool.endpoints()[3].publish(EndpointState::Healthy, report(true), false);
     assert_eq!(pool.healthy_count(), 1);
     for _ in 0..100 {
         let g = pool.pick().unwrap();
         assert!(g.endpoint().url().ends_with(":9003"));
     }
-    pool.endpoints()[3].publish(EndpointState::Unhealthy, report(false));
+    pool.endpoints()[3].publish(EndpointState::Unhealthy, report(false), false);
     assert!(pool.pick().is_none(), "no endpoint in rotation");
 }
 
@@ -113,7 +113,7 @@ async fn picks_skip_endpoints_out_of_rotation() {
 async fn failed_requests_in_a_row_eject_an_endpoint() {
     let pool = pool_with(2, 3);
     let e = &pool.endpoints()[0];
-    e.publish(EndpointState::Healthy, report(true));
+    e.publish(EndpointState::Healthy, report(true), false);
     e.record_outcome(true);
     e.record_outcome(true);
     e.record_outcome(false); // a success resets the count
@@ -123,10 +123,34 @@ async fn failed_requests_in_a_row_eject_an_endpoint() {
     e.record_outcome(true);
     assert_eq!(e.state(), EndpointState::Ejected);
     assert!(e.is_eject_requested());
-    // Once the prober brings it back, the count starts afresh.
-    e.publish(EndpointState::Healthy, report(true));
+    // The prober sees the request (and serves the back-off); once it
+    // brings the endpoint back, the count starts afresh.
+    e.publish(EndpointState::Ejected, report(true), true);
+    assert_eq!(e.state(), EndpointState::Ejected);
+    e.publish(EndpointState::Healthy, report(true), true);
+    assert!(e.is_serving());
     assert!(!e.is_eject_requested());
     assert_eq!(e.consecutive_request_failures(), 0);
+}
+
+#[tokio::test]
+async fn an_ejection_racing_a_probe_round_is_kept() {
+    let pool = pool_with(1, 2);
+    let e = &pool.endpoints()[0];
+    e.publish(EndpointState::Healthy, report(true), false);
+    // The prober looks for an ejection request and finds none...
+    assert!(!e.is_eject_requested());
+    // ...then requests fail and eject the endpoint before the prober
+    // publishes the round's result, which knows nothing of the ejection.
+    e.record_outcome(true);
+    e.record_outcome(true);
+    e.publish(EndpointState::Healthy, report(true), false);
+    assert_eq!(e.state(), EndpointState::Ejected);
+    assert!(
+        e.is_eject_requested(),
+        "the next round must start the back-off"
+    );
+    assert!(pool.pick().is_none());
 }
 
 #[test]

@@ -679,3 +679,98 @@ pub fn concat(chunks: &[Bytes]) -> Bytes {
     }
     b.freeze()
 }
+
+// === health ===
+
+/// Polls `check` every 10 ms until it returns `Some`; panics naming `what`
+/// after [`DEADLINE`]. [`eventually`] for a wait that also returns what it saw.
+pub async fn eventually_some<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let give_up = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > give_up {
+            panic!("timed out after {DEADLINE:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The endpoint `url` of `pool` as GET /models/{model} shows it (state,
+/// last probe, failure counts, open connections).
+pub async fn endpoint_detail(proxy: &Proxy, model: &str, pool: &str, url: &str) -> Value {
+    let r = proxy.admin_get(&format!("/models/{model}")).await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "GET /models/{model}: {}",
+        r.text()
+    );
+    let body = r.json();
+    body["pools"][pool]["endpoints"]
+        .as_array()
+        .and_then(|endpoints| endpoints.iter().find(|e| e["url"] == url).cloned())
+        .unwrap_or_else(|| panic!("no endpoint {url} in pools.{pool}: {body}"))
+}
+
+/// Waits until the endpoint's `state` is `state`; returns its detail then.
+pub async fn wait_for_state(
+    proxy: &Proxy,
+    model: &str,
+    pool: &str,
+    url: &str,
+    state: &str,
+) -> Value {
+    eventually_some(
+        &format!("{model} {pool} endpoint {url} to be {state}"),
+        || async {
+            let e = endpoint_detail(proxy, model, pool, url).await;
+            (e["state"] == state).then_some(e)
+        },
+    )
+    .await
+}
+
+/// The value of one series in the proxy's /metrics, `None` if absent.
+/// `series` is written as exposed: labels sorted by name, e.g.
+/// `switchyard_probes_total{model="iris",pool="blue",result="ok"}`.
+pub async fn metric_value(proxy: &Proxy, series: &str) -> Option<f64> {
+    let r = proxy.admin_get("/metrics").await;
+    assert_eq!(r.status, StatusCode::OK, "GET /metrics: {}", r.text());
+    r.text()
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// An address where nothing listens, held so no other socket can take it:
+/// [`dead_addr`] frees its port, which a busy machine may hand to another
+/// test's listener, and then the "dead" endpoint answers. The socket is bound
+/// without `SO_REUSEADDR` and never listens, so connecting is refused at
+/// once for as long as this lives.
+pub struct Refusing {
+    pub addr: SocketAddr,
+    _socket: tokio::net::TcpSocket,
+}
+
+impl Refusing {
+    pub fn bind() -> Refusing {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind("127.0.0.1:0".parse().expect("address"))
+            .expect("bind");
+        let addr = socket.local_addr().expect("addr");
+        Refusing {
+            addr,
+            _socket: socket,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
