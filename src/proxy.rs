@@ -48,7 +48,7 @@ pub use error::{json_response, ProxyError};
 use headers::{ClientInfo, X_SWITCHYARD_FAILOVER};
 
 use crate::metrics::UpstreamErrorKind;
-use crate::pool::Protocol;
+use crate::pool::{Pool, Protocol};
 use crate::route::RouteTable;
 use crate::server;
 use crate::switch::Model;
@@ -164,11 +164,24 @@ impl Proxy {
             pool.metrics().count_upstream_error(*kind);
         }
         in_flight.endpoint().record_outcome(true);
-        let response = error.into_response(Some(pool.header()));
+        let mut response = error.into_response(Some(pool.header()));
+        if failover {
+            mark_failover(&mut response, pool);
+        }
         pool.metrics().count_response(response.status());
         // `in_flight` drops here: the request is over.
         response
     }
+}
+
+/// Marks a response the standby served for an active pool with no healthy
+/// endpoint, whether it succeeded or not, and counts it.
+fn mark_failover(response: &mut Response<ProxyBody>, pool: &Pool) {
+    response.headers_mut().insert(
+        X_SWITCHYARD_FAILOVER.clone(),
+        HeaderValue::from_static("true"),
+    );
+    pool.metrics().failovers.inc();
 }
 
 /// The host the client addressed: the HTTP/2 authority or absolute-form

@@ -8,7 +8,8 @@
 //! - `Unhealthy` after `unhealthy_after` consecutive failures.
 //! - `Ejected` when the request path saw too many consecutive failures: out
 //!   of rotation for a back-off (doubling per ejection in a row, capped), and
-//!   back only once the back-off is over *and* `healthy_after` probes passed.
+//!   back only once the back-off is over *and* `healthy_after` probes passed;
+//!   a probe that fails after the back-off makes it `Unhealthy`.
 
 use std::fmt;
 use std::time::Duration;
@@ -140,6 +141,12 @@ impl Tracker {
                     self.ejected_until = None;
                     EndpointState::Healthy
                 }
+                // Back-off over and the probe fails: the endpoint is down by
+                // its probes now, and returns as any unhealthy one does.
+                _ if !ok => {
+                    self.ejected_until = None;
+                    EndpointState::Unhealthy
+                }
                 _ => EndpointState::Ejected,
             },
             same => same,
@@ -269,6 +276,24 @@ mod tests {
         t.on_probe(true, secs(t0, 75));
         t.on_probe(true, secs(t0, 75 + 40));
         assert_eq!(t.eject(secs(t0, 200)), Some(Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn a_failing_probe_after_the_backoff_means_unhealthy() {
+        let t0 = Instant::now();
+        let mut t = Tracker::new(T);
+        t.on_probe(true, t0);
+        t.eject(t0);
+        // During the back-off, failures keep it ejected.
+        assert_eq!(t.on_probe(false, secs(t0, 5)), None);
+        assert_eq!(t.state(), EndpointState::Ejected);
+        assert_eq!(
+            t.on_probe(false, secs(t0, 11)),
+            Some(EndpointState::Unhealthy)
+        );
+        assert_eq!(t.ejected_until(), None);
+        t.on_probe(true, secs(t0, 13));
+        assert_eq!(t.on_probe(true, secs(t0, 15)), Some(EndpointState::Healthy));
     }
 
     #[test]
