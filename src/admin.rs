@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::pool::{Pool, PoolName, UnknownPool};
 use crate::server;
 use crate::switch::{Model, ModelState, SwitchError, SwitchOp, Switchboard};
+use crate::ErrorChain;
 
 type AdminResponse = Response<Full<Bytes>>;
 
@@ -90,21 +91,6 @@ impl AdminError {
                 .insert(header::ALLOW, HeaderValue::from_static(allow));
         }
         response
-    }
-}
-
-/// Displays an error with its sources, `a: b: c`.
-struct ErrorChain<'a>(&'a dyn std::error::Error);
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut next = self.0.source();
-        while let Some(e) = next {
-            write!(f, ": {e}")?;
-            next = e.source();
-        }
-        Ok(())
     }
 }
 
@@ -323,24 +309,19 @@ fn model_summary(model: &Model, state: Option<&ModelState>) -> Value {
     })
 }
 
+/// The summary, plus settings, both pools in full, and the history.
 fn model_detail(model: &Model, state: Option<&ModelState>) -> Value {
+    let mut detail = model_summary(model, state);
     let active = model.active_name();
     let pools: serde_json::Map<String, Value> = PoolName::ALL
         .iter()
         .map(|p| (p.to_string(), pool_detail(model.pool(*p), *p == active)))
         .collect();
-    json!({
-        "name": model.name(),
-        "active": active,
-        "standby": active.other(),
-        "path_prefix": model.path_prefix(),
-        "host": model.host(),
-        "request_timeout_ms": model.request_timeout().as_millis() as u64,
-        "failover": model.failover(),
-        "pools": pools,
-        "last_switch": state.and_then(|s| s.last_switch.as_ref()),
-        "history": state.map(|s| &s.history),
-    })
+    detail["request_timeout_ms"] = json!(model.request_timeout().as_millis() as u64);
+    detail["failover"] = json!(model.failover());
+    detail["pools"] = Value::Object(pools);
+    detail["history"] = json!(state.map(|s| &s.history));
+    detail
 }
 
 fn pool_detail(pool: &Pool, active: bool) -> Value {

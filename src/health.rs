@@ -42,6 +42,7 @@ pub use tracker::{EndpointState, Thresholds, Tracker};
 use crate::config::EJECT_MAX;
 use crate::pool::{Pool, Protocol, UpstreamBody};
 use crate::switch::Model;
+use crate::ErrorChain;
 
 /// A probe reads at most this much of a health response before it stops:
 /// enough for any readiness body, bounded against a misbehaving upstream.
@@ -268,9 +269,9 @@ async fn probe_checked(pool: &Pool, index: usize, started: Instant) -> Result<St
     let checked = tokio::time::timeout_at(started + config.timeout, async {
         let response = pool.probe_client().request(request).await.map_err(|e| {
             if e.is_connect() {
-                format!("connect failed: {}", error_chain(&e))
+                format!("connect failed: {}", ErrorChain(&e))
             } else {
-                format!("request failed: {}", error_chain(&e))
+                format!("request failed: {}", ErrorChain(&e))
             }
         })?;
         match protocol {
@@ -421,17 +422,6 @@ async fn read_bounded(mut body: hyper::body::Incoming) -> usize {
         }
     }
     read
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut next = e.source();
-    while let Some(cause) = next {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        next = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

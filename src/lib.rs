@@ -48,6 +48,23 @@ use crate::proxy::Proxy;
 use crate::route::RouteTable;
 use crate::switch::{Model, StateError, Switchboard};
 
+/// Displays an error with its sources, `a: b: c`: one line for a log field
+/// or a status message, with the cause that says why (hyper-util's errors
+/// wrap the io error that does).
+pub struct ErrorChain<'a>(pub &'a dyn std::error::Error);
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut next = self.0.source();
+        while let Some(e) = next {
+            write!(f, ": {e}")?;
+            next = e.source();
+        }
+        Ok(())
+    }
+}
+
 /// Why switchyard stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {

@@ -11,6 +11,7 @@ use super::body::ProxyBody;
 use super::headers::X_SWITCHYARD_POOL;
 use crate::metrics::UpstreamErrorKind;
 use crate::pool::{InFlight, Pool};
+use crate::ErrorChain;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -97,20 +98,12 @@ impl ProxyError {
             ProxyError::NoHealthyEndpoint { .. } => {
                 debug!(error = %self, "no endpoint in rotation")
             }
-            ProxyError::Upstream { source, .. } => {
-                let cause = source.as_ref().map(|s| {
-                    // The hyper-util error wraps the io error that says why.
-                    let mut text = s.to_string();
-                    let mut next = std::error::Error::source(s);
-                    while let Some(e) = next {
-                        text.push_str(": ");
-                        text.push_str(&e.to_string());
-                        next = e.source();
-                    }
-                    text
-                });
-                warn!(error = %self, cause = cause.as_deref().unwrap_or(""), "upstream request failed");
-            }
+            ProxyError::Upstream { source, .. } => match source {
+                Some(cause) => {
+                    warn!(error = %self, cause = %ErrorChain(cause), "upstream request failed")
+                }
+                None => warn!(error = %self, "upstream request failed"),
+            },
         }
         json_response(status, &self.to_string(), pool)
     }
