@@ -49,6 +49,8 @@ pub struct ProxyConfig {
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
     pub drain_timeout: Duration,
+    /// Threads serving traffic (tokio workers); `None`: one per core.
+    pub worker_threads: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -175,6 +177,8 @@ struct RawProxy {
     connect_timeout: Option<Spanned<String>>,
     #[serde(default)]
     drain_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    worker_threads: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize)]
@@ -319,7 +323,21 @@ fn validate(raw: RawConfig, blame: &Blame<'_>) -> Result<Config, Vec<ConfigError
     };
     let unspecified: SocketAddr = ([127, 0, 0, 1], 0).into();
 
+    let worker_threads = match &raw.proxy.worker_threads {
+        Some(n) if !(1..=1024).contains(n.get_ref()) => {
+            c.error(
+                n.span(),
+                format!(
+                    "proxy.worker_threads: {} is out of range; expected 1 to 1024 (omit it for one per core)",
+                    n.get_ref()
+                ),
+            );
+            None
+        }
+        n => n.as_ref().map(|n| *n.get_ref()),
+    };
     let proxy = ProxyConfig {
+        worker_threads,
         listen: c
             .socket_addr("proxy.listen", &raw.proxy.listen)
             .unwrap_or(unspecified),

@@ -56,10 +56,13 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Serve { config } => match Config::load(&config) {
-            Ok(config) => runtime(serve(config)),
+            Ok(config) => {
+                let threads = config.proxy.worker_threads;
+                runtime(threads, serve(config))
+            }
             Err(e) => config_error(&e),
         },
-        Command::Demo => runtime(async {
+        Command::Demo => runtime(None, async {
             switchyard::demo::run(shutdown_signal())
                 .await
                 .map_err(Into::into)
@@ -108,11 +111,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .context("switchyard stopped")
 }
 
-fn runtime(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+/// Runs `fut` on a multi-threaded runtime with `threads` workers (one per
+/// core when `None`).
+fn runtime(
+    threads: Option<usize>,
+    fut: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> ExitCode {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads {
+        builder.worker_threads(n);
+    }
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

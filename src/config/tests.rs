@@ -668,3 +668,18 @@ fn a_bad_health_path_or_key_is_blamed_on_its_line() {
     let src = model_with("health.intervall = \"2s\"");
     assert_blames(&src, "intervall", &["intervall"]);
 }
+
+#[test]
+fn worker_threads_default_to_one_per_core_and_are_range_checked() {
+    assert_eq!(parse(MINIMAL).unwrap().proxy.worker_threads, None);
+    let src = MINIMAL.replace(
+        "listen = \"127.0.0.1:8080\"",
+        "listen = \"127.0.0.1:8080\"\nworker_threads = 2",
+    );
+    assert_eq!(parse(&src).unwrap().proxy.worker_threads, Some(2));
+    let src = MINIMAL.replace(
+        "listen = \"127.0.0.1:8080\"",
+        "listen = \"127.0.0.1:8080\"\nworker_threads = 0",
+    );
+    assert_blames(&src, "worker_threads", &["proxy.worker_threads", "1 to 1024"]);
+}
