@@ -22,11 +22,17 @@ use crate::server;
 use crate::switch::{Model, ModelState, SwitchError, SwitchOp, Switchboard};
 use crate::ErrorChain;
 
+mod auth;
+
+pub use auth::{Token, TokenError, TOKEN_ENV};
+
 type AdminResponse = Response<Full<Bytes>>;
 
 /// Why an admin call was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
+    #[error("missing or wrong admin token; send Authorization: Bearer <token>")]
+    Unauthorized,
     #[error("no admin route {0}; see the admin API in the README")]
     NotFound(String),
     #[error("method {method} is not allowed on {path}; use {allow}")]
@@ -48,6 +54,7 @@ pub enum AdminError {
 impl AdminError {
     fn status(&self) -> StatusCode {
         match self {
+            AdminError::Unauthorized => StatusCode::UNAUTHORIZED,
             AdminError::NotFound(_) => StatusCode::NOT_FOUND,
             AdminError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             AdminError::BadPool(_) | AdminError::BadQuery(_) => StatusCode::BAD_REQUEST,
@@ -85,10 +92,19 @@ impl AdminError {
                 .collect();
         }
         let mut response = json(status, &body);
-        if let AdminError::MethodNotAllowed { allow, .. } = self {
-            response
-                .headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static(allow));
+        match self {
+            AdminError::MethodNotAllowed { allow, .. } => {
+                response
+                    .headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            AdminError::Unauthorized => {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"switchyard\""),
+                );
+            }
+            _ => {}
         }
         response
     }
@@ -98,15 +114,25 @@ impl AdminError {
 pub struct Admin {
     switchboard: Arc<Switchboard>,
     metrics: Metrics,
+    /// `None`: no token configured (allowed on loopback listeners only).
+    token: Option<Token>,
+    metrics_require_token: bool,
 }
 
 // === impl Admin ===
 
 impl Admin {
-    pub fn new(switchboard: Arc<Switchboard>, metrics: Metrics) -> Admin {
+    pub fn new(
+        switchboard: Arc<Switchboard>,
+        metrics: Metrics,
+        token: Option<Token>,
+        metrics_require_token: bool,
+    ) -> Admin {
         Admin {
             switchboard,
             metrics,
+            token,
+            metrics_require_token,
         }
     }
 
@@ -145,6 +171,19 @@ impl Admin {
         let method = req.method();
         let query = Query::parse(req.uri().query());
         let actor = peer.to_string();
+
+        // Authenticate before routing: without the token, no route, not even
+        // a 404 or 405, says what exists.
+        let open = match segments.as_slice() {
+            ["healthz"] | ["readyz"] => true,
+            ["metrics"] => !self.metrics_require_token,
+            _ => false,
+        };
+        if let (false, Some(token)) = (open, &self.token) {
+            if !token.admits(req.headers().get(header::AUTHORIZATION)) {
+                return Err(AdminError::Unauthorized);
+            }
+        }
 
         // `allow` is the Allow header's value: "GET, HEAD" or "POST".
         let allow = |allow: &'static str| -> Result<(), AdminError> {

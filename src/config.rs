@@ -56,6 +56,12 @@ pub struct ProxyConfig {
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// File holding the bearer token every admin call but `/healthz` and
+    /// `/readyz` must send; resolved against the config file's directory.
+    /// Without it, `SWITCHYARD_ADMIN_TOKEN` is used if set.
+    pub token_file: Option<PathBuf>,
+    /// Whether `/metrics` needs the token too (default true).
+    pub metrics_require_token: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -185,6 +191,10 @@ struct RawProxy {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     listen: Spanned<String>,
+    #[serde(default)]
+    token_file: Option<Spanned<String>>,
+    #[serde(default)]
+    metrics_require_token: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -361,6 +371,15 @@ fn validate(raw: RawConfig, blame: &Blame<'_>) -> Result<Config, Vec<ConfigError
         listen: c
             .socket_addr("admin.listen", &raw.admin.listen)
             .unwrap_or(unspecified),
+        token_file: raw.admin.token_file.as_ref().and_then(|f| {
+            if f.get_ref().trim().is_empty() {
+                c.error(f.span(), "admin.token_file: must name a file".to_string());
+                None
+            } else {
+                Some(resolve_relative(blame.file, Path::new(f.get_ref())))
+            }
+        }),
+        metrics_require_token: raw.admin.metrics_require_token.unwrap_or(true),
     };
     if raw.admin.listen.get_ref() == raw.proxy.listen.get_ref() && proxy.listen.port() != 0 {
         c.error(

@@ -77,6 +77,10 @@ pub enum RunError {
     },
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    AdminToken(#[from] admin::TokenError),
+    #[error("refusing to serve the admin API on {addr} without a token: anyone who reaches it can move traffic; set admin.token_file or {}, or listen on a loopback address such as 127.0.0.1:9901", admin::TOKEN_ENV)]
+    InsecureAdmin { addr: SocketAddr },
     #[error("the {0} task stopped unexpectedly")]
     Task(&'static str, #[source] Option<tokio::task::JoinError>),
 }
@@ -119,6 +123,8 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
+    let admin_addr = listeners.admin.local_addr().unwrap_or(config.admin.listen);
+    let token = admin_token(&config, admin_addr)?;
     let metrics = Metrics::new();
     let configured: Vec<(String, PoolName)> = config
         .models
@@ -152,7 +158,12 @@ pub async fn run(
     let switchboard =
         Arc::new(Switchboard::start(models, states, config.state.path.clone()).await?);
     let proxy = Arc::new(Proxy::new(routes, metrics.unrouted().clone()));
-    let admin = Arc::new(Admin::new(switchboard, metrics));
+    let admin = Arc::new(Admin::new(
+        switchboard,
+        metrics,
+        token,
+        config.admin.metrics_require_token,
+    ));
 
     let drain = config.proxy.drain_timeout;
     log_listening("proxy", &listeners.proxy);
@@ -195,6 +206,17 @@ pub async fn run(
     }
     info!("stopped");
     result
+}
+
+/// Loads the admin token, and refuses an admin listener on `addr` that
+/// others can reach when there is none: whoever reaches the admin API can
+/// move a model's traffic. `serve` calls it before binding anything.
+pub fn admin_token(config: &Config, addr: SocketAddr) -> Result<Option<admin::Token>, RunError> {
+    let token = admin::Token::load(&config.admin)?;
+    if token.is_none() && !addr.ip().is_loopback() {
+        return Err(RunError::InsecureAdmin { addr });
+    }
+    Ok(token)
 }
 
 fn log_listening(which: &'static str, listener: &TcpListener) {

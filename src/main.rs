@@ -104,6 +104,8 @@ fn config_error(e: &LoadError) -> ExitCode {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let shutdown = shutdown_signal();
+    // Refuse an exposed admin API before opening any socket.
+    switchyard::admin_token(&config, config.admin.listen)?;
     let listeners = Listeners::bind(&config).await?;
     switchyard::run(config, listeners, shutdown)
         .await

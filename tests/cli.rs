@@ -639,3 +639,27 @@ async fn the_demo_quickstart_works_as_the_banner_says() {
     let state = std::env::temp_dir().join(format!("switchyard-demo-{pid}.json"));
     assert!(!state.exists(), "{} left behind", state.display());
 }
+
+#[tokio::test]
+async fn serve_refuses_an_exposed_admin_listener_without_a_token() {
+    if std::env::var_os("SWITCHYARD_ADMIN_TOKEN").is_some() {
+        // The environment provides a token; the refusal cannot be observed.
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("switchyard.toml");
+    // The refusal comes before any socket is opened, so this address is
+    // never bound.
+    std::fs::write(
+        &config,
+        "[proxy]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"0.0.0.0:9901\"\n[state]\npath = \"state.json\"\n\
+         [[models]]\nname = \"iris\"\nblue.endpoints = [\"http://127.0.0.1:8001\"]\ngreen.endpoints = [\"http://127.0.0.1:8002\"]\n",
+    )
+    .unwrap();
+    let out = switchyard(&["serve", "--config", config.to_str().unwrap()]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    for part in ["0.0.0.0:9901", "admin.token_file", "SWITCHYARD_ADMIN_TOKEN"] {
+        assert!(out.stderr.contains(part), "{part} missing:\n{}", out.stderr);
+    }
+    assert!(!out.stderr.contains("listening"), "{}", out.stderr);
+}

@@ -681,5 +681,9 @@ fn worker_threads_default_to_one_per_core_and_are_range_checked() {
         "listen = \"127.0.0.1:8080\"",
         "listen = \"127.0.0.1:8080\"\nworker_threads = 0",
     );
-    assert_blames(&src, "worker_threads", &["proxy.worker_threads", "1 to 1024"]);
+    assert_blames(
+        &src,
+        "worker_threads",
+        &["proxy.worker_threads", "1 to 1024"],
+    );
 }

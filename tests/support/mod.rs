@@ -429,8 +429,18 @@ pub struct Proxy {
 /// Builds a full config: `[proxy]` (plus `proxy_extra` lines), `[admin]`,
 /// `[state]` at `state_path`, then `models` verbatim.
 pub fn config_text(state_path: &Path, proxy_extra: &str, models: &str) -> String {
+    config_text_with_admin(state_path, proxy_extra, "", models)
+}
+
+/// [`config_text`] with extra `[admin]` lines (e.g. `token_file = "..."`).
+pub fn config_text_with_admin(
+    state_path: &Path,
+    proxy_extra: &str,
+    admin_extra: &str,
+    models: &str,
+) -> String {
     format!(
-        "[proxy]\nlisten = \"127.0.0.1:0\"\n{proxy_extra}\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[state]\npath = {:?}\n\n{models}\n",
+        "[proxy]\nlisten = \"127.0.0.1:0\"\n{proxy_extra}\n\n[admin]\nlisten = \"127.0.0.1:0\"\n{admin_extra}\n\n[state]\npath = {:?}\n\n{models}\n",
         state_path.display().to_string()
     )
 }
@@ -463,8 +473,18 @@ impl Proxy {
         proxy_extra: &str,
         models: &str,
     ) -> Result<Proxy, switchyard::RunError> {
+        Proxy::try_start_with_admin(dir, proxy_extra, "", models).await
+    }
+
+    /// [`Proxy::try_start_in`] with extra `[admin]` lines.
+    pub async fn try_start_with_admin(
+        dir: Arc<tempfile::TempDir>,
+        proxy_extra: &str,
+        admin_extra: &str,
+        models: &str,
+    ) -> Result<Proxy, switchyard::RunError> {
         let state_path = dir.path().join("state.json");
-        let text = config_text(&state_path, proxy_extra, models);
+        let text = config_text_with_admin(&state_path, proxy_extra, admin_extra, models);
         let config_path = dir.path().join("switchyard.toml");
         std::fs::write(&config_path, &text).expect("write config");
         let config = switchyard::Config::from_toml(&text, &config_path).unwrap_or_else(|errors| {
