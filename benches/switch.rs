@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue};
-use switchyard::config::{EndpointConfig, HealthConfig, ModelConfig, PoolConfig};
+use switchyard::config::{EndpointConfig, HealthConfig, ModelConfig, PoolConfig, UpstreamSettings};
 use switchyard::metrics::Metrics;
 use switchyard::pool::{PoolName, Protocol};
 use switchyard::proxy::headers::{prepare_request, ClientInfo};
@@ -48,7 +48,7 @@ fn model(metrics: &Metrics, name: &str, prefix: &str) -> Arc<Model> {
     Arc::new(Model::new(
         &config,
         PoolName::Blue,
-        Duration::from_secs(1),
+        &UpstreamSettings::default(),
         metrics,
     ))
 }

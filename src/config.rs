@@ -30,6 +30,8 @@ pub use health::{HealthConfig, EJECT_MAX};
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a TCP connect to an upstream may take before the request fails 502.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle upstream connections kept per endpoint, as nginx's `keepalive`.
+pub const DEFAULT_MAX_IDLE_PER_ENDPOINT: usize = 128;
 /// How long shutdown waits for in-flight requests before cutting them.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -51,6 +53,35 @@ pub struct ProxyConfig {
     pub drain_timeout: Duration,
     /// Threads serving traffic (tokio workers); `None`: one per core.
     pub worker_threads: Option<usize>,
+    /// Idle upstream connections kept per endpoint; more are closed as
+    /// requests finish.
+    pub max_idle_per_endpoint: usize,
+}
+
+impl ProxyConfig {
+    /// What every pool's upstream client is built with.
+    pub fn upstream(&self) -> UpstreamSettings {
+        UpstreamSettings {
+            connect_timeout: self.connect_timeout,
+            max_idle_per_endpoint: self.max_idle_per_endpoint,
+        }
+    }
+}
+
+/// Settings every pool's upstream client shares.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamSettings {
+    pub connect_timeout: Duration,
+    pub max_idle_per_endpoint: usize,
+}
+
+impl Default for UpstreamSettings {
+    fn default() -> Self {
+        UpstreamSettings {
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            max_idle_per_endpoint: DEFAULT_MAX_IDLE_PER_ENDPOINT,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -185,6 +216,8 @@ struct RawProxy {
     drain_timeout: Option<Spanned<String>>,
     #[serde(default)]
     worker_threads: Option<Spanned<usize>>,
+    #[serde(default)]
+    max_idle_per_endpoint: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize)]
@@ -346,8 +379,24 @@ fn validate(raw: RawConfig, blame: &Blame<'_>) -> Result<Config, Vec<ConfigError
         }
         n => n.as_ref().map(|n| *n.get_ref()),
     };
+    let max_idle_per_endpoint = match &raw.proxy.max_idle_per_endpoint {
+        Some(n) if !(1..=100_000).contains(n.get_ref()) => {
+            c.error(
+                n.span(),
+                format!(
+                    "proxy.max_idle_per_endpoint: {} is out of range; expected 1 to 100000",
+                    n.get_ref()
+                ),
+            );
+            DEFAULT_MAX_IDLE_PER_ENDPOINT
+        }
+        n => n
+            .as_ref()
+            .map_or(DEFAULT_MAX_IDLE_PER_ENDPOINT, |n| *n.get_ref()),
+    };
     let proxy = ProxyConfig {
         worker_threads,
+        max_idle_per_endpoint,
         listen: c
             .socket_addr("proxy.listen", &raw.proxy.listen)
             .unwrap_or(unspecified),

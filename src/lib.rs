@@ -139,7 +139,7 @@ pub async fn run(
         models.push(Arc::new(Model::new(
             m,
             active,
-            config.proxy.connect_timeout,
+            &config.proxy.upstream(),
             &metrics,
         )));
     }

@@ -20,7 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::config::{HealthConfig, PoolConfig};
+use crate::config::{HealthConfig, PoolConfig, UpstreamSettings};
 use crate::health::EndpointState;
 use crate::metrics::{Metrics, PoolMetrics};
 
@@ -130,7 +130,7 @@ impl Pool {
         model: Arc<str>,
         name: PoolName,
         config: &PoolConfig,
-        connect_timeout: Duration,
+        upstream: &UpstreamSettings,
         metrics: &Metrics,
     ) -> Pool {
         let endpoints: Box<[Endpoint]> = config
@@ -151,7 +151,7 @@ impl Pool {
             .map(|e| (e.authority().clone(), e.connection_counter()))
             .collect();
         let connector = CountingConnector::new(
-            http_connector(connect_timeout),
+            http_connector(upstream.connect_timeout),
             counters,
             pool_metrics.connections.clone(),
         );
@@ -163,7 +163,7 @@ impl Pool {
             model,
             protocol: config.protocol,
             endpoints,
-            client: build_client(config.protocol, connector),
+            client: build_client(config.protocol, upstream.max_idle_per_endpoint, connector),
             cold_probes,
             health: config.health.clone(),
             probed: AtomicBool::new(false),
@@ -304,14 +304,22 @@ fn http_connector(connect_timeout: Duration) -> HttpConnector {
     connector
 }
 
-fn build_client(protocol: Protocol, connector: CountingConnector) -> UpstreamClient {
+fn build_client(
+    protocol: Protocol,
+    max_idle: usize,
+    connector: CountingConnector,
+) -> UpstreamClient {
     let mut builder = Client::builder(TokioExecutor::new());
     // Without a pool timer idle connections never expire and the pool keeps
     // dead sockets; with it, connections idle longer than the timeout close.
+    // The idle cap bounds what a burst leaves behind: every concurrent
+    // request opens its own connection, and without a cap all of them would
+    // stay open (and hold their buffers) after the burst.
     builder
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_max_idle_per_host(max_idle)
         .http2_only(protocol == Protocol::H2c);
     builder.build(connector)
 }

@@ -21,7 +21,7 @@ use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, UpstreamSettings};
 use crate::health::EndpointState;
 use crate::metrics::{Metrics, ModelMetrics};
 use crate::pool::{Pool, PoolName};
@@ -51,7 +51,7 @@ impl Model {
     pub fn new(
         config: &ModelConfig,
         active: PoolName,
-        connect_timeout: Duration,
+        upstream: &UpstreamSettings,
         metrics: &Metrics,
     ) -> Model {
         let name: Arc<str> = config.name.as_str().into();
@@ -61,7 +61,7 @@ impl Model {
                 Arc::clone(&name),
                 p,
                 config.pool(p),
-                connect_timeout,
+                upstream,
                 metrics,
             ))
         });

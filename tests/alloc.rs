@@ -7,7 +7,7 @@ use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchyard::config::{EndpointConfig, HealthConfig, ModelConfig, PoolConfig};
+use switchyard::config::{EndpointConfig, HealthConfig, ModelConfig, PoolConfig, UpstreamSettings};
 use switchyard::metrics::Metrics;
 use switchyard::pool::{PoolName, Protocol};
 use switchyard::route::RouteTable;
@@ -69,7 +69,7 @@ fn model(metrics: &Metrics, name: &str, prefix: &str) -> Arc<Model> {
     Arc::new(Model::new(
         &config,
         PoolName::Blue,
-        Duration::from_secs(1),
+        &UpstreamSettings::default(),
         metrics,
     ))
 }

@@ -1,5 +1,5 @@
 use super::*;
-use crate::config::EndpointConfig;
+use crate::config::{EndpointConfig, UpstreamSettings};
 use crate::health::ProbeReport;
 use crate::metrics::Metrics;
 
@@ -21,7 +21,7 @@ fn pool_with(n: usize, eject_after: u32) -> Arc<Pool> {
         "m".into(),
         PoolName::Blue,
         &config,
-        Duration::from_secs(1),
+        &UpstreamSettings::default(),
         &Metrics::new(),
     ))
 }
