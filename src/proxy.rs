@@ -91,6 +91,10 @@ impl Proxy {
         client: &ClientInfo,
         req: Request<Incoming>,
     ) -> Response<ProxyBody> {
+        if let Err(refused) = check_target(&req) {
+            self.unrouted.inc();
+            return refused.into_response(None);
+        }
         let host = request_host(&req);
         let host_str = host.as_ref().and_then(|h| h.to_str().ok());
         let Some(model) = self.routes.resolve(host_str, req.uri().path()) else {
@@ -182,6 +186,40 @@ fn mark_failover(response: &mut Response<ProxyBody>, pool: &Pool) {
         HeaderValue::from_static("true"),
     );
     pool.metrics().failovers.inc();
+}
+
+/// Refuses what would make switchyard a tunnel or an open proxy: CONNECT,
+/// and an HTTP/1.x absolute-form target whose host is not the `Host`
+/// header's (HTTP/2 always sends an authority; it is the host there).
+fn check_target<B>(req: &Request<B>) -> Result<(), ProxyError> {
+    if req.method() == http::Method::CONNECT {
+        return Err(ProxyError::Connect);
+    }
+    if req.version() < Version::HTTP_2 {
+        if let Some(target) = req.uri().authority() {
+            let host = req
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok());
+            let same = host.is_some_and(|h| {
+                let h = h.rsplit_once(':').map_or(h, |(name, port)| {
+                    if port.bytes().all(|b| b.is_ascii_digit()) {
+                        name
+                    } else {
+                        h
+                    }
+                });
+                h.eq_ignore_ascii_case(target.host())
+            });
+            if !same {
+                return Err(ProxyError::ForeignTarget {
+                    target: target.host().to_string(),
+                    host: host.unwrap_or("").to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The host the client addressed: the HTTP/2 authority or absolute-form

@@ -18,6 +18,14 @@ pub enum ProxyError {
     /// The client's mistake: no model's prefix (and host) matches.
     #[error("no model serves {path}")]
     NoRoute { path: String },
+    /// switchyard is a reverse proxy, not a tunnel.
+    #[error("CONNECT is not supported; switchyard is a reverse proxy for configured models")]
+    Connect,
+    /// An HTTP/1.1 absolute-form target for a host other than the `Host`
+    /// header's: the shape of an open-proxy request, and a way to make the
+    /// two disagree about which model is meant.
+    #[error("request target names host {target:?} but Host says {host:?}; switchyard is not an open proxy")]
+    ForeignTarget { target: String, host: String },
     /// No endpoint of the pool is in rotation (all unhealthy or ejected).
     #[error("model {model:?}: pool {pool} has no healthy endpoint ({up} of {total} up); see GET /models/{model}")]
     NoHealthyEndpoint {
@@ -79,6 +87,8 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ProxyError::Connect => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::ForeignTarget { .. } => StatusCode::BAD_REQUEST,
             ProxyError::NoHealthyEndpoint { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Upstream { kind, .. } => match kind {
                 UpstreamErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
@@ -93,6 +103,9 @@ impl ProxyError {
         let status = self.status();
         match &self {
             ProxyError::NoRoute { .. } => debug!(error = %self, "unrouted request"),
+            ProxyError::Connect | ProxyError::ForeignTarget { .. } => {
+                debug!(error = %self, "refused request")
+            }
             // Logged by the prober when the endpoints went down; once per
             // request here would flood the log during an outage.
             ProxyError::NoHealthyEndpoint { .. } => {
