@@ -91,7 +91,7 @@ impl Proxy {
         client: &ClientInfo,
         req: Request<Incoming>,
     ) -> Response<ProxyBody> {
-        if let Err(refused) = check_target(&req) {
+        if let Some(refused) = refusal(&req) {
             self.unrouted.inc();
             return refused.into_response(None);
         }
@@ -191,9 +191,9 @@ fn mark_failover(response: &mut Response<ProxyBody>, pool: &Pool) {
 /// Refuses what would make switchyard a tunnel or an open proxy: CONNECT,
 /// and an HTTP/1.x absolute-form target whose host is not the `Host`
 /// header's (HTTP/2 always sends an authority; it is the host there).
-fn check_target<B>(req: &Request<B>) -> Result<(), ProxyError> {
+fn refusal<B>(req: &Request<B>) -> Option<ProxyError> {
     if req.method() == http::Method::CONNECT {
-        return Err(ProxyError::Connect);
+        return Some(ProxyError::Connect);
     }
     if req.version() < Version::HTTP_2 {
         if let Some(target) = req.uri().authority() {
@@ -212,14 +212,14 @@ fn check_target<B>(req: &Request<B>) -> Result<(), ProxyError> {
                 h.eq_ignore_ascii_case(target.host())
             });
             if !same {
-                return Err(ProxyError::ForeignTarget {
+                return Some(ProxyError::ForeignTarget {
                     target: target.host().to_string(),
                     host: host.unwrap_or("").to_string(),
                 });
             }
         }
     }
-    Ok(())
+    None
 }
 
 /// The host the client addressed: the HTTP/2 authority or absolute-form
