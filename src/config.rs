@@ -30,6 +30,11 @@ pub use health::{HealthConfig, EJECT_MAX};
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a TCP connect to an upstream may take before the request fails 502.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Request bodies above this are refused: large enough for image and audio
+/// batches, small enough that a runaway client cannot stream forever.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 1 << 30;
+/// Requests in flight per model above this get 503.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 10_000;
 /// Idle upstream connections kept per endpoint, as nginx's `keepalive`.
 pub const DEFAULT_MAX_IDLE_PER_ENDPOINT: usize = 128;
 /// How long shutdown waits for in-flight requests before cutting them.
@@ -56,6 +61,8 @@ pub struct ProxyConfig {
     /// Idle upstream connections kept per endpoint; more are closed as
     /// requests finish.
     pub max_idle_per_endpoint: usize,
+    /// Connection and request-head limits of the proxy listener.
+    pub limits: crate::server::Limits,
 }
 
 impl ProxyConfig {
@@ -114,6 +121,11 @@ pub struct ModelConfig {
     /// Send requests to the standby when the active pool has no healthy
     /// endpoint, instead of answering 503.
     pub failover: bool,
+    /// Request bodies larger than this are refused with 413 (before
+    /// anything is sent when `Content-Length` says so, else mid-stream).
+    pub max_body_bytes: u64,
+    /// Requests in flight on the model at most; more get 503 with `Retry-After`.
+    pub max_in_flight: usize,
     pub blue: PoolConfig,
     pub green: PoolConfig,
 }
@@ -218,6 +230,12 @@ struct RawProxy {
     worker_threads: Option<Spanned<usize>>,
     #[serde(default)]
     max_idle_per_endpoint: Option<Spanned<usize>>,
+    #[serde(default)]
+    max_connections: Option<Spanned<usize>>,
+    #[serde(default)]
+    max_headers: Option<Spanned<usize>>,
+    #[serde(default)]
+    max_header_bytes: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize)]
@@ -250,6 +268,10 @@ struct RawModel {
     request_timeout: Option<Spanned<String>>,
     #[serde(default)]
     failover: bool,
+    #[serde(default)]
+    max_body_bytes: Option<Spanned<u64>>,
+    #[serde(default)]
+    max_in_flight: Option<Spanned<usize>>,
     #[serde(default)]
     health: Option<RawHealth>,
     blue: RawPool,
@@ -338,6 +360,35 @@ impl Checker<'_> {
         }
     }
 
+    /// A whole number within `range`, or `default` when absent.
+    fn count<T>(
+        &mut self,
+        key: &str,
+        value: Option<&Spanned<T>>,
+        default: T,
+        range: std::ops::RangeInclusive<T>,
+    ) -> T
+    where
+        T: Copy + PartialOrd + fmt::Display,
+    {
+        match value {
+            None => default,
+            Some(v) if range.contains(v.get_ref()) => *v.get_ref(),
+            Some(v) => {
+                self.error(
+                    v.span(),
+                    format!(
+                        "{key}: {} is out of range; expected {} to {}",
+                        v.get_ref(),
+                        range.start(),
+                        range.end()
+                    ),
+                );
+                default
+            }
+        }
+    }
+
     fn duration(
         &mut self,
         key: &str,
@@ -394,9 +445,31 @@ fn validate(raw: RawConfig, blame: &Blame<'_>) -> Result<Config, Vec<ConfigError
             .as_ref()
             .map_or(DEFAULT_MAX_IDLE_PER_ENDPOINT, |n| *n.get_ref()),
     };
+    let defaults = crate::server::Limits::default();
+    let limits = crate::server::Limits {
+        max_connections: c.count(
+            "proxy.max_connections",
+            raw.proxy.max_connections.as_ref(),
+            defaults.max_connections,
+            1..=1_000_000,
+        ),
+        max_headers: c.count(
+            "proxy.max_headers",
+            raw.proxy.max_headers.as_ref(),
+            defaults.max_headers,
+            1..=10_000,
+        ),
+        max_header_bytes: c.count(
+            "proxy.max_header_bytes",
+            raw.proxy.max_header_bytes.as_ref(),
+            defaults.max_header_bytes,
+            8192..=16 * 1024 * 1024,
+        ),
+    };
     let proxy = ProxyConfig {
         worker_threads,
         max_idle_per_endpoint,
+        limits,
         listen: c
             .socket_addr("proxy.listen", &raw.proxy.listen)
             .unwrap_or(unspecified),
@@ -561,6 +634,18 @@ fn validate_model(
         m.request_timeout.as_ref(),
         proxy.request_timeout,
     );
+    let max_body_bytes = c.count(
+        &format!("models[{i}].max_body_bytes"),
+        m.max_body_bytes.as_ref(),
+        DEFAULT_MAX_BODY_BYTES,
+        1..=u64::MAX,
+    );
+    let max_in_flight = c.count(
+        &format!("models[{i}].max_in_flight"),
+        m.max_in_flight.as_ref(),
+        DEFAULT_MAX_IN_FLIGHT,
+        1..=10_000_000,
+    );
     let blue = validate_pool(c, i, &name, PoolName::Blue, &m.blue, m.health.as_ref());
     let green = validate_pool(c, i, &name, PoolName::Green, &m.green, m.health.as_ref());
 
@@ -571,6 +656,8 @@ fn validate_model(
         active,
         request_timeout,
         failover: m.failover,
+        max_body_bytes,
+        max_in_flight,
         blue,
         green,
     })

@@ -157,7 +157,11 @@ pub async fn run(
     let checker = health::Checker::new(&models);
     let switchboard =
         Arc::new(Switchboard::start(models, states, config.state.path.clone()).await?);
-    let proxy = Arc::new(Proxy::new(routes, metrics.unrouted().clone()));
+    let proxy = Arc::new(Proxy::new(
+        routes,
+        metrics.unrouted().clone(),
+        config.proxy.limits,
+    ));
     let admin = Arc::new(Admin::new(
         switchboard,
         metrics,

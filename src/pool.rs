@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::HeaderValue;
-use http_body_util::{Either, Full};
+use http_body_util::{Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -100,7 +100,7 @@ pub enum Protocol {
 
 /// Body of a request sent upstream: the client's streamed body, or a body
 /// switchyard made itself.
-pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
+pub type UpstreamBody = Either<Limited<Incoming>, Full<Bytes>>;
 pub type UpstreamClient = Client<CountingConnector, UpstreamBody>;
 
 /// A pool of endpoints for one model.

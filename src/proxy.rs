@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{header, HeaderValue, Request, Response, Version};
-use http_body_util::Either;
+use http_body_util::{Either, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use prometheus::IntCounter;
 use tokio::net::TcpListener;
@@ -50,20 +50,25 @@ use headers::{ClientInfo, X_SWITCHYARD_FAILOVER};
 use crate::metrics::UpstreamErrorKind;
 use crate::pool::{Pool, Protocol};
 use crate::route::RouteTable;
-use crate::server;
+use crate::server::{self, Limits};
 use crate::switch::Model;
 
 /// What the request path reads: built once, shared by every connection.
 pub struct Proxy {
     routes: RouteTable<Arc<Model>>,
     unrouted: IntCounter,
+    limits: Limits,
 }
 
 // === impl Proxy ===
 
 impl Proxy {
-    pub fn new(routes: RouteTable<Arc<Model>>, unrouted: IntCounter) -> Proxy {
-        Proxy { routes, unrouted }
+    pub fn new(routes: RouteTable<Arc<Model>>, unrouted: IntCounter, limits: Limits) -> Proxy {
+        Proxy {
+            routes,
+            unrouted,
+            limits,
+        }
     }
 
     /// Serves the proxy listener until `token` is cancelled, then drains.
@@ -73,6 +78,7 @@ impl Proxy {
         token: CancellationToken,
         drain: Duration,
     ) {
+        let limits = self.limits;
         let make = move |peer: SocketAddr| {
             let proxy = Arc::clone(&self);
             let client = Arc::new(client_info(peer));
@@ -82,7 +88,7 @@ impl Proxy {
                 async move { Ok::<_, Infallible>(proxy.forward(&client, req).await) }
             })
         };
-        server::serve("proxy", listener, make, token, drain).await;
+        server::serve_with("proxy", listener, make, token, drain, &limits).await;
     }
 
     /// Forwards one request and returns the response to send the client.
@@ -104,6 +110,25 @@ impl Proxy {
         };
 
         let active = model.active();
+        let Some(admission) = model.admit() else {
+            let error = ProxyError::Overloaded {
+                model: model.name().to_string(),
+                max: model.max_in_flight(),
+            };
+            let response = error.into_response(Some(active.header()));
+            active.metrics().count_response(response.status());
+            return response;
+        };
+        if content_length(&req).is_some_and(|len| len > model.max_body_bytes()) {
+            // Refused before anything is sent; the rest of the body is never read.
+            let error = ProxyError::BodyTooLarge {
+                model: model.name().to_string(),
+                max: model.max_body_bytes(),
+            };
+            let response = error.into_response(Some(active.header()));
+            active.metrics().count_response(response.status());
+            return response;
+        }
         let (in_flight, failover) = match active.pick() {
             Some(in_flight) => (in_flight, false),
             None => match model
@@ -131,7 +156,9 @@ impl Proxy {
             Protocol::H2c => Version::HTTP_2,
         };
         headers::prepare_request(&mut parts.headers, client, host);
-        let upstream = Request::from_parts(parts, Either::Left(body));
+        // Bodies without a (truthful) length are cut at the limit mid-stream.
+        let limit = usize::try_from(model.max_body_bytes()).unwrap_or(usize::MAX);
+        let upstream = Request::from_parts(parts, Either::Left(Limited::new(body, limit)));
 
         let result = tokio::time::timeout(timeout, pool.client().request(upstream)).await;
         let error = match result {
@@ -150,7 +177,20 @@ impl Proxy {
                 in_flight
                     .endpoint()
                     .record_outcome(parts.status.is_server_error());
-                return Response::from_parts(parts, ProxyBody::upstream(body, in_flight));
+                return Response::from_parts(
+                    parts,
+                    ProxyBody::upstream(body, in_flight, admission),
+                );
+            }
+            Ok(Err(e)) if caused_by::<LengthLimitError>(&e) => {
+                // The client's mistake, not the endpoint's: no passive failure.
+                let error = ProxyError::BodyTooLarge {
+                    model: model.name().to_string(),
+                    max: model.max_body_bytes(),
+                };
+                let response = error.into_response(Some(pool.header()));
+                pool.metrics().count_response(response.status());
+                return response;
             }
             Ok(Err(e)) => {
                 let kind = if e.is_connect() {
@@ -186,6 +226,28 @@ fn mark_failover(response: &mut Response<ProxyBody>, pool: &Pool) {
         HeaderValue::from_static("true"),
     );
     pool.metrics().failovers.inc();
+}
+
+/// The request's `Content-Length`, if it sent a valid one.
+fn content_length<B>(req: &Request<B>) -> Option<u64> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Whether `E` is anywhere in `e`'s chain of causes.
+fn caused_by<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if err.is::<E>() {
+            return true;
+        }
+        next = err.source();
+    }
+    false
 }
 
 /// Refuses what would make switchyard a tunnel or an open proxy: CONNECT,

@@ -13,7 +13,10 @@ use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use std::sync::Arc;
+
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -21,12 +24,43 @@ use tracing::{debug, info, warn};
 /// descriptors) before trying again, so the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
+/// What one listener accepts.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Open connections at most; further accepts wait until one closes.
+    pub max_connections: usize,
+    /// Request header fields at most (HTTP/1.1: more is a 431).
+    pub max_headers: usize,
+    /// Bytes of request head at most (HTTP/1.1: more is a 431; HTTP/2: the
+    /// header list size).
+    pub max_header_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 10_000,
+            max_headers: 100,
+            max_header_bytes: 64 * 1024,
+        }
+    }
+}
+
 /// The connection builder: HTTP/1.1 with keep-alive and HTTP/2 with prior
 /// knowledge, told apart by the connection preface.
-pub fn builder() -> auto::Builder<TokioExecutor> {
+pub fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().keep_alive(true).timer(TokioTimer::new());
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http1()
+        .keep_alive(true)
+        .timer(TokioTimer::new())
+        .max_headers(limits.max_headers)
+        // hyper's floor for its read buffer is 8 KiB.
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     builder
 }
 
@@ -50,7 +84,29 @@ pub async fn serve<M, S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let builder = builder();
+    serve_with(name, listener, make, token, drain, &Limits::default()).await;
+}
+
+/// [`serve`] with explicit [`Limits`].
+pub async fn serve_with<M, S, B>(
+    name: &'static str,
+    listener: TcpListener,
+    make: M,
+    token: CancellationToken,
+    drain: Duration,
+    limits: &Limits,
+) where
+    M: Fn(SocketAddr) -> S,
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
+    S::Future: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let builder = builder(limits);
+    // One permit per open connection: at the cap, the loop stops accepting
+    // (the kernel's backlog holds newcomers) until a connection closes.
+    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     // Not Clone on purpose: every connection is watched through this one
     // value, and `shutdown` consumes it, so no connection can be added after
     // the drain has started counting.
@@ -62,6 +118,14 @@ pub async fn serve<M, S, B>(
     let cut = CancellationToken::new();
     let _cut_on_return = cut.clone().drop_guard();
     loop {
+        let permit = tokio::select! {
+            () = token.cancelled() => break,
+            permit = Arc::clone(&permits).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                // Never closed while this loop runs.
+                Err(_) => break,
+            },
+        };
         tokio::select! {
             () = token.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -75,6 +139,8 @@ pub async fn serve<M, S, B>(
                     let conn = graceful.watch(conn);
                     let cut = cut.clone();
                     tokio::spawn(async move {
+                        // Held for the connection's life: its slot under max_connections.
+                        let _permit = permit;
                         tokio::select! {
                             result = conn => if let Err(e) = result {
                                 debug!(listener = name, %peer, error = %e, "connection ended with an error");

@@ -14,6 +14,7 @@ mod state;
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +39,10 @@ pub struct Model {
     host: Option<String>,
     request_timeout: Duration,
     failover: bool,
+    max_body_bytes: u64,
+    max_in_flight: usize,
+    /// Requests admitted and not finished, across both pools.
+    in_flight: AtomicUsize,
     pools: [Arc<Pool>; 2],
     active: ArcSwap<Pool>,
     metrics: ModelMetrics,
@@ -72,6 +77,9 @@ impl Model {
             host: config.host.clone(),
             request_timeout: config.request_timeout,
             failover: config.failover,
+            max_body_bytes: config.max_body_bytes,
+            max_in_flight: config.max_in_flight,
+            in_flight: AtomicUsize::new(0),
             pools,
             metrics: metrics.model(&config.name),
         };
@@ -94,6 +102,26 @@ impl Model {
     /// How long an upstream may take to send response headers.
     pub fn request_timeout(&self) -> Duration {
         self.request_timeout
+    }
+
+    /// Request bodies larger than this are refused.
+    pub fn max_body_bytes(&self) -> u64 {
+        self.max_body_bytes
+    }
+
+    pub fn max_in_flight(&self) -> usize {
+        self.max_in_flight
+    }
+
+    /// Counts a request against `max_in_flight` until the returned guard
+    /// drops; `None` when the model is at its cap.
+    pub fn admit(self: &Arc<Self>) -> Option<Admission> {
+        // Relaxed: a counter, ordering nothing else.
+        if self.in_flight.fetch_add(1, Ordering::Relaxed) >= self.max_in_flight {
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Admission(Arc::clone(self)))
     }
 
     /// Whether the standby serves when the active pool has no endpoint in rotation.
@@ -130,6 +158,16 @@ impl Model {
         for p in &self.pools {
             p.metrics().active.set(i64::from(p.name() == active));
         }
+    }
+}
+
+/// One request counted against its model's `max_in_flight`; rides in the
+/// response body with the pool's in-flight guard.
+pub struct Admission(Arc<Model>);
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

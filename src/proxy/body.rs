@@ -13,21 +13,24 @@ use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::pool::InFlight;
+use crate::switch::Admission;
 
 pub enum ProxyBody {
     Upstream {
         body: Incoming,
         /// Dropped with the body: ends the in-flight count and records the duration.
         _in_flight: InFlight,
+        _admission: Admission,
     },
     Local(Full<Bytes>),
 }
 
 impl ProxyBody {
-    pub fn upstream(body: Incoming, in_flight: InFlight) -> ProxyBody {
+    pub fn upstream(body: Incoming, in_flight: InFlight, admission: Admission) -> ProxyBody {
         ProxyBody::Upstream {
             body,
             _in_flight: in_flight,
+            _admission: admission,
         }
     }
 

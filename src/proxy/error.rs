@@ -18,6 +18,12 @@ pub enum ProxyError {
     /// The client's mistake: no model's prefix (and host) matches.
     #[error("no model serves {path}")]
     NoRoute { path: String },
+    /// The model has `max_in_flight` requests in flight already.
+    #[error("model {model:?} has {max} requests in flight, its max_in_flight; retry shortly")]
+    Overloaded { model: String, max: usize },
+    /// The request body is larger than the model's `max_body_bytes`.
+    #[error("request body exceeds model {model:?}'s max_body_bytes of {max}")]
+    BodyTooLarge { model: String, max: u64 },
     /// switchyard is a reverse proxy, not a tunnel.
     #[error("CONNECT is not supported; switchyard is a reverse proxy for configured models")]
     Connect,
@@ -88,6 +94,8 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::Connect => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::ForeignTarget { .. } => StatusCode::BAD_REQUEST,
             ProxyError::NoHealthyEndpoint { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Upstream { kind, .. } => match kind {
@@ -103,7 +111,10 @@ impl ProxyError {
         let status = self.status();
         match &self {
             ProxyError::NoRoute { .. } => debug!(error = %self, "unrouted request"),
-            ProxyError::Connect | ProxyError::ForeignTarget { .. } => {
+            ProxyError::Connect
+            | ProxyError::ForeignTarget { .. }
+            | ProxyError::Overloaded { .. }
+            | ProxyError::BodyTooLarge { .. } => {
                 debug!(error = %self, "refused request")
             }
             // Logged by the prober when the endpoints went down; once per
@@ -118,7 +129,14 @@ impl ProxyError {
                 None => warn!(error = %self, "upstream request failed"),
             },
         }
-        json_response(status, &self.to_string(), pool)
+        let overloaded = matches!(self, ProxyError::Overloaded { .. });
+        let mut response = json_response(status, &self.to_string(), pool);
+        if overloaded {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 

@@ -1,0 +1,176 @@
+//! Limits, each a config key: body size (413, before sending or mid-stream),
+//! in-flight requests per model (503 with Retry-After), header count and
+//! size (431), open connections (further accepts wait).
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use hyper::body::Frame;
+use support::*;
+
+async fn setup(proxy_extra: &str, model_extra: &str) -> (Upstream, Upstream, Proxy) {
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let models = format!(
+        "{}{model_extra}\n",
+        model("iris", "/", &blue.url(), &green.url())
+    );
+    let proxy = Proxy::start_with(proxy_extra, &models).await;
+    (blue, green, proxy)
+}
+
+fn assert_json_error(r: &Reply, status: StatusCode, says: &str) {
+    assert_eq!(r.status, status, "{}", r.text());
+    assert_eq!(r.headers["content-type"], "application/json");
+    let message = r.json()["error"].as_str().unwrap_or_default().to_string();
+    assert!(message.contains(says), "{message}");
+}
+
+#[tokio::test]
+async fn a_body_declared_too_large_is_refused_before_anything_is_sent() {
+    let (blue, _green, proxy) = setup("", "max_body_bytes = 1000").await;
+    let r = post(&proxy.url("/upload"), vec![b'x'; 2000]).await;
+    assert_json_error(&r, StatusCode::PAYLOAD_TOO_LARGE, "max_body_bytes of 1000");
+    assert_eq!(r.pool(), "blue");
+    assert_eq!(blue.hits(), 0, "the upstream saw the oversized request");
+    // At the limit is fine.
+    let r = post(&proxy.url("/upload"), vec![b'x'; 1000]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["bytes"], 1000);
+}
+
+#[tokio::test]
+async fn a_streamed_body_is_cut_at_the_limit() {
+    let (_blue, _green, proxy) = setup("", "max_body_bytes = 1500").await;
+    let (tx, body) = channel_body();
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(proxy.url("/upload"))
+        .body(body)
+        .unwrap();
+    let client = client();
+    let sending = tokio::spawn(async move {
+        for _ in 0..3 {
+            // The proxy stops reading once over the limit; a send may fail then.
+            if tx
+                .send(Ok(Frame::data(Bytes::from(vec![b'y'; 1000]))))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let resp = within("the 413", client.request(req))
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(resp.headers()["x-switchyard-pool"], "blue");
+    let body = read_body(resp.into_body()).await;
+    assert!(String::from_utf8_lossy(&body).contains("max_body_bytes of 1500"));
+    sending.abort();
+}
+
+#[tokio::test]
+async fn a_model_at_its_in_flight_cap_answers_503_with_retry_after() {
+    let (blue, _green, proxy) = setup("", "max_in_flight = 2").await;
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let url = proxy.url("/hold");
+            tokio::spawn(async move { get(&url).await })
+        })
+        .collect();
+    blue.wait_held(2).await;
+
+    let r = get(&proxy.url("/x")).await;
+    assert_json_error(&r, StatusCode::SERVICE_UNAVAILABLE, "max_in_flight");
+    assert_eq!(r.headers["retry-after"], "1");
+    assert_eq!(r.pool(), "blue");
+
+    blue.release();
+    for h in held {
+        assert_eq!(h.await.unwrap().status, StatusCode::OK);
+    }
+    // Under the cap again: served.
+    eventually("the model to accept requests again", || async {
+        get(&proxy.url("/x")).await.status == StatusCode::OK
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn too_many_or_too_large_headers_are_431() {
+    let (blue, _green, proxy) = setup("max_headers = 20\nmax_header_bytes = 8192", "").await;
+    let mut req = Request::builder().uri(proxy.url("/x"));
+    for i in 0..30 {
+        req = req.header(format!("x-extra-{i}"), "1");
+    }
+    let r = client()
+        .request(req.body(full_body("")).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+
+    let req = Request::builder()
+        .uri(proxy.url("/x"))
+        .header("x-big", "z".repeat(10_000))
+        .body(full_body(""))
+        .unwrap();
+    let r = client().request(req).await.unwrap();
+    assert_eq!(r.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert_eq!(blue.hits(), 0);
+
+    // Within both limits: served.
+    let req = Request::builder()
+        .uri(proxy.url("/x"))
+        .header("x-ok", "z".repeat(1000))
+        .body(full_body(""))
+        .unwrap();
+    let r = client().request(req).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_wait_for_a_free_slot() {
+    let (_blue, _green, proxy) = setup("max_connections = 2", "").await;
+    let mut first = h1_connection(proxy.addr).await;
+    let mut second = h1_connection(proxy.addr).await;
+    for c in [&mut first, &mut second] {
+        let r = c
+            .send_request(
+                Request::get("/x")
+                    .header("host", "t")
+                    .body(full_body(""))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        read_body(r.into_body()).await;
+    }
+
+    // The third connection is accepted by the kernel, not by the proxy: its
+    // request waits.
+    let mut third = h1_connection(proxy.addr).await;
+    let waiting = third.send_request(
+        Request::get("/x")
+            .header("host", "t")
+            .body(full_body(""))
+            .unwrap(),
+    );
+    let mut waiting = Box::pin(waiting);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut waiting)
+            .await
+            .is_err(),
+        "a third connection was served while two were open"
+    );
+    drop(first);
+    let r = within("the third connection to be served", waiting)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
