@@ -115,19 +115,11 @@ impl Proxy {
                 model: model.name().to_string(),
                 max: model.max_in_flight(),
             };
-            let response = error.into_response(Some(active.header()));
-            active.metrics().count_response(response.status());
-            return response;
+            return answer(&active, error);
         };
         if content_length(&req).is_some_and(|len| len > model.max_body_bytes()) {
             // Refused before anything is sent; the rest of the body is never read.
-            let error = ProxyError::BodyTooLarge {
-                model: model.name().to_string(),
-                max: model.max_body_bytes(),
-            };
-            let response = error.into_response(Some(active.header()));
-            active.metrics().count_response(response.status());
-            return response;
+            return answer(&active, ProxyError::body_too_large(model));
         }
         let (in_flight, failover) = match active.pick() {
             Some(in_flight) => (in_flight, false),
@@ -137,12 +129,7 @@ impl Proxy {
                 .flatten()
             {
                 Some(in_flight) => (in_flight, true),
-                None => {
-                    let error = ProxyError::no_healthy_endpoint(&active);
-                    let response = error.into_response(Some(active.header()));
-                    active.metrics().count_response(response.status());
-                    return response;
-                }
+                None => return answer(&active, ProxyError::no_healthy_endpoint(&active)),
             },
         };
         let pool = in_flight.pool();
@@ -166,31 +153,20 @@ impl Proxy {
                 let (mut parts, body) = response.into_parts();
                 parts.version = client_version;
                 headers::prepare_response(&mut parts.headers, pool.header());
-                if failover {
-                    parts.headers.insert(
-                        X_SWITCHYARD_FAILOVER.clone(),
-                        HeaderValue::from_static("true"),
-                    );
-                    pool.metrics().failovers.inc();
-                }
                 pool.metrics().count_response(parts.status);
                 in_flight
                     .endpoint()
                     .record_outcome(parts.status.is_server_error());
-                return Response::from_parts(
-                    parts,
-                    ProxyBody::upstream(body, in_flight, admission),
-                );
+                let mut response =
+                    Response::from_parts(parts, ProxyBody::upstream(body, in_flight, admission));
+                if failover {
+                    mark_failover(&mut response, pool);
+                }
+                return response;
             }
             Ok(Err(e)) if caused_by::<LengthLimitError>(&e) => {
                 // The client's mistake, not the endpoint's: no passive failure.
-                let error = ProxyError::BodyTooLarge {
-                    model: model.name().to_string(),
-                    max: model.max_body_bytes(),
-                };
-                let response = error.into_response(Some(pool.header()));
-                pool.metrics().count_response(response.status());
-                return response;
+                return answer(pool, ProxyError::body_too_large(model));
             }
             Ok(Err(e)) => {
                 let kind = if e.is_connect() {
@@ -208,14 +184,20 @@ impl Proxy {
             pool.metrics().count_upstream_error(*kind);
         }
         in_flight.endpoint().record_outcome(true);
-        let mut response = error.into_response(Some(pool.header()));
+        let mut response = answer(pool, error);
         if failover {
             mark_failover(&mut response, pool);
         }
-        pool.metrics().count_response(response.status());
         // `in_flight` drops here: the request is over.
         response
     }
+}
+
+/// The response for a request `pool` answers itself, counted on the pool.
+fn answer(pool: &Pool, error: ProxyError) -> Response<ProxyBody> {
+    let response = error.into_response(Some(pool.header()));
+    pool.metrics().count_response(response.status());
+    response
 }
 
 /// Marks a response the standby served for an active pool with no healthy

@@ -11,6 +11,7 @@ use super::body::ProxyBody;
 use super::headers::X_SWITCHYARD_POOL;
 use crate::metrics::UpstreamErrorKind;
 use crate::pool::{InFlight, Pool};
+use crate::switch::Model;
 use crate::ErrorChain;
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +88,13 @@ impl ProxyError {
             pool: pool.name().to_string(),
             up: pool.endpoints().iter().filter(|e| e.is_serving()).count(),
             total: pool.endpoints().len(),
+        }
+    }
+
+    pub fn body_too_large(model: &Model) -> ProxyError {
+        ProxyError::BodyTooLarge {
+            model: model.name().to_string(),
+            max: model.max_body_bytes(),
         }
     }
 
