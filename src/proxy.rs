@@ -157,12 +157,13 @@ impl Proxy {
                 in_flight
                     .endpoint()
                     .record_outcome(parts.status.is_server_error());
-                let mut response =
-                    Response::from_parts(parts, ProxyBody::upstream(body, in_flight, admission));
                 if failover {
-                    mark_failover(&mut response, pool);
+                    mark_failover(&mut parts.headers, pool);
                 }
-                return response;
+                return Response::from_parts(
+                    parts,
+                    ProxyBody::upstream(body, in_flight, admission),
+                );
             }
             Ok(Err(e)) if caused_by::<LengthLimitError>(&e) => {
                 // The client's mistake, not the endpoint's: no passive failure.
@@ -186,7 +187,7 @@ impl Proxy {
         in_flight.endpoint().record_outcome(true);
         let mut response = answer(pool, error);
         if failover {
-            mark_failover(&mut response, pool);
+            mark_failover(response.headers_mut(), pool);
         }
         // `in_flight` drops here: the request is over.
         response
@@ -202,8 +203,8 @@ fn answer(pool: &Pool, error: ProxyError) -> Response<ProxyBody> {
 
 /// Marks a response the standby served for an active pool with no healthy
 /// endpoint, whether it succeeded or not, and counts it.
-fn mark_failover(response: &mut Response<ProxyBody>, pool: &Pool) {
-    response.headers_mut().insert(
+fn mark_failover(headers: &mut http::HeaderMap, pool: &Pool) {
+    headers.insert(
         X_SWITCHYARD_FAILOVER.clone(),
         HeaderValue::from_static("true"),
     );
