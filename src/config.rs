@@ -236,6 +236,8 @@ struct RawProxy {
     max_headers: Option<Spanned<usize>>,
     #[serde(default)]
     max_header_bytes: Option<Spanned<usize>>,
+    #[serde(default)]
+    header_read_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -464,6 +466,11 @@ fn validate(raw: RawConfig, blame: &Blame<'_>) -> Result<Config, Vec<ConfigError
             raw.proxy.max_header_bytes.as_ref(),
             defaults.max_header_bytes,
             8192..=16 * 1024 * 1024,
+        ),
+        header_read_timeout: c.duration(
+            "proxy.header_read_timeout",
+            raw.proxy.header_read_timeout.as_ref(),
+            defaults.header_read_timeout,
         ),
     };
     let proxy = ProxyConfig {

@@ -34,6 +34,10 @@ pub struct Limits {
     /// Bytes of request head at most (HTTP/1.1: more is a 431; HTTP/2: the
     /// header list size).
     pub max_header_bytes: usize,
+    /// How long an HTTP/1.1 connection may take to send a request head,
+    /// counted from when it starts waiting for one: a client that trickles
+    /// its headers, or a keep-alive connection idle that long, is closed.
+    pub header_read_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -42,6 +46,7 @@ impl Default for Limits {
             max_connections: 10_000,
             max_headers: 100,
             max_header_bytes: 64 * 1024,
+            header_read_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -55,6 +60,7 @@ pub fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .keep_alive(true)
         .timer(TokioTimer::new())
         .max_headers(limits.max_headers)
+        .header_read_timeout(limits.header_read_timeout)
         // hyper's floor for its read buffer is 8 KiB.
         .max_buf_size(limits.max_header_bytes.max(8192));
     builder

@@ -174,3 +174,48 @@ async fn connections_beyond_the_cap_wait_for_a_free_slot() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_client_trickling_its_headers_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (blue, _green, proxy) = setup("header_read_timeout = \"300ms\"", "").await;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let started = tokio::time::Instant::now();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: t\r\n")
+        .await
+        .unwrap();
+    // ... and never the rest: the proxy closes the connection.
+    let mut buf = [0u8; 256];
+    let n = within("the proxy to close a slow client", s.read(&mut buf))
+        .await
+        .unwrap_or(0);
+    assert_eq!(
+        n,
+        0,
+        "expected a close, got {:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "closed too early"
+    );
+    assert_eq!(blue.hits(), 0);
+
+    // An idle keep-alive connection is closed the same way.
+    let mut c = h1_connection(proxy.addr).await;
+    let r = c
+        .send_request(
+            Request::get("/x")
+                .header("host", "t")
+                .body(full_body(""))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    read_body(r.into_body()).await;
+    eventually("the idle keep-alive connection to be closed", || {
+        let closed = c.is_closed();
+        async move { closed }
+    })
+    .await;
+}
