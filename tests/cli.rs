@@ -663,3 +663,42 @@ async fn serve_refuses_an_exposed_admin_listener_without_a_token() {
     }
     assert!(!out.stderr.contains("listening"), "{}", out.stderr);
 }
+
+#[tokio::test]
+async fn log_format_json_writes_one_json_object_per_line() {
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_text, _proxy, admin) = serve_config(dir.path(), &blue.url(), &green.url());
+    let config = dir.path().join("switchyard.toml");
+    let mut running = Running::spawn(&[
+        "--log-format",
+        "json",
+        "serve",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    let ready = format!("http://{admin}/readyz");
+    eventually("switchyard serve to be ready", || {
+        let ready = ready.clone();
+        async move {
+            try_send(&client(), http::Method::GET, &ready, full_body(""))
+                .await
+                .is_ok_and(|r| r.status == 200)
+        }
+    })
+    .await;
+    running.signal("TERM");
+    let (status, stderr) = running.wait().await;
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.iter().any(|l| l.contains("listening")), "{stderr}");
+    for line in lines {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        assert!(
+            v.get("level").is_some() && v.get("fields").is_some(),
+            "{line}"
+        );
+    }
+}

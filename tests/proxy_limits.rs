@@ -219,3 +219,38 @@ async fn a_client_trickling_its_headers_is_cut_off() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_burst_leaves_at_most_max_idle_per_endpoint_connections_open() {
+    let (blue, _green, proxy) = setup(
+        "max_idle_per_endpoint = 3",
+        "health.warm_connections = 1\nhealth.interval = \"60s\"",
+    )
+    .await;
+    // Ten requests at once: ten upstream connections.
+    let held: Vec<_> = (0..10)
+        .map(|_| {
+            let url = proxy.url("/hold");
+            tokio::spawn(async move { get(&url).await })
+        })
+        .collect();
+    blue.wait_held(10).await;
+    assert!(
+        blue.connections() >= 10,
+        "{} connections",
+        blue.connections()
+    );
+    blue.release();
+    for h in held {
+        assert_eq!(h.await.unwrap().status, StatusCode::OK);
+    }
+    // Once the burst is over, only the idle cap's worth stays open.
+    eventually("blue's idle connections to shrink to the cap", || async {
+        let detail = proxy.admin_get("/models/iris").await.json();
+        let open = detail["pools"]["blue"]["endpoints"][0]["open_connections"]
+            .as_u64()
+            .unwrap_or(u64::MAX);
+        open <= 3
+    })
+    .await;
+}
