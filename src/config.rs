@@ -19,6 +19,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::pool::{PoolName, Protocol};
+use crate::tls::{TlsError, TlsFiles};
 
 mod health;
 
@@ -63,6 +64,8 @@ pub struct ProxyConfig {
     pub max_idle_per_endpoint: usize,
     /// Connection and request-head limits of the proxy listener.
     pub limits: crate::server::Limits,
+    /// `tls.cert` and `tls.key`: serve HTTPS (ALPN `h2`, `http/1.1`).
+    pub tls: Option<TlsFiles>,
 }
 
 impl ProxyConfig {
@@ -100,6 +103,8 @@ pub struct AdminConfig {
     pub token_file: Option<PathBuf>,
     /// Whether `/metrics` needs the token too (default true).
     pub metrics_require_token: bool,
+    /// `tls.cert` and `tls.key`: serve the admin API over HTTPS.
+    pub tls: Option<TlsFiles>,
 }
 
 #[derive(Debug, Clone)]
@@ -238,6 +243,15 @@ struct RawProxy {
     max_header_bytes: Option<Spanned<usize>>,
     #[serde(default)]
     header_read_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    tls: Option<Spanned<RawServerTls>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServerTls {
+    cert: Spanned<String>,
+    key: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -248,6 +262,8 @@ struct RawAdmin {
     token_file: Option<Spanned<String>>,
     #[serde(default)]
     metrics_require_token: Option<bool>,
+    #[serde(default)]
+    tls: Option<Spanned<RawServerTls>>,
 }
 
 #[derive(Deserialize)]
@@ -391,6 +407,31 @@ impl Checker<'_> {
         }
     }
 
+    /// A listener's certificate and key, paths resolved against the config
+    /// file's directory. They are loaded here, so `check` finds a missing
+    /// file, a file without PEM, or a key that does not match.
+    fn server_tls(&mut self, key: &str, raw: Option<&Spanned<RawServerTls>>) -> Option<TlsFiles> {
+        let raw = raw?;
+        let files = TlsFiles {
+            cert: resolve_relative(self.blame.file, Path::new(raw.get_ref().cert.get_ref())),
+            key: resolve_relative(self.blame.file, Path::new(raw.get_ref().key.get_ref())),
+        };
+        match crate::tls::ServerTls::new(&files) {
+            Ok(_) => Some(files),
+            Err(e) => {
+                let span = match &e {
+                    TlsError::Read { path, .. } | TlsError::NoKey(path) if *path == files.key => {
+                        raw.get_ref().key.span()
+                    }
+                    TlsError::Read { .. } | TlsError::NoCertificate(_) => raw.get_ref().cert.span(),
+                    _ => raw.span(),
+                };
+                self.error(span, format!("{key}: {}", crate::ErrorChain(&e)));
+                None
+            }
+        }
+    }
+
     fn duration(
         &mut self,
         key: &str,
@@ -474,6 +515,7 @@ fn validate(raw: RawConfig, blame: &Blame<'_>) -> Result<Config, Vec<ConfigError
         ),
     };
     let proxy = ProxyConfig {
+        tls: c.server_tls("proxy.tls", raw.proxy.tls.as_ref()),
         worker_threads,
         max_idle_per_endpoint,
         limits,
@@ -509,6 +551,7 @@ fn validate(raw: RawConfig, blame: &Blame<'_>) -> Result<Config, Vec<ConfigError
             }
         }),
         metrics_require_token: raw.admin.metrics_require_token.unwrap_or(true),
+        tls: c.server_tls("admin.tls", raw.admin.tls.as_ref()),
     };
     if raw.admin.listen.get_ref() == raw.proxy.listen.get_ref() && proxy.listen.port() != 0 {
         c.error(

@@ -15,6 +15,7 @@
 //! - `metrics`: metric names, the registry, per-pool handles.
 //! - `server`: the accept loop and graceful drain every listener shares.
 //! - `demo`: the built-in toy model servers behind `switchyard demo`.
+//! - `tls`: certificates and keys, inbound TLS with reload, upstream TLS.
 //!
 //! [`run`] wires them: it takes a checked config, bound listeners and a
 //! shutdown future, and returns when shutdown has drained.
@@ -29,6 +30,7 @@ pub mod proxy;
 pub mod route;
 pub mod server;
 pub mod switch;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
