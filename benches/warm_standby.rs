@@ -39,7 +39,7 @@ async fn upstream(token: CancellationToken) -> SocketAddr {
         .await
         .expect("bind upstream");
     let addr = listener.local_addr().expect("addr");
-    let make = |_peer| {
+    let make = |_: &switchyard::server::Accepted| {
         hyper::service::service_fn(|_req| async {
             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
                 INFER_RESPONSE.as_bytes(),

@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::pool::{Pool, PoolName, UnknownPool};
 use crate::server;
 use crate::switch::{Model, ModelState, SwitchError, SwitchOp, Switchboard};
+use crate::tls::ServerTls;
 use crate::ErrorChain;
 
 mod auth;
@@ -140,17 +141,28 @@ impl Admin {
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
+        tls: Option<Arc<ServerTls>>,
         token: CancellationToken,
         drain: Duration,
     ) {
-        let make = move |peer: SocketAddr| {
+        let make = move |conn: &server::Accepted| {
+            let peer = conn.peer;
             let admin = Arc::clone(&self);
             hyper::service::service_fn(move |req| {
                 let admin = Arc::clone(&admin);
                 async move { Ok::<_, Infallible>(admin.handle(peer, req).await) }
             })
         };
-        server::serve("admin", listener, make, token, drain).await;
+        server::serve_with(
+            "admin",
+            listener,
+            tls,
+            make,
+            token,
+            drain,
+            &server::Limits::default(),
+        )
+        .await;
     }
 
     /// Answers one admin request.

@@ -47,7 +47,7 @@ impl ToyModel {
 
     /// Serves the OIP endpoints on `listener` until `token` is cancelled.
     pub async fn serve(self, listener: TcpListener, token: CancellationToken) {
-        let make = move |_peer: SocketAddr| {
+        let make = move |_: &server::Accepted| {
             hyper::service::service_fn(move |req| async move {
                 Ok::<_, Infallible>(self.handle(req).await)
             })

@@ -39,7 +39,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{error, info, warn};
 
 pub use config::Config;
 
@@ -83,6 +83,12 @@ pub enum RunError {
     AdminToken(#[from] admin::TokenError),
     #[error("refusing to serve the admin API on {addr} without a token: anyone who reaches it can move traffic; set admin.token_file or {}, or listen on a loopback address such as 127.0.0.1:9901", admin::TOKEN_ENV)]
     InsecureAdmin { addr: SocketAddr },
+    #[error("cannot set up TLS for the {which} listener")]
+    Tls {
+        which: &'static str,
+        #[source]
+        source: tls::TlsError,
+    },
     #[error("the {0} task stopped unexpectedly")]
     Task(&'static str, #[source] Option<tokio::task::JoinError>),
 }
@@ -171,6 +177,9 @@ pub async fn run(
         config.admin.metrics_require_token,
     ));
 
+    let hangups = hangups();
+    let proxy_tls = server_tls("proxy", config.proxy.tls.as_ref())?;
+    let admin_tls = server_tls("admin", config.admin.tls.as_ref())?;
     let drain = config.proxy.drain_timeout;
     log_listening("proxy", &listeners.proxy);
     log_listening("admin", &listeners.admin);
@@ -180,15 +189,27 @@ pub async fn run(
     let mut tasks = JoinSet::new();
     tasks.spawn(
         proxy
-            .serve(listeners.proxy, root.child_token(), drain)
+            .serve(
+                listeners.proxy,
+                proxy_tls.clone(),
+                root.child_token(),
+                drain,
+            )
             .map_done("proxy"),
     );
     tasks.spawn(
         admin
-            .serve(listeners.admin, root.child_token(), drain)
+            .serve(
+                listeners.admin,
+                admin_tls.clone(),
+                root.child_token(),
+                drain,
+            )
             .map_done("admin"),
     );
     tasks.spawn(checker.run(root.child_token()).map_done("health"));
+    let certificates: Vec<_> = [proxy_tls, admin_tls].into_iter().flatten().collect();
+    tasks.spawn(on_hangup(hangups, certificates, root.child_token()).map_done("reload"));
 
     let result = tokio::select! {
         () = shutdown => {
@@ -223,6 +244,58 @@ pub fn admin_token(config: &Config, addr: SocketAddr) -> Result<Option<admin::To
         return Err(RunError::InsecureAdmin { addr });
     }
     Ok(token)
+}
+
+fn server_tls(
+    which: &'static str,
+    files: Option<&tls::TlsFiles>,
+) -> Result<Option<Arc<tls::ServerTls>>, RunError> {
+    files
+        .map(|files| {
+            tls::ServerTls::new(files)
+                .map(Arc::new)
+                .map_err(|source| RunError::Tls { which, source })
+        })
+        .transpose()
+}
+
+/// Listens for SIGHUP. Registered before anything serves, so a SIGHUP
+/// after startup never takes the default action (terminating the process).
+fn hangups() -> Option<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{signal, SignalKind};
+    signal(SignalKind::hangup())
+        .inspect_err(|e| warn!(error = %e, "cannot listen for SIGHUP; it will not reload"))
+        .ok()
+}
+
+/// On every SIGHUP, re-reads the listeners' certificates. New handshakes get
+/// the new certificate; open connections keep theirs. A certificate that
+/// fails to load is logged and the old one stays.
+async fn on_hangup(
+    hangups: Option<tokio::signal::unix::Signal>,
+    certificates: Vec<Arc<tls::ServerTls>>,
+    token: CancellationToken,
+) {
+    let Some(mut hangups) = hangups else {
+        return token.cancelled().await;
+    };
+    loop {
+        tokio::select! {
+            () = token.cancelled() => return,
+            got = hangups.recv() => if got.is_none() {
+                return token.cancelled().await;
+            },
+        }
+        info!("SIGHUP: reloading");
+        for tls in &certificates {
+            match tls.reload() {
+                Ok(()) => info!(cert = %tls.files().cert.display(), "certificate reloaded"),
+                Err(e) => {
+                    error!(error = %ErrorChain(&e), "certificate not reloaded; serving the previous one")
+                }
+            }
+        }
+    }
 }
 
 fn log_listening(which: &'static str, listener: &TcpListener) {

@@ -32,7 +32,6 @@ mod error;
 pub mod headers;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,6 +51,7 @@ use crate::pool::{Pool, Protocol};
 use crate::route::RouteTable;
 use crate::server::{self, Limits};
 use crate::switch::Model;
+use crate::tls::ServerTls;
 
 /// What the request path reads: built once, shared by every connection.
 pub struct Proxy {
@@ -75,20 +75,21 @@ impl Proxy {
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
+        tls: Option<Arc<ServerTls>>,
         token: CancellationToken,
         drain: Duration,
     ) {
         let limits = self.limits;
-        let make = move |peer: SocketAddr| {
+        let make = move |conn: &server::Accepted| {
             let proxy = Arc::clone(&self);
-            let client = Arc::new(client_info(peer));
+            let client = Arc::new(client_info(conn));
             hyper::service::service_fn(move |req| {
                 let proxy = Arc::clone(&proxy);
                 let client = Arc::clone(&client);
                 async move { Ok::<_, Infallible>(proxy.forward(&client, req).await) }
             })
         };
-        server::serve_with("proxy", listener, make, token, drain, &limits).await;
+        server::serve_with("proxy", listener, tls, make, token, drain, &limits).await;
     }
 
     /// Forwards one request and returns the response to send the client.
@@ -277,10 +278,10 @@ fn request_host<B>(req: &Request<B>) -> Option<HeaderValue> {
 }
 
 /// Per-connection forwarding facts, formatted once per connection.
-fn client_info(peer: SocketAddr) -> ClientInfo {
+fn client_info(conn: &server::Accepted) -> ClientInfo {
     ClientInfo {
-        ip: HeaderValue::from_str(&peer.ip().to_string())
+        ip: HeaderValue::from_str(&conn.peer.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
-        proto: HeaderValue::from_static("http"),
+        proto: HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
     }
 }

@@ -1,5 +1,6 @@
 //! The accept loop every listener shares (proxy, admin, demo model servers):
-//! accept, serve HTTP/1.1 and HTTP/2 cleartext on the same port, and on
+//! accept, optionally a TLS handshake (ALPN `h2` or `http/1.1`), serve
+//! HTTP/1.1 and HTTP/2 on the same port, and on
 //! cancel stop accepting and drain the open connections for at most the
 //! drain time.
 
@@ -12,13 +13,16 @@ use hyper::body::{Body, Incoming};
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use std::sync::Arc;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+
+use crate::tls::ServerTls;
 
 /// How long to pause after a failed accept (typically out of file
 /// descriptors) before trying again, so the loop does not spin.
@@ -70,12 +74,20 @@ pub fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// A connection as accepted, before its first request.
+#[derive(Debug, Clone, Copy)]
+pub struct Accepted {
+    pub peer: SocketAddr,
+    /// Whether it came over TLS.
+    pub tls: bool,
+}
+
 /// Serves `listener` until `token` is cancelled, then drains: connections
 /// finish their requests for at most `drain`, and whatever is still open then
 /// is cut, so nothing this listener accepted outlives the call.
 ///
-/// `make` builds the service for one connection from the peer's address.
-/// `name` labels the log lines (`proxy`, `admin`, ...).
+/// `make` builds the service for one connection. `name` labels the log lines
+/// (`proxy`, `admin`, ...).
 pub async fn serve<M, S, B>(
     name: &'static str,
     listener: TcpListener,
@@ -83,39 +95,39 @@ pub async fn serve<M, S, B>(
     token: CancellationToken,
     drain: Duration,
 ) where
-    M: Fn(SocketAddr) -> S,
+    M: Fn(&Accepted) -> S,
     S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
     S::Future: Send + 'static,
     B: Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    serve_with(name, listener, make, token, drain, &Limits::default()).await;
+    serve_with(name, listener, None, make, token, drain, &Limits::default()).await;
 }
 
-/// [`serve`] with explicit [`Limits`].
+/// [`serve`] with explicit [`Limits`], and TLS when `tls` is set.
 pub async fn serve_with<M, S, B>(
     name: &'static str,
     listener: TcpListener,
+    tls: Option<Arc<ServerTls>>,
     make: M,
     token: CancellationToken,
     drain: Duration,
     limits: &Limits,
 ) where
-    M: Fn(SocketAddr) -> S,
+    M: Fn(&Accepted) -> S,
     S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
     S::Future: Send + 'static,
     B: Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let builder = builder(limits);
+    let builder = Arc::new(builder(limits));
     // One permit per open connection: at the cap, the loop stops accepting
     // (the kernel's backlog holds newcomers) until a connection closes.
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    // Not Clone on purpose: every connection is watched through this one
-    // value, and `shutdown` consumes it, so no connection can be added after
-    // the drain has started counting.
+    // Every connection is watched from its accept on, before its TLS
+    // handshake, so the drain counts it; `shutdown` consumes this value.
     let graceful = GracefulShutdown::new();
     // Cancelled when the drain time is up, or if this future is dropped:
     // every connection task listens and drops its connection (closing the
@@ -123,6 +135,7 @@ pub async fn serve_with<M, S, B>(
     // would outlive `serve` and a "cut" drain would cut nothing.
     let cut = CancellationToken::new();
     let _cut_on_return = cut.clone().drop_guard();
+    let handshake_timeout = limits.header_read_timeout;
     loop {
         let permit = tokio::select! {
             () = token.cancelled() => break,
@@ -141,18 +154,41 @@ pub async fn serve_with<M, S, B>(
                     if let Err(e) = stream.set_nodelay(true) {
                         debug!(listener = name, %peer, error = %e, "cannot set TCP_NODELAY");
                     }
-                    let conn = builder.serve_connection(TokioIo::new(stream), make(peer)).into_owned();
-                    let conn = graceful.watch(conn);
-                    let cut = cut.clone();
+                    let accepted = Accepted { peer, tls: tls.is_some() };
+                    let service = make(&accepted);
+                    let conn = Conn {
+                        name,
+                        peer,
+                        builder: Arc::clone(&builder),
+                        watcher: graceful.watcher(),
+                        cut: cut.clone(),
+                    };
+                    let tls = tls.clone();
                     tokio::spawn(async move {
                         // Held for the connection's life: its slot under max_connections.
                         let _permit = permit;
-                        tokio::select! {
-                            result = conn => if let Err(e) = result {
-                                debug!(listener = name, %peer, error = %e, "connection ended with an error");
-                            },
-                            () = cut.cancelled() => {
-                                debug!(listener = name, %peer, "connection cut at the end of the drain");
+                        match tls {
+                            None => conn.serve(stream, service).await,
+                            Some(tls) => {
+                                let handshake = tokio::time::timeout(
+                                    handshake_timeout,
+                                    tls.acceptor().accept(stream),
+                                );
+                                let stream = tokio::select! {
+                                    done = handshake => match done {
+                                        Ok(Ok(stream)) => stream,
+                                        Ok(Err(e)) => {
+                                            debug!(listener = name, %peer, error = %e, "TLS handshake failed");
+                                            return;
+                                        }
+                                        Err(_) => {
+                                            debug!(listener = name, %peer, "TLS handshake timed out");
+                                            return;
+                                        }
+                                    },
+                                    () = conn.cut.cancelled() => return,
+                                };
+                                conn.serve(stream, service).await;
                             }
                         }
                     });
@@ -173,6 +209,46 @@ pub async fn serve_with<M, S, B>(
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(drain) => {
             warn!(listener = name, drain_timeout = ?drain, "drain timed out; closing the remaining connections");
+        }
+    }
+}
+
+/// One accepted connection, ready to serve HTTP once its bytes flow.
+struct Conn {
+    name: &'static str,
+    peer: SocketAddr,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: Watcher,
+    cut: CancellationToken,
+}
+
+impl Conn {
+    async fn serve<I, S, B>(self, io: I, service: S)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
+        S::Future: Send + 'static,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let Conn {
+            name,
+            peer,
+            builder,
+            watcher,
+            cut,
+        } = self;
+        let conn = builder
+            .serve_connection(TokioIo::new(io), service)
+            .into_owned();
+        tokio::select! {
+            result = watcher.watch(conn) => if let Err(e) = result {
+                debug!(listener = name, %peer, error = %e, "connection ended with an error");
+            },
+            () = cut.cancelled() => {
+                debug!(listener = name, %peer, "connection cut at the end of the drain");
+            }
         }
     }
 }

@@ -161,7 +161,7 @@ async fn hop_by_hop_upstream() -> (SocketAddr, CancellationToken) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let token = CancellationToken::new();
-    let make = |_peer: SocketAddr| {
+    let make = |_: &switchyard::server::Accepted| {
         hyper::service::service_fn(|_req: Request<hyper::body::Incoming>| async {
             let response = Response::builder()
                 .header(header::CONNECTION, "x-bar")

@@ -192,7 +192,7 @@ async fn main() -> std::io::Result<()> {
             listener.local_addr()?
         );
         let answers = answers.clone();
-        let make = move |_peer: SocketAddr| {
+        let make = move |_: &switchyard::server::Accepted| {
             let answers = answers.clone();
             hyper::service::service_fn(move |req| {
                 let answers = answers.clone();

@@ -125,7 +125,7 @@ impl Upstream {
         let serve_state = Arc::clone(&state);
         let serve_token = token.clone();
         let task = tokio::spawn(async move {
-            let make = move |_peer: SocketAddr| {
+            let make = move |_: &switchyard::server::Accepted| {
                 serve_state.connections.fetch_add(1, Ordering::SeqCst);
                 let state = Arc::clone(&serve_state);
                 hyper::service::service_fn(move |req| {
