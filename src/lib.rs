@@ -87,7 +87,7 @@ pub enum RunError {
     Tls {
         which: &'static str,
         #[source]
-        source: tls::TlsError,
+        source: Box<tls::TlsError>,
     },
     #[error("the {0} task stopped unexpectedly")]
     Task(&'static str, #[source] Option<tokio::task::JoinError>),
@@ -254,7 +254,10 @@ fn server_tls(
         .map(|files| {
             tls::ServerTls::new(files)
                 .map(Arc::new)
-                .map_err(|source| RunError::Tls { which, source })
+                .map_err(|e| RunError::Tls {
+                    which,
+                    source: Box::new(e),
+                })
         })
         .transpose()
 }
