@@ -244,6 +244,8 @@ struct RawProxy {
     #[serde(default)]
     header_read_timeout: Option<Spanned<String>>,
     #[serde(default)]
+    keepalive_timeout: Option<Spanned<String>>,
+    #[serde(default)]
     tls: Option<Spanned<RawServerTls>>,
 }
 
@@ -512,6 +514,11 @@ fn validate(raw: RawConfig, blame: &Blame<'_>) -> Result<Config, Vec<ConfigError
             "proxy.header_read_timeout",
             raw.proxy.header_read_timeout.as_ref(),
             defaults.header_read_timeout,
+        ),
+        keepalive_timeout: c.duration(
+            "proxy.keepalive_timeout",
+            raw.proxy.keepalive_timeout.as_ref(),
+            defaults.keepalive_timeout,
         ),
     };
     let proxy = ProxyConfig {

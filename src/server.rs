@@ -9,6 +9,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::{Request, Response};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use http_body::{Frame, SizeHint};
 use hyper::body::{Body, Incoming};
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -23,6 +28,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::tls::ServerTls;
+use gate::{Activity, Busy, Gate, GateLimits};
+
+mod gate;
 
 /// How long to pause after a failed accept (typically out of file
 /// descriptors) before trying again, so the loop does not spin.
@@ -38,10 +46,13 @@ pub struct Limits {
     /// Bytes of request head at most (HTTP/1.1: more is a 431; HTTP/2: the
     /// header list size).
     pub max_header_bytes: usize,
-    /// How long an HTTP/1.1 connection may take to send a request head,
-    /// counted from when it starts waiting for one: a client that trickles
-    /// its headers, or a keep-alive connection idle that long, is closed.
+    /// How long a client may take to send a request head, counted from its
+    /// first byte (from the accept, for a connection's first request, TLS
+    /// handshake included): then 408 and the connection is closed.
     pub header_read_timeout: Duration,
+    /// How long a connection may stay open with no request in flight and
+    /// nothing received (HTTP/1.1 keep-alive and HTTP/2 alike).
+    pub keepalive_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -51,6 +62,7 @@ impl Default for Limits {
             max_headers: 100,
             max_header_bytes: 64 * 1024,
             header_read_timeout: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(75),
         }
     }
 }
@@ -64,7 +76,9 @@ pub fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .keep_alive(true)
         .timer(TokioTimer::new())
         .max_headers(limits.max_headers)
-        .header_read_timeout(limits.header_read_timeout)
+        // The gate times request heads, and answers 408 where hyper would
+        // close without a word.
+        .header_read_timeout(None)
         // hyper's floor for its read buffer is 8 KiB.
         .max_buf_size(limits.max_header_bytes.max(8192));
     builder
@@ -136,6 +150,11 @@ pub async fn serve_with<M, S, B>(
     let cut = CancellationToken::new();
     let _cut_on_return = cut.clone().drop_guard();
     let handshake_timeout = limits.header_read_timeout;
+    let gate_limits = GateLimits {
+        header_timeout: limits.header_read_timeout,
+        idle_timeout: limits.keepalive_timeout,
+        max_head: limits.max_header_bytes.max(8192),
+    };
     loop {
         let permit = tokio::select! {
             () = token.cancelled() => break,
@@ -159,6 +178,7 @@ pub async fn serve_with<M, S, B>(
                     let conn = Conn {
                         name,
                         peer,
+                        gate: gate_limits,
                         builder: Arc::clone(&builder),
                         watcher: graceful.watcher(),
                         cut: cut.clone(),
@@ -217,6 +237,7 @@ pub async fn serve_with<M, S, B>(
 struct Conn {
     name: &'static str,
     peer: SocketAddr,
+    gate: GateLimits,
     builder: Arc<auto::Builder<TokioExecutor>>,
     watcher: Watcher,
     cut: CancellationToken,
@@ -235,10 +256,17 @@ impl Conn {
         let Conn {
             name,
             peer,
+            gate,
             builder,
             watcher,
             cut,
         } = self;
+        let activity = Arc::new(Activity::default());
+        let io = Gate::new(io, Arc::clone(&activity), gate);
+        let service = Tracked {
+            inner: service,
+            activity,
+        };
         let conn = builder
             .serve_connection(TokioIo::new(io), service)
             .into_owned();
@@ -250,5 +278,84 @@ impl Conn {
                 debug!(listener = name, %peer, "connection cut at the end of the drain");
             }
         }
+    }
+}
+
+/// The connection's service, counting its requests in flight for the gate
+/// until each response body ends.
+struct Tracked<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S, B> Service<Request<Incoming>> for Tracked<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>>,
+{
+    type Response = Response<TrackedBody<B>>;
+    type Error = S::Error;
+    type Future = TrackedFuture<S::Future>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        TrackedFuture {
+            busy: Some(self.activity.start()),
+            inner: self.inner.call(req),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    struct TrackedFuture<F> {
+        #[pin]
+        inner: F,
+        busy: Option<Busy>,
+    }
+}
+
+impl<F, B, E> Future for TrackedFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<TrackedBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        let busy = this.busy.take();
+        Poll::Ready(result.map(|r| r.map(|inner| TrackedBody { inner, busy })))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its request counted until it ends.
+    pub struct TrackedBody<B> {
+        #[pin]
+        inner: B,
+        busy: Option<Busy>,
+    }
+}
+
+impl<B: Body> Body for TrackedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        if frame.is_none() {
+            *this.busy = None;
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -103,3 +103,92 @@ async fn ambiguous_framing_never_reaches_the_upstream() {
         "the upstream saw a refused request"
     );
 }
+
+#[tokio::test]
+async fn classic_smuggling_payloads_are_refused_before_the_upstream() {
+    let (blue, green, proxy) = setup().await;
+    let attempts = [
+        // CL.TE: a front end reading Content-Length would pass "G" on as
+        // the start of the next request.
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nG",
+        // TE.CL: a back end reading Content-Length would take the chunk as
+        // a second request.
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n5c\r\nGPOST / HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 15\r\n\r\nx=1\r\n0\r\n\r\n",
+        // The same, Transfer-Encoding first (hyper alone would drop the
+        // length and forward it).
+        "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n8\r\nSMUGGLED\r\n0\r\n\r\n",
+        // TE.TE: one of two encodings obfuscated.
+        "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-encoding: cow\r\n\r\n0\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+        // Chunked framing broken in the first bytes of the body.
+        "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcGET /admin HTTP/1.1\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\n\r\n",
+    ];
+    for attempt in attempts {
+        let r = raw(&proxy, attempt).await;
+        assert_eq!(status(&r), 400, "{attempt:?} -> {r}");
+        assert!(r.contains("\"error\""), "a JSON error: {r}");
+        assert!(r.to_ascii_lowercase().contains("connection: close"), "{r}");
+        assert_eq!(
+            r.matches("HTTP/1.1 ").count(),
+            1,
+            "one response, nothing smuggled behind it: {r}"
+        );
+    }
+    assert_eq!(
+        blue.hits() + green.hits(),
+        0,
+        "the upstream saw a refused request"
+    );
+}
+
+#[tokio::test]
+async fn a_smuggling_attempt_pipelined_behind_valid_requests_is_refused() {
+    let (blue, _green, proxy) = setup().await;
+    let r = raw(
+        &proxy,
+        "GET /v2/models/iris HTTP/1.1\r\nHost: x\r\n\r\n\
+         POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+         POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nG",
+    )
+    .await;
+    let statuses: Vec<u16> = r
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| status(&r[i..]))
+        .collect();
+    assert_eq!(statuses, [200, 200, 400], "{r}");
+    assert!(r.contains("\"body_len\":5"), "the echo went through: {r}");
+    assert_eq!(blue.hits(), 2, "only the two valid requests went upstream");
+}
+
+#[tokio::test]
+async fn valid_pipelined_requests_pass_however_the_bytes_are_cut() {
+    let (blue, _green, proxy) = setup().await;
+    let stream = b"GET /v2/models/iris HTTP/1.1\r\nHost: x\r\n\r\n\
+POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+5;ext=1\r\nworld\r\n3\r\n!!!\r\n0\r\nX-Trailer: t\r\n\r\n\
+GET /v2/models/iris HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    for piece in [stream.len(), 7, 1] {
+        let before = blue.hits();
+        let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+        for chunk in stream.chunks(piece) {
+            s.write_all(chunk).await.expect("write");
+            s.flush().await.expect("flush");
+            tokio::task::yield_now().await;
+        }
+        let mut out = Vec::new();
+        within("all four responses", s.read_to_end(&mut out))
+            .await
+            .expect("read");
+        let r = String::from_utf8_lossy(&out);
+        let statuses: Vec<u16> = r
+            .match_indices("HTTP/1.1 ")
+            .map(|(i, _)| status(&r[i..]))
+            .collect();
+        assert_eq!(statuses, [200, 200, 200, 200], "pieces of {piece}: {r}");
+        assert!(r.contains("\"body_len\":5"), "the sized body: {r}");
+        assert!(r.contains("\"body_len\":8"), "the chunked body: {r}");
+        assert_eq!(blue.hits() - before, 4);
+    }
+}

@@ -176,33 +176,55 @@ async fn connections_beyond_the_cap_wait_for_a_free_slot() {
 }
 
 #[tokio::test]
-async fn a_client_trickling_its_headers_is_cut_off() {
+async fn a_client_trickling_its_headers_gets_408_and_is_cut_off() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (blue, _green, proxy) = setup("header_read_timeout = \"300ms\"", "").await;
     let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     let started = tokio::time::Instant::now();
-    s.write_all(b"GET /x HTTP/1.1\r\nHost: t\r\n")
-        .await
-        .unwrap();
-    // ... and never the rest: the proxy closes the connection.
-    let mut buf = [0u8; 256];
-    let n = within("the proxy to close a slow client", s.read(&mut buf))
-        .await
-        .unwrap_or(0);
-    assert_eq!(
-        n,
-        0,
-        "expected a close, got {:?}",
-        String::from_utf8_lossy(&buf[..n])
-    );
+    // One header byte after another, each well within the timeout: the
+    // deadline counts from the head's start, so trickling does not extend it.
+    let head = b"GET /x HTTP/1.1\r\nHost: t\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let (mut r, mut w) = s.split();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    let mut next = 0;
+    within("the proxy to answer 408 and close", async {
+        loop {
+            tokio::select! {
+                n = r.read(&mut buf) => match n {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                },
+                () = tokio::time::sleep(Duration::from_millis(20)), if got.is_empty() => {
+                    if next < head.len() {
+                        let _ = w.write_all(&head[next..=next]).await;
+                        next += 1;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 408 "), "{got}");
+    assert!(got.contains("connection: close"), "{got}");
+    assert!(got.ends_with("\"}"), "a JSON body: {got}");
     assert!(
         started.elapsed() >= Duration::from_millis(300),
-        "closed too early"
+        "answered too early"
     );
     assert_eq!(blue.hits(), 0);
+}
 
-    // An idle keep-alive connection is closed the same way.
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_keepalive_timeout() {
+    let (_blue, _green, proxy) = setup(
+        "keepalive_timeout = \"300ms\"\nheader_read_timeout = \"30s\"",
+        "",
+    )
+    .await;
     let mut c = h1_connection(proxy.addr).await;
+    let started = tokio::time::Instant::now();
     let r = c
         .send_request(
             Request::get("/x")
@@ -218,6 +240,39 @@ async fn a_client_trickling_its_headers_is_cut_off() {
         async move { closed }
     })
     .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "closed too early"
+    );
+
+    // HTTP/2 too: no stream open and nothing received for that long.
+    let mut c = h2_connection(proxy.addr).await;
+    let r = c
+        .send_request(Request::get("http://t/x").body(full_body("")).unwrap())
+        .await
+        .unwrap();
+    read_body(r.into_body()).await;
+    eventually("the idle HTTP/2 connection to be closed", || {
+        let closed = c.is_closed();
+        async move { closed }
+    })
+    .await;
+
+    // A request that takes longer than the idle timeout is not idle.
+    let mut c = h1_connection(proxy.addr).await;
+    let slow = c.send_request(
+        Request::get("/hold")
+            .header("host", "t")
+            .body(full_body(""))
+            .unwrap(),
+    );
+    let (r, ()) = tokio::join!(slow, async {
+        _blue.wait_held(1).await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        _blue.release();
+    });
+    let r = r.expect("a held request outlives the idle timeout");
+    assert_eq!(r.status(), StatusCode::OK);
 }
 
 #[tokio::test]

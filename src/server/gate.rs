@@ -1,0 +1,751 @@
+//! The connection gate: an I/O wrapper that reads HTTP/1.1 framing alongside
+//! hyper, one step ahead of it, to do what hyper will not:
+//!
+//! - refuse a request head that carries both `Content-Length` and
+//!   `Transfer-Encoding` (hyper would read it by `Transfer-Encoding` and
+//!   forward it), conflicting or invalid lengths, a `Transfer-Encoding` that
+//!   does not end in `chunked`, and chunked framing that is already broken
+//!   in the bytes that complete the head. The refused head never reaches
+//!   hyper, so nothing reaches an upstream; the client gets a 400 JSON and the
+//!   connection closes.
+//! - answer `408` to a client that does not complete a request head within
+//!   the header timeout, counted from the head's first byte (or from accept
+//!   for a new connection), then close (hyper closes without a word);
+//! - close a connection idle longer than the keep-alive timeout: no request
+//!   in flight and nothing received for that long (HTTP/2 included).
+//!
+//! The gate follows message boundaries: head (up to the blank line), then a
+//! body of `Content-Length` bytes or chunked framing (the same state machine
+//! as hyper's decoder), then the next head, so pipelined requests are read
+//! as carefully as the first. It only ever looks at bytes as they pass; it
+//! copies a head only when it spans two reads. Where it cannot follow (HTTP/2,
+//! a head hyper is about to reject as too large), it steps aside and passes
+//! bytes through.
+//!
+//! The gate's own responses are written only when the connection is quiet:
+//! no request in flight ([`Activity`]) and everything hyper wrote flushed,
+//! so they never interleave with a response hyper is sending.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll, Waker};
+use std::time::Duration;
+
+use atomic_waker::AtomicWaker;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// The HTTP/2 connection preface: a connection that starts with it is
+/// passed through.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Requests of one connection that hyper has handed to the service and whose
+/// responses have not finished. Shared by the gate and the service wrapper.
+#[derive(Debug, Default)]
+pub struct Activity {
+    in_flight: AtomicUsize,
+    /// The gate's read, waiting for the last request to end to start the
+    /// idle clock (hyper does not read again until the socket is readable).
+    quiet: AtomicWaker,
+}
+
+impl Activity {
+    /// Counts a request until the guard drops (with its response body).
+    pub fn start(self: &Arc<Self>) -> Busy {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        Busy(Arc::clone(self))
+    }
+
+    fn idle(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
+    }
+
+    /// Whether no request is in flight; if one is, `cx` is woken when the
+    /// last one ends.
+    fn poll_idle(&self, cx: &mut Context<'_>) -> bool {
+        if self.idle() {
+            return true;
+        }
+        self.quiet.register(cx.waker());
+        // It may have ended between the check and the registration.
+        self.idle()
+    }
+}
+
+/// One request in flight on a connection; see [`Activity::start`].
+#[derive(Debug)]
+pub struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.quiet.wake();
+        }
+    }
+}
+
+/// The gate's timeouts and the head size it follows.
+#[derive(Debug, Clone, Copy)]
+pub struct GateLimits {
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// Past this many head bytes hyper answers 431; the gate stops following.
+    pub max_head: usize,
+}
+
+/// See the module docs.
+pub struct Gate<I> {
+    inner: I,
+    activity: Arc<Activity>,
+    limits: GateLimits,
+    reader: Reader,
+    timer: Pin<Box<Sleep>>,
+    armed: Option<Timer>,
+    /// A response the gate writes itself, then the connection ends.
+    refusal: Option<Refusal>,
+    /// hyper wrote bytes it has not flushed yet.
+    unflushed: bool,
+    /// Woken when a flush completes, if a refusal waits for it.
+    read_waker: Option<Waker>,
+    eof: bool,
+}
+
+/// Follows a connection's bytes through HTTP/1.1 message framing.
+#[derive(Debug)]
+struct Reader {
+    framing: Framing,
+    /// The bytes of a head that spans reads, so far.
+    partial: Vec<u8>,
+    max_head: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    Header,
+    Idle,
+}
+
+struct Refusal {
+    response: Vec<u8>,
+    written: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// Nothing read yet: HTTP/1.1 or the HTTP/2 preface.
+    Start,
+    /// At or inside an HTTP/1.1 request head.
+    Head,
+    /// Inside a body of this many remaining bytes.
+    Length(u64),
+    Chunked(Chunk),
+    /// Not followed: bytes pass as they are.
+    Opaque,
+}
+
+/// hyper's chunked decoder states (`proto/h1/decode.rs`), so the gate
+/// accepts exactly what hyper accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    Start,
+    Size(u64),
+    SizeLws(u64),
+    Extension(u64),
+    SizeLf(u64),
+    Data(u64),
+    DataCr,
+    DataLf,
+    Trailer,
+    TrailerLf,
+    EndCr,
+    EndLf,
+}
+
+/// What the gate decided about the bytes of one read.
+enum Verdict {
+    /// Pass them all.
+    Pass,
+    /// Pass the first `keep` bytes; refuse the request that starts after.
+    Refuse { keep: usize, why: &'static str },
+}
+
+// === impl Gate ===
+
+impl<I> Gate<I> {
+    pub fn new(inner: I, activity: Arc<Activity>, limits: GateLimits) -> Gate<I> {
+        Gate {
+            inner,
+            activity,
+            limits,
+            reader: Reader::new(limits.max_head),
+            // Armed for the first request head from the accept on.
+            timer: Box::pin(tokio::time::sleep(limits.header_timeout)),
+            armed: Some(Timer::Header),
+            refusal: None,
+            unflushed: false,
+            read_waker: None,
+            eof: false,
+        }
+    }
+
+    /// Which timer applies now, while the client is sending nothing. With
+    /// `cx`, a connection waiting for its requests to end is woken when they
+    /// do, so the idle clock starts then.
+    fn wanted_timer(&self, cx: Option<&mut Context<'_>>) -> Option<Timer> {
+        match self.reader.framing {
+            Framing::Start => Some(Timer::Header),
+            Framing::Head if !self.reader.partial.is_empty() => Some(Timer::Header),
+            Framing::Head | Framing::Opaque => {
+                let idle = match cx {
+                    Some(cx) => self.activity.poll_idle(cx),
+                    None => self.activity.idle(),
+                };
+                idle.then_some(Timer::Idle)
+            }
+            _ => None,
+        }
+    }
+
+    fn refuse(&mut self, status: &str, why: &str) {
+        let body = format!("{{\"error\":\"{why}\"}}");
+        let response = format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        self.refusal = Some(Refusal {
+            response: response.into_bytes(),
+            written: 0,
+        });
+    }
+}
+
+// === impl Reader ===
+
+impl Reader {
+    fn new(max_head: usize) -> Reader {
+        Reader {
+            framing: Framing::Start,
+            partial: Vec::new(),
+            max_head,
+        }
+    }
+
+    /// Follows `bytes` through the framing, returning what to do with them.
+    fn inspect(&mut self, bytes: &[u8]) -> Verdict {
+        let mut at = 0;
+        while at < bytes.len() {
+            let rest = &bytes[at..];
+            match self.framing {
+                Framing::Opaque => return Verdict::Pass,
+                Framing::Start => {
+                    // Decide on as few bytes as the preface allows.
+                    let seen = self.partial.len();
+                    let take = rest.len().min(H2_PREFACE.len() - seen);
+                    if H2_PREFACE[seen..seen + take] == rest[..take] {
+                        if seen + take == H2_PREFACE.len() {
+                            self.partial = Vec::new();
+                            self.framing = Framing::Opaque;
+                            return Verdict::Pass;
+                        }
+                        self.partial.extend_from_slice(rest);
+                        return Verdict::Pass;
+                    }
+                    // HTTP/1.1: what was held back is the head's beginning.
+                    self.framing = Framing::Head;
+                }
+                Framing::Head => {
+                    let start = at;
+                    let (consumed, done) = match self.head(rest) {
+                        Ok(step) => step,
+                        Err(why) => {
+                            // A head that began in an earlier read: hyper has
+                            // its beginning, never its end.
+                            return Verdict::Refuse { keep: start, why };
+                        }
+                    };
+                    at += consumed;
+                    if done && self.framing != Framing::Opaque {
+                        // Chunked framing already broken in the bytes that
+                        // complete the head: refuse before hyper sees it.
+                        if let Err(why) = self.body(&bytes[at..]).map(|n| at += n) {
+                            return Verdict::Refuse { keep: start, why };
+                        }
+                    }
+                }
+                Framing::Length(_) | Framing::Chunked(_) => match self.body(rest) {
+                    Ok(n) => at += n,
+                    // The head went through in an earlier read: hyper's own
+                    // decoder fails the same way and ends the body.
+                    Err(_) => {
+                        self.framing = Framing::Opaque;
+                        return Verdict::Pass;
+                    }
+                },
+            }
+        }
+        Verdict::Pass
+    }
+
+    /// Reads head bytes from `bytes`: how many it took, and whether the head
+    /// is complete (its framing set). Copies only a head split across reads.
+    fn head(&mut self, bytes: &[u8]) -> Result<(usize, bool), &'static str> {
+        if self.partial.is_empty() {
+            if let Some(end) = head_end(bytes, 0) {
+                self.framing = framing(&bytes[..end])?;
+                return Ok((end, true));
+            }
+        }
+        let before = self.partial.len();
+        // Search only where the end can be: from a few bytes back.
+        let from = before.saturating_sub(3);
+        self.partial.extend_from_slice(bytes);
+        match head_end(&self.partial, from) {
+            Some(end) => {
+                let result = framing(&self.partial[..end]);
+                self.partial.clear();
+                self.framing = result?;
+                Ok((end - before, true))
+            }
+            None => {
+                if self.partial.len() > self.max_head {
+                    // hyper answers 431; nothing to follow after that.
+                    self.partial = Vec::new();
+                    self.framing = Framing::Opaque;
+                }
+                Ok((bytes.len(), false))
+            }
+        }
+    }
+
+    /// Follows body bytes; returns how many belong to the current body.
+    fn body(&mut self, bytes: &[u8]) -> Result<usize, &'static str> {
+        let mut at = 0;
+        loop {
+            match self.framing {
+                Framing::Length(0) => {
+                    self.framing = Framing::Head;
+                    return Ok(at);
+                }
+                Framing::Length(n) => {
+                    let take = n.min((bytes.len() - at) as u64);
+                    at += take as usize;
+                    self.framing = Framing::Length(n - take);
+                    if n - take > 0 {
+                        return Ok(at);
+                    }
+                }
+                Framing::Chunked(Chunk::Data(n)) => {
+                    let take = n.min((bytes.len() - at) as u64);
+                    at += take as usize;
+                    self.framing = Framing::Chunked(if n == take {
+                        Chunk::DataCr
+                    } else {
+                        Chunk::Data(n - take)
+                    });
+                    if at == bytes.len() {
+                        return Ok(at);
+                    }
+                }
+                Framing::Chunked(state) => {
+                    let Some(&b) = bytes.get(at) else {
+                        return Ok(at);
+                    };
+                    at += 1;
+                    self.framing = match chunk_step(state, b)? {
+                        Some(next) => Framing::Chunked(next),
+                        None => Framing::Head,
+                    };
+                    if self.framing == Framing::Head {
+                        return Ok(at);
+                    }
+                }
+                Framing::Head | Framing::Start | Framing::Opaque => return Ok(at),
+            }
+        }
+    }
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin> Gate<I> {
+    /// Writes the refusal once the connection is quiet; ready when done (or
+    /// when the client is gone).
+    fn poll_refusal(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.activity.poll_idle(cx) {
+            // hyper is still answering an earlier request.
+            return Poll::Pending;
+        }
+        if self.unflushed {
+            // The flush wakes this.
+            self.read_waker = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        let Some(refusal) = self.refusal.as_mut() else {
+            return Poll::Ready(());
+        };
+        while refusal.written < refusal.response.len() {
+            match ready!(
+                Pin::new(&mut self.inner).poll_write(cx, &refusal.response[refusal.written..])
+            ) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => refusal.written += n,
+            }
+        }
+        let _ = ready!(Pin::new(&mut self.inner).poll_flush(cx));
+        self.refusal = None;
+        self.eof = true;
+        Poll::Ready(())
+    }
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for Gate<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.refusal.is_some() {
+            ready!(this.poll_refusal(cx));
+        }
+        if this.eof {
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let read = buf.filled().len() - before;
+                if read == 0 {
+                    return Poll::Ready(Ok(()));
+                }
+                let verdict = this.reader.inspect(&buf.filled()[before..]);
+                // Data moved the connection on: the idle clock restarts, and
+                // a header clock only when a new head begins.
+                if this.armed == Some(Timer::Idle) || this.wanted_timer(None) != Some(Timer::Header)
+                {
+                    this.armed = None;
+                }
+                if let Verdict::Refuse { keep, why } = verdict {
+                    buf.set_filled(before + keep);
+                    this.refuse("400 Bad Request", why);
+                    if keep == 0 {
+                        // Nothing to hand over: go straight to the refusal.
+                        ready!(this.poll_refusal(cx));
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                let wanted = this.wanted_timer(Some(cx));
+                if wanted.is_none() {
+                    this.armed = None;
+                    return Poll::Pending;
+                }
+                if this.armed != wanted {
+                    let after = match wanted {
+                        Some(Timer::Header) => this.limits.header_timeout,
+                        _ => this.limits.idle_timeout,
+                    };
+                    this.timer.as_mut().reset(Instant::now() + after);
+                    this.armed = wanted;
+                }
+                ready!(this.timer.as_mut().poll(cx));
+                this.armed = None;
+                match wanted {
+                    Some(Timer::Header) => {
+                        this.refuse("408 Request Timeout", "request head not received in time");
+                        ready!(this.poll_refusal(cx));
+                    }
+                    _ => this.eof = true,
+                }
+                Poll::Ready(Ok(()))
+            }
+        }
+    }
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Gate<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let n = ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
+        this.unflushed |= n > 0;
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let n = ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, bufs))?;
+        this.unflushed |= n > 0;
+        Poll::Ready(Ok(n))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(Pin::new(&mut this.inner).poll_flush(cx))?;
+        this.unflushed = false;
+        if let Some(waker) = this.read_waker.take() {
+            waker.wake();
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+// === framing ===
+
+/// The length of the head at the start of `bytes` (through its blank line),
+/// if it is all there, looking for the blank line from `from` on. Empty
+/// lines before the request line belong to the head, as in httparse.
+fn head_end(bytes: &[u8], from: usize) -> Option<usize> {
+    let start = bytes.iter().position(|&b| b != b'\r' && b != b'\n')?;
+    let mut at = from.max(start);
+    loop {
+        // Each line ends in LF; the head ends at a line that is empty.
+        let nl = at + bytes[at..].iter().position(|&b| b == b'\n')?;
+        match &bytes[nl + 1..] {
+            [b'\n', ..] => return Some(nl + 2),
+            [b'\r', b'\n', ..] => return Some(nl + 3),
+            [] | [b'\r'] => return None,
+            _ => at = nl + 1,
+        }
+    }
+}
+
+/// The body framing a complete head declares, or why it is refused.
+///
+/// hyper's rules (`proto/h1/role.rs`), plus one: a head with both
+/// `Content-Length` and `Transfer-Encoding` is refused, where hyper would
+/// read it by `Transfer-Encoding`.
+fn framing(head: &[u8]) -> Result<Framing, &'static str> {
+    let mut length: Option<u64> = None;
+    let mut has_length = false;
+    let mut chunked: Option<bool> = None;
+    // The request line is not a header.
+    let mut lines = head
+        .split(|&b| b == b'\n')
+        .skip_while(|l| l.is_empty() || l == b"\r");
+    lines.next();
+    for line in lines {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let (name, value) = (&line[..colon], trim(&line[colon + 1..]));
+        if name.eq_ignore_ascii_case(b"content-length") {
+            has_length = true;
+            let n = digits(value).ok_or("invalid Content-Length")?;
+            if length.is_some_and(|prev| prev != n) {
+                return Err("conflicting Content-Length headers");
+            }
+            length = Some(n);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            let last = value.rsplit(|&b| b == b',').next().map(trim);
+            chunked = Some(last.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")));
+        }
+    }
+    match (chunked, has_length) {
+        (Some(_), true) => Err("both Content-Length and Transfer-Encoding"),
+        (Some(false), false) => Err("Transfer-Encoding must end with chunked"),
+        (Some(true), false) => Ok(Framing::Chunked(Chunk::Start)),
+        (None, _) => Ok(Framing::Length(length.unwrap_or(0))),
+    }
+}
+
+/// One byte of chunked framing: the next state, or `None` at the end of the
+/// body (after any trailers).
+fn chunk_step(state: Chunk, b: u8) -> Result<Option<Chunk>, &'static str> {
+    use Chunk::*;
+    const BAD: &str = "malformed chunked body";
+    let next = match (state, b) {
+        (Start, _) => Size(hex(b).ok_or(BAD)?),
+        (Size(n), _) if hex(b).is_some() => Size(
+            n.checked_mul(16)
+                .and_then(|n| n.checked_add(hex(b)?))
+                .ok_or(BAD)?,
+        ),
+        (Size(n) | SizeLws(n), b'\t' | b' ') => SizeLws(n),
+        (Size(n) | SizeLws(n), b';') => Extension(n),
+        (Size(n) | SizeLws(n) | Extension(n), b'\r') => SizeLf(n),
+        (Extension(_), b'\n') => return Err(BAD),
+        (Extension(n), _) => Extension(n),
+        (SizeLf(0), b'\n') => EndCr,
+        (SizeLf(n), b'\n') => Data(n),
+        (DataCr, b'\r') => DataLf,
+        (DataLf, b'\n') => Start,
+        (Trailer, b'\r') => TrailerLf,
+        (Trailer, _) => Trailer,
+        (TrailerLf, b'\n') => EndCr,
+        (EndCr, b'\r') => EndLf,
+        (EndCr, _) => Trailer,
+        (EndLf, b'\n') => return Ok(None),
+        _ => return Err(BAD),
+    };
+    Ok(Some(next))
+}
+
+fn hex(b: u8) -> Option<u64> {
+    (b as char).to_digit(16).map(u64::from)
+}
+
+fn digits(value: &[u8]) -> Option<u64> {
+    if value.is_empty() {
+        return None;
+    }
+    value.iter().try_fold(0u64, |n, &b| {
+        if b.is_ascii_digit() {
+            n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+        } else {
+            None
+        }
+    })
+}
+
+fn trim(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Feeds `stream` to a fresh reader in pieces cut at `cuts`; returns the
+    /// refusal reason and the offset of the refused head, if any.
+    fn follow(stream: &[u8], cuts: &[usize]) -> (Option<(usize, &'static str)>, Framing) {
+        let mut reader = Reader::new(64 * 1024);
+        let mut at = 0;
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
+        points.push(stream.len());
+        points.sort_unstable();
+        for end in points {
+            if end <= at {
+                continue;
+            }
+            if let Verdict::Refuse { keep, why } = reader.inspect(&stream[at..end]) {
+                return (Some((at + keep, why)), reader.framing);
+            }
+            at = end;
+        }
+        (None, reader.framing)
+    }
+
+    const PIPELINE: &[u8] = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n\
+POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n\
+5;ext=1\r\nhello\r\nA \r\n0123456789\r\n0\r\nTrailer: t\r\n\r\n\
+\r\nGET /d HTTP/1.1\nHost: x\n\n";
+
+    #[test]
+    fn a_pipeline_of_valid_requests_passes_whole() {
+        assert_eq!(follow(PIPELINE, &[]), (None, Framing::Head));
+    }
+
+    #[test]
+    fn ambiguous_and_broken_framing_is_refused_at_its_head() {
+        let cases: [(&[u8], &str); 7] = [
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nG",
+                "both Content-Length and Transfer-Encoding",
+            ),
+            (
+                b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n8\r\nSMUGGLED\r\n0\r\n\r\n",
+                "both Content-Length and Transfer-Encoding",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: cow\r\n\r\n0\r\n\r\n",
+                "Transfer-Encoding must end with chunked",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde",
+                "conflicting Content-Length headers",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: +4\r\n\r\nabcd",
+                "invalid Content-Length",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                "malformed chunked body",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n0\r\n\r\n",
+                "malformed chunked body",
+            ),
+        ];
+        for (stream, why) in cases {
+            assert_eq!(
+                follow(stream, &[]).0,
+                Some((0, why)),
+                "{}",
+                String::from_utf8_lossy(stream)
+            );
+        }
+    }
+
+    #[test]
+    fn the_http2_preface_is_passed_through() {
+        let mut stream = H2_PREFACE.to_vec();
+        stream.extend_from_slice(b"\x00\x00\x00anything at all");
+        assert_eq!(follow(&stream, &[3, 10]), (None, Framing::Opaque));
+        // "P" then not the preface: an HTTP/1.1 POST.
+        assert_eq!(
+            follow(b"POST / HTTP/1.1\r\n\r\n", &[1]),
+            (None, Framing::Head)
+        );
+    }
+
+    #[test]
+    fn a_head_larger_than_the_limit_is_left_to_hyper() {
+        let mut reader = Reader::new(16);
+        assert!(matches!(
+            reader.inspect(b"GET / HTTP/1.1\r\nX-Long: "),
+            Verdict::Pass
+        ));
+        assert!(matches!(reader.inspect(&[b'a'; 64]), Verdict::Pass));
+        assert_eq!(reader.framing, Framing::Opaque);
+    }
+
+    proptest! {
+        /// However the bytes are cut into reads, the reader ends where the
+        /// stream does, and a smuggling attempt behind valid requests is
+        /// refused exactly at its head.
+        #[test]
+        fn framing_is_independent_of_how_reads_are_cut(cuts in prop::collection::vec(0usize..400, 0..12)) {
+            prop_assert_eq!(follow(PIPELINE, &cuts), (None, Framing::Head));
+            let mut smuggle = PIPELINE.to_vec();
+            let bad = smuggle.len();
+            smuggle.extend_from_slice(b"POST / HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n");
+            let (refused, _) = follow(&smuggle, &cuts);
+            let (at, why) = refused.expect("refused");
+            prop_assert_eq!(why, "both Content-Length and Transfer-Encoding");
+            // Everything before the bad head is handed over, never the
+            // whole bad head (hyper may hold its beginning, waiting).
+            let head_len = smuggle[bad..].windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+            prop_assert!(at < bad + head_len, "handed over {} of {}", at, bad + head_len);
+        }
+    }
+}
