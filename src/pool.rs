@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use crate::config::{HealthConfig, PoolConfig, UpstreamSettings};
 use crate::health::EndpointState;
 use crate::metrics::{Metrics, PoolMetrics};
+use crate::proxy::RetryBody;
 
 mod connector;
 mod endpoint;
@@ -98,9 +99,9 @@ pub enum Protocol {
     H2c,
 }
 
-/// Body of a request sent upstream: the client's streamed body, or a body
-/// switchyard made itself.
-pub type UpstreamBody = Either<Limited<Incoming>, Full<Bytes>>;
+/// Body of a request sent upstream: the client's streamed body (which a
+/// failed connect hands back for a retry), or a body switchyard made itself.
+pub type UpstreamBody = Either<RetryBody<Limited<Incoming>>, Full<Bytes>>;
 pub type UpstreamClient = Client<CountingConnector, UpstreamBody>;
 
 /// A pool of endpoints for one model.
