@@ -15,6 +15,7 @@ pub const REQUESTS_TOTAL: &str = "switchyard_requests_total";
 pub const REQUEST_DURATION_SECONDS: &str = "switchyard_request_duration_seconds";
 pub const IN_FLIGHT: &str = "switchyard_in_flight";
 pub const UPSTREAM_ERRORS_TOTAL: &str = "switchyard_upstream_errors_total";
+pub const UPSTREAM_RETRIES_TOTAL: &str = "switchyard_upstream_retries_total";
 pub const UNROUTED_REQUESTS_TOTAL: &str = "switchyard_unrouted_requests_total";
 // --- health family ---
 pub const ENDPOINT_HEALTHY: &str = "switchyard_endpoint_healthy";
@@ -74,6 +75,7 @@ pub struct Metrics {
     duration: HistogramVec,
     in_flight: IntGaugeVec,
     upstream_errors: IntCounterVec,
+    retries: IntCounterVec,
     active_pool: IntGaugeVec,
     switches: IntCounterVec,
     unrouted: IntCounter,
@@ -122,6 +124,14 @@ impl Metrics {
                 "Requests that failed on the upstream side, by kind.",
             ),
             &["model", "pool", "kind"],
+        )
+        .expect("valid metric");
+        let retries = IntCounterVec::new(
+            Opts::new(
+                UPSTREAM_RETRIES_TOTAL,
+                "Requests sent again to another endpoint of the pool after the connection to the first failed.",
+            ),
+            &["model", "pool"],
         )
         .expect("valid metric");
         let active_pool = IntGaugeVec::new(
@@ -198,6 +208,7 @@ impl Metrics {
         reg(Box::new(duration.clone()));
         reg(Box::new(in_flight.clone()));
         reg(Box::new(upstream_errors.clone()));
+        reg(Box::new(retries.clone()));
         reg(Box::new(active_pool.clone()));
         reg(Box::new(switches.clone()));
         reg(Box::new(unrouted.clone()));
@@ -220,6 +231,7 @@ impl Metrics {
             duration,
             in_flight,
             upstream_errors,
+            retries,
             active_pool,
             switches,
             unrouted,
@@ -237,6 +249,7 @@ impl Metrics {
                 self.upstream_errors
                     .with_label_values(&[model, p, k.as_str()])
             }),
+            retries: self.retries.with_label_values(&[model, p]),
             active: self.active_pool.with_label_values(&[model, p]),
             connections: self.connections.with_label_values(&[model, p]),
             probes: ["ok", "fail"].map(|r| self.probes.with_label_values(&[model, p, r])),
@@ -286,6 +299,8 @@ pub struct PoolMetrics {
     pub duration: Histogram,
     pub in_flight: IntGauge,
     upstream_errors: [IntCounter; 3],
+    /// Requests retried on another endpoint after a connect failure.
+    pub retries: IntCounter,
     pub active: IntGauge,
     pub connections: IntGauge,
     /// `[ok, fail]`.
@@ -347,6 +362,7 @@ mod tests {
         p.count_response(http::StatusCode::OK);
         p.count_response(http::StatusCode::BAD_GATEWAY);
         p.count_upstream_error(UpstreamErrorKind::Timeout);
+        p.retries.inc();
         m.model("iris").count_switch(PoolName::Green);
         let text = String::from_utf8(m.encode().unwrap()).unwrap();
         assert!(
@@ -359,6 +375,7 @@ mod tests {
         assert!(text.contains(
             r#"switchyard_upstream_errors_total{kind="timeout",model="iris",pool="green"} 1"#
         ));
+        assert!(text.contains(r#"switchyard_upstream_retries_total{model="iris",pool="green"} 1"#));
         assert!(text.contains(r#"switchyard_switches_total{model="iris",to="green"} 1"#));
         assert!(text.contains("switchyard_build_info{version="));
     }

@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use crate::config::{HealthConfig, PoolConfig, UpstreamSettings};
 use crate::health::EndpointState;
 use crate::metrics::{Metrics, PoolMetrics};
+use crate::proxy::RetryBody;
 
 mod connector;
 mod endpoint;
@@ -98,9 +99,9 @@ pub enum Protocol {
     H2c,
 }
 
-/// Body of a request sent upstream: the client's streamed body, or a body
-/// switchyard made itself.
-pub type UpstreamBody = Either<Limited<Incoming>, Full<Bytes>>;
+/// Body of a request sent upstream: the client's streamed body (which a
+/// failed connect hands back for a retry), or a body switchyard made itself.
+pub type UpstreamBody = Either<RetryBody<Limited<Incoming>>, Full<Bytes>>;
 pub type UpstreamClient = Client<CountingConnector, UpstreamBody>;
 
 /// A pool of endpoints for one model.
@@ -248,31 +249,41 @@ impl Pool {
     /// of all" causes. Only when both candidates are out of rotation does it
     /// scan for the least loaded endpoint still serving.
     pub fn pick(self: &Arc<Self>) -> Option<InFlight> {
-        let n = self.endpoints.len();
+        let index = self.choose(None)?;
+        Some(InFlight::start(Arc::clone(self), index))
+    }
+
+    /// [`Pool::pick`]'s choice among every endpoint but `skip`.
+    fn choose(&self, skip: Option<usize>) -> Option<usize> {
+        // Candidates are numbered 0..n without `skip`; `at` maps one back to
+        // its endpoint.
+        let n = self.endpoints.len() - usize::from(skip.is_some());
+        let at = |candidate: usize| match skip {
+            Some(s) if candidate >= s => candidate + 1,
+            _ => candidate,
+        };
         let index = match n {
             0 => return None,
-            1 => 0,
-            2 => self.better(0, 1),
+            1 => at(0),
+            2 => self.better(at(0), at(1)),
             _ => {
                 let a = fastrand::usize(..n);
                 let mut b = fastrand::usize(..n - 1);
                 if b >= a {
                     b += 1;
                 }
-                self.better(a, b)
+                self.better(at(a), at(b))
             }
         };
-        let index = if self.endpoints[index].is_serving() {
-            index
-        } else {
-            self.endpoints
-                .iter()
-                .enumerate()
-                .filter(|(_, e)| e.is_serving())
-                .min_by_key(|(_, e)| e.in_flight())?
-                .0
-        };
-        Some(InFlight::start(Arc::clone(self), index))
+        if self.endpoints[index].is_serving() {
+            return Some(index);
+        }
+        self.endpoints
+            .iter()
+            .enumerate()
+            .filter(|(i, e)| Some(*i) != skip && e.is_serving())
+            .min_by_key(|(_, e)| e.in_flight())
+            .map(|(i, _)| i)
     }
 
     /// Of two endpoints, the one in rotation, else the less loaded, else either.
@@ -362,6 +373,22 @@ impl InFlight {
 
     pub fn endpoint(&self) -> &Endpoint {
         &self.pool.endpoints[self.endpoint]
+    }
+
+    /// For a retry: moves the request to another endpoint of the same pool,
+    /// chosen as [`Pool::pick`] chooses but never the current one. Returns
+    /// the endpoint it left and the one it moved to; `None`, and the request
+    /// stays, when no other endpoint is in rotation.
+    ///
+    /// It stays one request: the pool's in-flight gauge does not move, and
+    /// the duration observed when the guard drops runs from the first attempt.
+    pub fn move_to_other(&mut self) -> Option<(&Endpoint, &Endpoint)> {
+        let to = self.pool.choose(Some(self.endpoint))?;
+        let left = std::mem::replace(&mut self.endpoint, to);
+        let endpoints = &self.pool.endpoints;
+        endpoints[to].start_request();
+        endpoints[left].end_request();
+        Some((&endpoints[left], &endpoints[to]))
     }
 }
 

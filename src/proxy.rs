@@ -21,7 +21,16 @@
 //! 6. **send**: through the pool's pooled client, bounded by the model's
 //!    `request_timeout` until the response headers. Connect failure or reset:
 //!    502; timeout: 504; both JSON with `x-switchyard-pool`.
-//! 7. **respond**: hop-by-hop headers go, `x-switchyard-pool` is added, the
+//! 7. **retry**: only when the connection failed before any of the request
+//!    was sent, and at most once. The failed endpoint records a passive
+//!    failure and the untouched request goes to another endpoint in rotation
+//!    of the pool it was sent to (picked as in 4, the failed one excluded;
+//!    never the other pool), within what is left of the same
+//!    `request_timeout`; counted in `switchyard_upstream_retries_total`. No
+//!    other endpoint in rotation, or the retry fails too: answered as in 6,
+//!    naming the last endpoint. Timeouts, resets and bodies already started
+//!    are never retried (see `retry.rs`).
+//! 8. **respond**: hop-by-hop headers go, `x-switchyard-pool` is added, the
 //!    response is counted by class and, as a passive health check, on the
 //!    endpoint (5xx and upstream errors in a row eject it), and the upstream
 //!    body streams to the client with the in-flight guard inside it
@@ -30,6 +39,7 @@
 mod body;
 mod error;
 pub mod headers;
+mod retry;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -40,14 +50,17 @@ use http_body_util::{Either, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use prometheus::IntCounter;
 use tokio::net::TcpListener;
+use tokio::time::error::Elapsed;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use body::ProxyBody;
 pub use error::{json_response, ProxyError};
 use headers::{ClientInfo, X_SWITCHYARD_FAILOVER};
+pub use retry::RetryBody;
 
 use crate::metrics::UpstreamErrorKind;
-use crate::pool::{Pool, Protocol};
+use crate::pool::{Pool, Protocol, UpstreamBody};
 use crate::route::RouteTable;
 use crate::server::{self, Limits};
 use crate::switch::Model;
@@ -122,7 +135,7 @@ impl Proxy {
             // Refused before anything is sent; the rest of the body is never read.
             return answer(&active, ProxyError::body_too_large(model));
         }
-        let (in_flight, failover) = match active.pick() {
+        let (mut in_flight, failover) = match active.pick() {
             Some(in_flight) => (in_flight, false),
             None => match model
                 .failover()
@@ -146,9 +159,22 @@ impl Proxy {
         headers::prepare_request(&mut parts.headers, client, host);
         // Bodies without a (truthful) length are cut at the limit mid-stream.
         let limit = usize::try_from(model.max_body_bytes()).unwrap_or(usize::MAX);
-        let upstream = Request::from_parts(parts, Either::Left(Limited::new(body, limit)));
+        let more_endpoints = pool.endpoints().len() > 1;
+        let (body, replay) = retry::arm(&parts, Limited::new(body, limit), more_endpoints);
+        let upstream = Request::from_parts(parts, Either::Left(body));
 
-        let result = tokio::time::timeout(timeout, pool.client().request(upstream)).await;
+        // One deadline for the request, retry included.
+        let deadline = Instant::now() + timeout;
+        let mut result = send(pool, upstream, deadline).await;
+        let again = match (&result, replay) {
+            (Ok(Err(e)), Some(replay)) => retry::retry(replay, e, &mut in_flight),
+            _ => None,
+        };
+        if let Some(upstream) = again {
+            result = send(in_flight.pool(), upstream, deadline).await;
+        }
+        // The pool is the same; the endpoint may not be.
+        let pool = in_flight.pool();
         let error = match result {
             Ok(Ok(response)) => {
                 let (mut parts, body) = response.into_parts();
@@ -193,6 +219,15 @@ impl Proxy {
         // `in_flight` drops here: the request is over.
         response
     }
+}
+
+/// One attempt: the request through `pool`'s client, until `deadline`.
+async fn send(
+    pool: &Pool,
+    request: Request<UpstreamBody>,
+    deadline: Instant,
+) -> Result<Result<Response<Incoming>, hyper_util::client::legacy::Error>, Elapsed> {
+    tokio::time::timeout_at(deadline, pool.client().request(request)).await
 }
 
 /// The response for a request `pool` answers itself, counted on the pool.

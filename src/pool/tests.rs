@@ -153,6 +153,61 @@ async fn an_ejection_racing_a_probe_round_is_kept() {
     assert!(pool.pick().is_none());
 }
 
+#[tokio::test]
+async fn a_request_moves_to_another_endpoint_never_the_one_it_left() {
+    for n in [2, 3, 5] {
+        let pool = pool(n);
+        for _ in 0..50 {
+            let mut g = pool.pick().unwrap();
+            let from = g.endpoint().url().to_string();
+            let (left, to) = g.move_to_other().expect("another endpoint serves");
+            assert_eq!(left.url(), from);
+            assert_ne!(to.url(), from);
+            let to = to.url().to_string();
+            assert_eq!(g.endpoint().url(), to);
+            // Counted once, on the endpoint it is on now.
+            assert_eq!(pool.in_flight(), 1);
+            assert_eq!(pool.metrics().in_flight.get(), 1);
+            let on = |url: &str| pool.endpoints().iter().find(|e| e.url() == url).unwrap();
+            assert_eq!((on(&from).in_flight(), on(&to).in_flight()), (0, 1));
+            drop(g);
+            assert_eq!(pool.in_flight(), 0);
+        }
+        // One observed duration per request, not per attempt.
+        assert_eq!(pool.metrics().duration.get_sample_count(), 50);
+    }
+}
+
+#[tokio::test]
+async fn a_request_stays_when_no_other_endpoint_is_in_rotation() {
+    let pool = pool(1);
+    let mut g = pool.pick().unwrap();
+    assert!(
+        g.move_to_other().is_none(),
+        "a single endpoint has no other"
+    );
+    assert_eq!(pool.endpoints()[0].in_flight(), 1);
+    drop(g);
+
+    let pool = pool_with(3, 5);
+    pool.endpoints()[0].publish(EndpointState::Healthy, report(true), false);
+    pool.endpoints()[1].publish(EndpointState::Unhealthy, report(false), false);
+    pool.endpoints()[2].publish(EndpointState::Unhealthy, report(false), false);
+    let mut g = pool.pick().unwrap();
+    assert!(g.endpoint().url().ends_with(":9000"));
+    assert!(
+        g.move_to_other().is_none(),
+        "the others are out of rotation"
+    );
+    assert!(g.endpoint().url().ends_with(":9000"));
+    assert_eq!(pool.in_flight(), 1);
+
+    // With one other back in rotation, the move finds it.
+    pool.endpoints()[2].publish(EndpointState::Healthy, report(true), false);
+    let (_, to) = g.move_to_other().expect("endpoint 2 serves");
+    assert!(to.url().ends_with(":9002"));
+}
+
 #[test]
 fn endpoint_uri_keeps_path_and_query() {
     let pool = pool(1);

@@ -794,3 +794,29 @@ impl Refusing {
         format!("http://{}", self.addr)
     }
 }
+
+// === an endpoint that dies ===
+
+impl Refusing {
+    /// Stops `upstream` and keeps its port bound, so connecting there is
+    /// refused from now on: an endpoint that passed its probes, then died.
+    /// (A [`Refusing`] from the start fails the first probe round, which
+    /// takes it out of rotation before any request.)
+    pub async fn replacing(upstream: Upstream) -> Refusing {
+        let addr = upstream.addr;
+        upstream.stop().await;
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        // The upstream's closed connections may linger in TIME_WAIT on this
+        // port, which a plain bind refuses. Bound but never listening, the
+        // socket still refuses every connect, and a bind to port 0 never
+        // picks a port bound like this.
+        socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+        socket
+            .bind(addr)
+            .unwrap_or_else(|e| panic!("keeping the port of stopped upstream {addr}: {e}"));
+        Refusing {
+            addr,
+            _socket: socket,
+        }
+    }
+}
