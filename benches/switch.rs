@@ -30,6 +30,7 @@ fn pool_config(endpoints: usize) -> PoolConfig {
             })
             .collect(),
         health: HealthConfig::default(),
+        tls: None,
     }
 }
 

@@ -14,7 +14,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use http::uri::{Authority, Uri};
+use http::uri::{Authority, Scheme, Uri};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -22,14 +22,18 @@ use crate::pool::{PoolName, Protocol};
 use crate::tls::{TlsError, TlsFiles};
 
 mod health;
+mod upstream_tls;
 
 use health::RawHealth;
 pub use health::{HealthConfig, EJECT_MAX};
+use upstream_tls::RawUpstreamTls;
+pub use upstream_tls::UpstreamTls;
 
 /// How long the proxy waits for an upstream's response headers.
 /// Inference can be slow (large batches, long generations), hence generous.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a TCP connect to an upstream may take before the request fails 502.
+/// How long a TCP connect to an upstream (with the TLS handshake, on
+/// `https://` pools) may take before the request fails 502.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Request bodies above this are refused: large enough for image and audio
 /// batches, small enough that a runaway client cannot stream forever.
@@ -149,6 +153,8 @@ pub struct PoolConfig {
     pub protocol: Protocol,
     pub endpoints: Vec<EndpointConfig>,
     pub health: HealthConfig,
+    /// Set exactly when the endpoints are `https://`: how to speak TLS to them.
+    pub tls: Option<UpstreamTls>,
 }
 
 #[derive(Debug, Clone)]
@@ -294,6 +300,8 @@ struct RawModel {
     max_in_flight: Option<Spanned<usize>>,
     #[serde(default)]
     health: Option<RawHealth>,
+    #[serde(default)]
+    tls: Option<RawUpstreamTls>,
     blue: RawPool,
     green: RawPool,
 }
@@ -306,6 +314,8 @@ struct RawPool {
     protocol: Option<Spanned<String>>,
     #[serde(default)]
     health: Option<RawHealth>,
+    #[serde(default)]
+    tls: Option<RawUpstreamTls>,
 }
 
 // === loading ===
@@ -703,8 +713,15 @@ fn validate_model(
         DEFAULT_MAX_IN_FLIGHT,
         1..=10_000_000,
     );
-    let blue = validate_pool(c, i, &name, PoolName::Blue, &m.blue, m.health.as_ref());
-    let green = validate_pool(c, i, &name, PoolName::Green, &m.green, m.health.as_ref());
+    let model_tls = m.tls.as_ref().and_then(RawUpstreamTls::first_set);
+    if let Some(value) = model_tls.filter(|_| !is_https(&m.blue) && !is_https(&m.green)) {
+        c.error(
+            value.span(),
+            format!("models[{i}].tls: has no effect: the endpoints of both pools are http://; use https:// endpoints or remove it"),
+        );
+    }
+    let blue = validate_pool(c, i, &name, PoolName::Blue, &m.blue, m);
+    let green = validate_pool(c, i, &name, PoolName::Green, &m.green, m);
 
     (c.errors.len() == before).then(|| ModelConfig {
         name,
@@ -726,31 +743,33 @@ fn validate_pool(
     model: &str,
     pool: PoolName,
     raw: &RawPool,
-    model_health: Option<&RawHealth>,
+    m: &RawModel,
 ) -> PoolConfig {
     let key = format!("models[{i}].{pool}");
     let health = health::validate(
         c,
         &format!("models[{i}]"),
         &key,
-        model_health,
+        m.health.as_ref(),
         raw.health.as_ref(),
     );
+    let https = is_https(raw);
     let protocol = match &raw.protocol {
         None => Protocol::Http1,
-        Some(p) => {
-            match p.get_ref().as_str() {
-                "http1" => Protocol::Http1,
-                "h2c" => Protocol::H2c,
-                other => {
-                    c.error(
-                    p.span(),
-                    format!("{key}.protocol: unknown protocol {other:?}; expected \"http1\" or \"h2c\""),
-                );
-                    Protocol::Http1
-                }
+        Some(p) => match (p.get_ref().as_str(), https) {
+            ("http1", _) => Protocol::Http1,
+            ("h2c", false) => Protocol::H2c,
+            ("h2", true) => Protocol::H2,
+            (name, _) => {
+                let why = match name {
+                    "h2c" => "\"h2c\" is HTTP/2 over cleartext but the endpoints are https://; use protocol = \"h2\" for HTTP/2 over TLS".to_string(),
+                    "h2" => "\"h2\" is HTTP/2 over TLS but the endpoints are http://; use protocol = \"h2c\" for HTTP/2 over cleartext".to_string(),
+                    other => format!("unknown protocol {other:?}; expected \"http1\", \"h2c\" (http:// endpoints) or \"h2\" (https:// endpoints)"),
+                };
+                c.error(p.span(), format!("{key}.protocol: {why}"));
+                Protocol::Http1
             }
-        }
+        },
     };
     if raw.endpoints.get_ref().is_empty() {
         c.error(
@@ -760,9 +779,18 @@ fn validate_pool(
     }
     let mut seen = HashSet::new();
     let mut endpoints = Vec::new();
+    let mut first_scheme: Option<(Scheme, &str)> = None;
     for e in raw.endpoints.get_ref() {
         match parse_endpoint(e.get_ref()) {
-            Ok(endpoint) => {
+            Ok((endpoint, scheme)) => {
+                match &first_scheme {
+                    None => first_scheme = Some((scheme, e.get_ref())),
+                    Some((first, url)) if *first != scheme => c.error(
+                        e.span(),
+                        format!("{key}.endpoints: endpoint {:?} is {scheme}:// but {url:?} is {first}://; a pool speaks one scheme, so put http:// and https:// endpoints in different pools", e.get_ref()),
+                    ),
+                    Some(_) => {}
+                }
                 if !seen.insert(endpoint.authority.clone()) {
                     c.error(
                         e.span(),
@@ -777,11 +805,31 @@ fn validate_pool(
             Err(why) => c.error(e.span(), format!("{key}.endpoints: {why}")),
         }
     }
+    let tls = upstream_tls::validate(
+        c,
+        &format!("models[{i}]"),
+        pool,
+        https,
+        protocol,
+        m.tls.as_ref(),
+        raw.tls.as_ref(),
+    );
     PoolConfig {
         protocol,
         endpoints,
         health,
+        tls,
     }
+}
+
+/// Whether any endpoint of `raw` is `https://` (a pool mixing schemes is an
+/// error of its own; its TLS settings are still checked).
+fn is_https(raw: &RawPool) -> bool {
+    raw.endpoints.get_ref().iter().any(|e| {
+        e.get_ref()
+            .parse::<Uri>()
+            .is_ok_and(|u| u.scheme() == Some(&Scheme::HTTPS))
+    })
 }
 
 // === value parsers ===
@@ -869,19 +917,23 @@ fn normalize_host(h: &str) -> Result<String, String> {
     Ok(authority.host().to_ascii_lowercase())
 }
 
-fn parse_endpoint(url: &str) -> Result<EndpointConfig, String> {
-    let uri: Uri = url
-        .parse()
-        .map_err(|_| format!("invalid endpoint URL {url:?}; expected \"http://host:port\""))?;
-    match uri.scheme_str() {
-        Some("http") => {}
+/// An endpoint URL and its scheme, `http` or `https`.
+fn parse_endpoint(url: &str) -> Result<(EndpointConfig, Scheme), String> {
+    let uri: Uri = url.parse().map_err(|_| {
+        format!(
+            "invalid endpoint URL {url:?}; expected \"http://host:port\" or \"https://host:port\""
+        )
+    })?;
+    let scheme = match uri.scheme() {
+        Some(s) if *s == Scheme::HTTP || *s == Scheme::HTTPS => s.clone(),
         Some(other) => {
             return Err(format!(
-                "endpoint {url:?}: scheme {other:?} is not supported; use \"http://\" (set protocol = \"h2c\" on the pool for HTTP/2 cleartext and gRPC)"
+                "endpoint {url:?}: scheme {:?} is not supported; use \"http://\" or \"https://\" (set protocol = \"h2c\" or \"h2\" on the pool for HTTP/2 and gRPC)",
+                other.as_str()
             ))
         }
-        None => return Err(format!("endpoint {url:?} has no scheme; write \"http://{url}\"")),
-    }
+        None => return Err(format!("endpoint {url:?} has no scheme; write \"http://{url}\" or \"https://{url}\"")),
+    };
     let Some(authority) = uri.authority().cloned() else {
         return Err(format!("endpoint {url:?} has no host"));
     };
@@ -897,10 +949,13 @@ fn parse_endpoint(url: &str) -> Result<EndpointConfig, String> {
             "endpoint {url:?} must not have a path or query; requests keep their own path"
         ));
     }
-    Ok(EndpointConfig {
-        url: url.trim_end_matches('/').to_string(),
-        authority,
-    })
+    Ok((
+        EndpointConfig {
+            url: url.trim_end_matches('/').to_string(),
+            authority,
+        },
+        scheme,
+    ))
 }
 
 fn resolve_relative(config_file: &Path, path: &Path) -> PathBuf {

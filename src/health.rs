@@ -3,7 +3,7 @@
 //! request path's ejections into each endpoint's state. Never swaps pools.
 //!
 //! One loop per pool. Each round, every endpoint gets `warm_connections`
-//! concurrent probes (one on h2c pools, whose single connection multiplexes)
+//! concurrent probes (one on HTTP/2 pools, whose single connection multiplexes)
 //! through the pool's own upstream client: the connections probes open are
 //! the ones requests reuse, so a standby that is probed is a standby that is
 //! connected. An endpoint passes a round when all its probes pass.
@@ -16,9 +16,11 @@
 //! of a cold standby. (Through the pool's client it would ride, and then
 //! close, an idle connection that requests keep alive.)
 //!
-//! Probes: HTTP/1.1 pools get `GET {health.path}`, passing on 2xx. h2c pools
-//! get the standard gRPC health check (`grpc.health.v1.Health/Check` for
-//! `health.grpc_service`), passing on `grpc-status: 0` and `SERVING`.
+//! Probes: HTTP/1.1 pools get `GET {health.path}`, passing on 2xx. HTTP/2
+//! pools (h2c, or h2 over TLS) get the standard gRPC health check
+//! (`grpc.health.v1.Health/Check` for `health.grpc_service`), passing on
+//! `grpc-status: 0` and `SERVING`. On `https://` pools probes speak TLS like
+//! requests do: the client is the same.
 //!
 //! The state machine itself is sans-io, in `health/tracker.rs`. A health
 //! change is logged once, when it happens, with its cause; never per probe.
@@ -191,7 +193,7 @@ struct Outcome {
 async fn probe_round(pool: &Arc<Pool>) -> Vec<Outcome> {
     let per_endpoint = match pool.protocol() {
         Protocol::Http1 => pool.health_config().warm_connections.max(1),
-        Protocol::H2c => 1,
+        Protocol::H2c | Protocol::H2 => 1,
     };
     let mut probes = JoinSet::new();
     for index in 0..pool.endpoints().len() {
@@ -257,7 +259,7 @@ async fn probe_checked(pool: &Pool, index: usize, started: Instant) -> Result<St
             endpoint.uri(Some(&config.path.parse().map_err(|_| "bad health path")?)),
             config.warm_connections > 0,
         ),
-        Protocol::H2c => grpc_probe(
+        Protocol::H2c | Protocol::H2 => grpc_probe(
             endpoint.uri(Some(&http::uri::PathAndQuery::from_static(
                 GRPC_HEALTH_PATH,
             ))),
@@ -276,7 +278,7 @@ async fn probe_checked(pool: &Pool, index: usize, started: Instant) -> Result<St
         })?;
         match protocol {
             Protocol::Http1 => check_http(response).await,
-            Protocol::H2c => check_grpc(response).await,
+            Protocol::H2c | Protocol::H2 => check_grpc(response).await,
         }
     })
     .await;

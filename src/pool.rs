@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::uri::Scheme;
 use http::HeaderValue;
 use http_body_util::{Either, Full, Limited};
 use hyper::body::Incoming;
@@ -93,10 +94,29 @@ impl FromStr for PoolName {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
-    /// HTTP/1.1 with keep-alive.
+    /// HTTP/1.1 with keep-alive, over TCP or TLS.
     Http1,
     /// HTTP/2 over cleartext with prior knowledge, as gRPC servers speak it.
     H2c,
+    /// HTTP/2 over TLS (ALPN `h2`), as gRPC servers with TLS speak it.
+    H2,
+}
+
+impl Protocol {
+    pub fn is_http2(self) -> bool {
+        self != Protocol::Http1
+    }
+
+    /// The ALPN protocol offered to a TLS endpoint: only the one the pool
+    /// speaks, so a server that does ALPN agrees to it or fails the
+    /// handshake, never a later request.
+    pub fn alpn(self) -> &'static [u8] {
+        if self.is_http2() {
+            b"h2"
+        } else {
+            b"http/1.1"
+        }
+    }
 }
 
 /// Body of a request sent upstream: the client's streamed body (which a
@@ -134,12 +154,18 @@ impl Pool {
         upstream: &UpstreamSettings,
         metrics: &Metrics,
     ) -> Pool {
+        let scheme = if config.tls.is_some() {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        };
         let endpoints: Box<[Endpoint]> = config
             .endpoints
             .iter()
             .map(|e| {
                 Endpoint::new(
                     e.url.clone(),
+                    scheme.clone(),
                     e.authority.clone(),
                     config.health.eject_after,
                     metrics.endpoint(&model, name, &e.url),
@@ -153,6 +179,8 @@ impl Pool {
             .collect();
         let connector = CountingConnector::new(
             http_connector(upstream.connect_timeout),
+            config.tls.as_ref(),
+            upstream.connect_timeout,
             counters,
             pool_metrics.connections.clone(),
         );
@@ -312,6 +340,8 @@ fn http_connector(connect_timeout: Duration) -> HttpConnector {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(connect_timeout));
+    // https:// endpoints connect through it too, TLS on top.
+    connector.enforce_http(false);
     connector
 }
 
@@ -331,7 +361,7 @@ fn build_client(
         .timer(TokioTimer::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_max_idle_per_host(max_idle)
-        .http2_only(protocol == Protocol::H2c);
+        .http2_only(protocol.is_http2());
     builder.build(connector)
 }
 

@@ -154,7 +154,7 @@ impl Proxy {
         parts.uri = in_flight.endpoint().uri(parts.uri.path_and_query());
         parts.version = match pool.protocol() {
             Protocol::Http1 => Version::HTTP_11,
-            Protocol::H2c => Version::HTTP_2,
+            Protocol::H2c | Protocol::H2 => Version::HTTP_2,
         };
         headers::prepare_request(&mut parts.headers, client, host);
         // Bodies without a (truthful) length are cut at the limit mid-stream.

@@ -55,6 +55,7 @@ fn model(metrics: &Metrics, name: &str, prefix: &str) -> Arc<Model> {
             })
             .collect(),
         health: HealthConfig::default(),
+        tls: None,
     };
     let config = ModelConfig {
         name: name.to_string(),

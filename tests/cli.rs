@@ -343,7 +343,7 @@ path = "state.json"
 [[models]]
 name = "iris"
 active = "red"                   # second
-blue.endpoints = ["https://127.0.0.1:8001"]   # third
+blue.endpoints = ["ftp://127.0.0.1:8001"]     # third
 green.endpoints = []             # fourth
 "#;
     let (_dir, path) = config_file(text);

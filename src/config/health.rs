@@ -26,7 +26,7 @@ const MAX_WARM_CONNECTIONS: u32 = 64;
 /// Health settings of one pool, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthConfig {
-    /// Probed with `GET` on HTTP/1.1 pools; unused on h2c pools, which are
+    /// Probed with `GET` on HTTP/1.1 pools; unused on HTTP/2 pools, which are
     /// probed with the gRPC health protocol.
     pub path: String,
     /// The `service` asked about in a gRPC health check; "" is the whole server.

@@ -341,12 +341,12 @@ fn an_endpoint_without_a_scheme_is_refused() {
 }
 
 #[test]
-fn an_https_endpoint_is_refused() {
+fn an_endpoint_with_another_scheme_is_refused() {
     let src = pools(
         r#"["http://127.0.0.1:8001"]"#,
-        r#"["https://127.0.0.1:8002"]"#,
+        r#"["ftp://127.0.0.1:8002"]"#,
     );
-    assert_blames(&src, "https://", &["\"https\"", "not supported"]);
+    assert_blames(&src, "ftp://", &["\"ftp\"", "not supported", "https://"]);
 }
 
 #[test]
@@ -466,7 +466,7 @@ name = "iris"
 path_prefix = "iris"          # 3: no leading slash
 active = "purple"             # 4: no such pool
 blue.endpoints = ["http://127.0.0.1:8001"]
-green.endpoints = ["https://127.0.0.1:8002"]  # 5: https
+green.endpoints = ["ftp://127.0.0.1:8002"]    # 5: not http(s)
 
 [[models]]
 name = "bad name"             # 6: space in name
@@ -687,3 +687,6 @@ fn worker_threads_default_to_one_per_core_and_are_range_checked() {
         &["proxy.worker_threads", "1 to 1024"],
     );
 }
+
+// `https://` endpoints and `tls.*`: in their own file, with their test certificates.
+mod upstream_tls;

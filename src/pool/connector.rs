@@ -1,39 +1,88 @@
-//! The upstream connector: hyper-util's `HttpConnector`, wrapped so that
-//! every open connection is counted, per endpoint and per pool, for as long
-//! as its socket lives. The prober reads the counts to keep the standby warm;
-//! status and metrics show them.
+//! The upstream connector: hyper-util's `HttpConnector`, with hyper-rustls's
+//! `HttpsConnector` on top for a pool of `https://` endpoints, wrapped so
+//! that every open connection is counted, per endpoint and per pool, for as
+//! long as its socket lives. The prober reads the counts to keep the standby
+//! warm; status and metrics show them.
 
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::uri::Authority;
 use http::Uri;
 use hyper::rt::{Read, ReadBufCursor, Write};
+use hyper_rustls::{
+    DefaultServerNameResolver, FixedServerNameResolver, HttpsConnector, MaybeHttpsStream,
+    ResolveServerName,
+};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::rt::TokioIo;
 use prometheus::IntGauge;
+use tokio::net::TcpStream;
 use tower_service::Service;
+
+use crate::config::UpstreamTls;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// One upstream connection: TCP, or TLS over TCP.
+pub type UpstreamStream = MaybeHttpsStream<TokioIo<TcpStream>>;
 
 /// Counts connections made through it.
 #[derive(Clone)]
 pub struct CountingConnector {
-    inner: HttpConnector,
+    inner: Inner,
+    /// Bounds an https connect as a whole, TCP and TLS handshake:
+    /// `HttpConnector`'s own timeout covers the TCP connect alone, and an
+    /// endpoint that accepts but never answers the handshake would otherwise
+    /// hold the connect until the request's timeout.
+    connect_timeout: Duration,
     /// Per endpoint authority, its open-connection counter.
     endpoints: Arc<[(Authority, Arc<AtomicUsize>)]>,
     /// `switchyard_upstream_connections{model,pool}`.
     pool_gauge: IntGauge,
 }
 
+/// The connector of a pool: one scheme per pool, chosen at build.
+#[derive(Clone)]
+enum Inner {
+    Http(HttpConnector),
+    Https(HttpsConnector<HttpConnector>),
+}
+
 impl CountingConnector {
+    /// Plain TCP through `http`, or with `tls`, TLS on top of it: verified
+    /// against `tls.server_name` if set, else the endpoint's host.
     pub fn new(
-        inner: HttpConnector,
+        http: HttpConnector,
+        tls: Option<&UpstreamTls>,
+        connect_timeout: Duration,
         endpoints: Arc<[(Authority, Arc<AtomicUsize>)]>,
         pool_gauge: IntGauge,
     ) -> CountingConnector {
+        let inner = match tls {
+            None => Inner::Http(http),
+            Some(tls) => {
+                let names: Arc<dyn ResolveServerName + Send + Sync> = match &tls.server_name {
+                    Some(name) => Arc::new(FixedServerNameResolver::new(name.clone())),
+                    None => Arc::new(DefaultServerNameResolver::default()),
+                };
+                // `true`: an http:// URI is refused rather than sent in clear.
+                Inner::Https(HttpsConnector::new(
+                    http,
+                    Arc::clone(&tls.client),
+                    true,
+                    names,
+                ))
+            }
+        };
         CountingConnector {
             inner,
+            connect_timeout,
             endpoints,
             pool_gauge,
         }
@@ -41,12 +90,15 @@ impl CountingConnector {
 }
 
 impl Service<Uri> for CountingConnector {
-    type Response = Counted<<HttpConnector as Service<Uri>>::Response>;
-    type Error = <HttpConnector as Service<Uri>>::Error;
+    type Response = Counted<UpstreamStream>;
+    type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        match &mut self.inner {
+            Inner::Http(http) => http.poll_ready(cx).map_err(Into::into),
+            Inner::Https(https) => https.poll_ready(cx),
+        }
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
@@ -59,11 +111,30 @@ impl Service<Uri> for CountingConnector {
                 .map(|(_, count)| Arc::clone(count))
         });
         let gauge = self.pool_gauge.clone();
-        let connecting = self.inner.call(uri);
-        Box::pin(async move {
-            let io = connecting.await?;
-            Ok(Counted::new(io, endpoint, gauge))
-        })
+        match &mut self.inner {
+            Inner::Http(http) => {
+                let connecting = http.call(uri);
+                Box::pin(async move {
+                    let io = connecting.await?;
+                    Ok(Counted::new(MaybeHttpsStream::Http(io), endpoint, gauge))
+                })
+            }
+            Inner::Https(https) => {
+                let connecting = https.call(uri);
+                let limit = self.connect_timeout;
+                Box::pin(async move {
+                    let io = tokio::time::timeout(limit, connecting)
+                        .await
+                        .map_err(|_| {
+                            io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                format!("TCP connect and TLS handshake took longer than {limit:?}"),
+                            )
+                        })??;
+                    Ok(Counted::new(io, endpoint, gauge))
+                })
+            }
+        }
     }
 }
 

@@ -15,6 +15,8 @@ use crate::metrics::EndpointMetrics;
 
 pub struct Endpoint {
     url: String,
+    /// `http` or `https`, as the pool's endpoints all are.
+    scheme: Scheme,
     authority: Authority,
     in_flight: AtomicUsize,
     served: AtomicU64,
@@ -40,6 +42,7 @@ pub struct Endpoint {
 impl Endpoint {
     pub(super) fn new(
         url: String,
+        scheme: Scheme,
         authority: Authority,
         eject_after: u32,
         metrics: EndpointMetrics,
@@ -47,6 +50,7 @@ impl Endpoint {
         metrics.healthy.set(0);
         Endpoint {
             url,
+            scheme,
             authority,
             in_flight: AtomicUsize::new(0),
             served: AtomicU64::new(0),
@@ -177,7 +181,8 @@ impl Endpoint {
     /// The upstream URI for a request path on this endpoint.
     pub fn uri(&self, path: Option<&PathAndQuery>) -> Uri {
         let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
+        // A standard scheme: cloning it copies a tag, no allocation.
+        parts.scheme = Some(self.scheme.clone());
         parts.authority = Some(self.authority.clone());
         parts.path_and_query = Some(
             path.cloned()

@@ -16,6 +16,7 @@ fn pool_with(n: usize, eject_after: u32) -> Arc<Pool> {
             eject_after,
             ..HealthConfig::default()
         },
+        tls: None,
     };
     Arc::new(Pool::new(
         "m".into(),
