@@ -18,6 +18,7 @@ use tracing::{debug, error};
 
 use crate::metrics::Metrics;
 use crate::pool::{Pool, PoolName, UnknownPool};
+use crate::reload::{ReloadError, Reloader};
 use crate::server;
 use crate::switch::{Model, ModelState, SwitchError, SwitchOp, Switchboard};
 use crate::tls::ServerTls;
@@ -50,6 +51,8 @@ pub enum AdminError {
     Switch(#[from] SwitchError),
     #[error("cannot encode metrics")]
     Metrics(#[source] prometheus::Error),
+    #[error(transparent)]
+    Reload(#[from] ReloadError),
 }
 
 impl AdminError {
@@ -67,6 +70,15 @@ impl AdminError {
                 SwitchError::Persist { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             },
             AdminError::Metrics(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            AdminError::Reload(e) => match e {
+                ReloadError::Invalid(_) => StatusCode::BAD_REQUEST,
+                ReloadError::RestartNeeded(_)
+                | ReloadError::NotProbed { .. }
+                | ReloadError::Unhealthy { .. } => StatusCode::CONFLICT,
+                ReloadError::Read { .. } | ReloadError::State(_) => {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
+            },
         }
     }
 
@@ -80,7 +92,11 @@ impl AdminError {
         } else {
             debug!(error = %self, status = status.as_u16(), "admin call refused");
         }
-        let mut body = json!({ "error": self.to_string() });
+        let mut body = json!({ "error": ErrorChain(&self).to_string() });
+        if let AdminError::Reload(ReloadError::Invalid(errors)) = &self {
+            // Each as `switchyard check` prints it: FILE:LINE:COL: message.
+            body["errors"] = errors.iter().map(ToString::to_string).collect();
+        }
         if let AdminError::Switch(SwitchError::Unhealthy {
             pool, endpoints, ..
         }) = &self
@@ -118,6 +134,7 @@ pub struct Admin {
     /// `None`: no token configured (allowed on loopback listeners only).
     token: Option<Token>,
     metrics_require_token: bool,
+    reloader: Arc<Reloader>,
 }
 
 // === impl Admin ===
@@ -128,12 +145,14 @@ impl Admin {
         metrics: Metrics,
         token: Option<Token>,
         metrics_require_token: bool,
+        reloader: Arc<Reloader>,
     ) -> Admin {
         Admin {
             switchboard,
             metrics,
             token,
             metrics_require_token,
+            reloader,
         }
     }
 
@@ -240,7 +259,7 @@ impl Admin {
                 allow("GET, HEAD")?;
                 query.only(&[])?;
                 let mut models = Vec::new();
-                for model in self.switchboard.models() {
+                for model in self.switchboard.models().values() {
                     let state = self.switchboard.state(model.name()).await;
                     models.push(model_summary(model, state.as_ref()));
                 }
@@ -251,7 +270,7 @@ impl Admin {
                 query.only(&[])?;
                 let model = self.model(name)?;
                 let state = self.switchboard.state(name).await;
-                Ok(json(StatusCode::OK, &model_detail(model, state.as_ref())))
+                Ok(json(StatusCode::OK, &model_detail(&model, state.as_ref())))
             }
             ["models", name, "flip"] => {
                 allow("POST")?;
@@ -274,6 +293,15 @@ impl Admin {
                 self.switch(name, SwitchOp::Activate(pool), force, &actor)
                     .await
             }
+            ["reload"] => {
+                allow("POST")?;
+                query.only(&[])?;
+                self.reloader.reload_certificates();
+                let outcome = self.reloader.reload(&actor).await?;
+                let mut body = json!(outcome);
+                body["reloaded"] = json!(true);
+                Ok(json(StatusCode::OK, &body))
+            }
             ["models", name, "rollback"] => {
                 allow("POST")?;
                 query.only(&["force"])?;
@@ -284,7 +312,7 @@ impl Admin {
         }
     }
 
-    fn model(&self, name: &str) -> Result<&Arc<Model>, AdminError> {
+    fn model(&self, name: &str) -> Result<Arc<Model>, AdminError> {
         self.switchboard
             .model(name)
             .ok_or_else(|| SwitchError::UnknownModel(name.to_string()).into())
@@ -313,14 +341,13 @@ impl Admin {
     /// Ready when every pool has had its first probe round and every
     /// model's active pool has a healthy endpoint.
     fn readiness(&self) -> AdminResponse {
-        let probed = self
-            .switchboard
-            .models()
+        let all = self.switchboard.models();
+        let probed = all
+            .values()
             .all(|m| PoolName::ALL.iter().all(|p| m.pool(*p).is_probed()));
         let mut ready = probed;
-        let models: Vec<Value> = self
-            .switchboard
-            .models()
+        let models: Vec<Value> = all
+            .values()
             .map(|m| {
                 let pool = m.active();
                 let healthy = pool.healthy_count();

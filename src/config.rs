@@ -48,6 +48,8 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// A checked configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The file it was read from; a reload reads it again.
+    pub file: PathBuf,
     pub proxy: ProxyConfig,
     pub admin: AdminConfig,
     pub state: StateConfig,
@@ -83,7 +85,7 @@ impl ProxyConfig {
 }
 
 /// Settings every pool's upstream client shares.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UpstreamSettings {
     pub connect_timeout: Duration,
     pub max_idle_per_endpoint: usize,
@@ -139,7 +141,49 @@ pub struct ModelConfig {
     pub green: PoolConfig,
 }
 
+impl Config {
+    /// The keys that differ between `self` and `new` and that only a restart
+    /// applies: listeners, their TLS and limits, threads, the admin's
+    /// access, the state file.
+    pub fn restart_needed(&self, new: &Config) -> Vec<&'static str> {
+        let (a, b) = (&self.proxy, &new.proxy);
+        let checks = [
+            (a.listen != b.listen, "proxy.listen"),
+            (a.tls != b.tls, "proxy.tls"),
+            (a.worker_threads != b.worker_threads, "proxy.worker_threads"),
+            (a.drain_timeout != b.drain_timeout, "proxy.drain_timeout"),
+            (a.limits != b.limits, "proxy limits (max_connections, max_headers, max_header_bytes, header_read_timeout, keepalive_timeout)"),
+            (self.admin.listen != new.admin.listen, "admin.listen"),
+            (self.admin.tls != new.admin.tls, "admin.tls"),
+            (self.admin.token_file != new.admin.token_file, "admin.token_file"),
+            (
+                self.admin.metrics_require_token != new.admin.metrics_require_token,
+                "admin.metrics_require_token",
+            ),
+            (self.state.path != new.state.path, "state.path"),
+        ];
+        checks
+            .into_iter()
+            .filter_map(|(changed, key)| changed.then_some(key))
+            .collect()
+    }
+}
+
 impl ModelConfig {
+    /// Whether `other` configures exactly this model.
+    pub fn same_as(&self, other: &ModelConfig) -> bool {
+        self.name == other.name
+            && self.path_prefix == other.path_prefix
+            && self.host == other.host
+            && self.active == other.active
+            && self.request_timeout == other.request_timeout
+            && self.failover == other.failover
+            && self.max_body_bytes == other.max_body_bytes
+            && self.max_in_flight == other.max_in_flight
+            && self.blue.same_as(&other.blue)
+            && self.green.same_as(&other.green)
+    }
+
     pub fn pool(&self, name: PoolName) -> &PoolConfig {
         match name {
             PoolName::Blue => &self.blue,
@@ -155,6 +199,24 @@ pub struct PoolConfig {
     pub health: HealthConfig,
     /// Set exactly when the endpoints are `https://`: how to speak TLS to them.
     pub tls: Option<UpstreamTls>,
+}
+
+impl PoolConfig {
+    /// Whether a pool built from `other` would be this one. A TLS pool never
+    /// is: its CA and client certificate were read again, and a reload is
+    /// how rotated ones are picked up.
+    pub fn same_as(&self, other: &PoolConfig) -> bool {
+        self.tls.is_none()
+            && other.tls.is_none()
+            && self.protocol == other.protocol
+            && self.health == other.health
+            && self.endpoints.len() == other.endpoints.len()
+            && self
+                .endpoints
+                .iter()
+                .zip(&other.endpoints)
+                .all(|(a, b)| a.url == b.url)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -630,6 +692,7 @@ fn validate(raw: RawConfig, blame: &Blame<'_>) -> Result<Config, Vec<ConfigError
     c.errors.retain(|e| seen.insert(e.clone()));
     if c.errors.is_empty() {
         Ok(Config {
+            file: blame.file.to_path_buf(),
             proxy,
             admin,
             state,

@@ -34,6 +34,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::{header, HeaderValue, Method, Request, Version};
 use http_body_util::{BodyExt, Either, Full};
 use serde::Serialize;
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -67,30 +68,63 @@ pub struct ProbeReport {
     pub ejected_until_unix_ms: Option<u64>,
 }
 
-/// Probes every pool of every model until cancelled.
+/// Probes every pool of every model until cancelled; pools a reload adds
+/// arrive through its [`Watch`] handle, and a pool stops being probed once
+/// retired ([`Pool::retire`]).
 pub struct Checker {
     pools: Vec<Arc<Pool>>,
+    added: mpsc::UnboundedReceiver<Arc<Pool>>,
+}
+
+/// Hands new pools to the running [`Checker`].
+#[derive(Clone)]
+pub struct Watch(mpsc::UnboundedSender<Arc<Pool>>);
+
+impl Watch {
+    /// Starts probing `pool`; [`Pool::wait_probed`] tells when its first
+    /// round is in.
+    pub fn pool(&self, pool: Arc<Pool>) {
+        // The checker only stops at shutdown, when nothing needs probing.
+        let _ = self.0.send(pool);
+    }
 }
 
 // === impl Checker ===
 
 impl Checker {
-    pub fn new(models: &[Arc<Model>]) -> Checker {
+    pub fn new(models: &[Arc<Model>]) -> (Checker, Watch) {
         let pools = models
             .iter()
             .flat_map(|m| crate::pool::PoolName::ALL.map(|p| Arc::clone(m.pool(p))))
             .collect();
-        Checker { pools }
+        let (tx, added) = mpsc::unbounded_channel();
+        (Checker { pools, added }, Watch(tx))
     }
 
     /// Runs one probe loop per pool until `token` is cancelled.
-    pub async fn run(self, token: CancellationToken) {
+    pub async fn run(mut self, token: CancellationToken) {
         let mut loops = JoinSet::new();
         for pool in self.pools {
             loops.spawn(watch_pool(pool, token.child_token()));
         }
-        // Each loop returns only once cancelled; a panic ends `run` (and so
-        // the whole proxy) instead of leaving a pool silently unprobed.
+        // Each loop returns once cancelled or retired; a panic ends `run`
+        // (and so the whole proxy) instead of leaving a pool silently
+        // unprobed.
+        loop {
+            tokio::select! {
+                () = token.cancelled() => break,
+                Some(pool) = self.added.recv() => {
+                    loops.spawn(watch_pool(pool, token.child_token()));
+                }
+                Some(ended) = loops.join_next() => {
+                    if let Err(e) = ended {
+                        if e.is_panic() {
+                            std::panic::resume_unwind(e.into_panic());
+                        }
+                    }
+                }
+            }
+        }
         while let Some(ended) = loops.join_next().await {
             if let Err(e) = ended {
                 if e.is_panic() {
@@ -113,13 +147,16 @@ async fn watch_pool(pool: Arc<Pool>, token: CancellationToken) {
     let mut ticker = tokio::time::interval(config.interval);
     // A slow round pushes the next one back instead of firing a burst.
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let retired = pool.retired().clone();
     loop {
         tokio::select! {
             () = token.cancelled() => return,
+            () = retired.cancelled() => return,
             _ = ticker.tick() => {}
         }
         let outcomes = tokio::select! {
             () = token.cancelled() => return,
+            () = retired.cancelled() => return,
             outcomes = probe_round(&pool) => outcomes,
         };
         let now = Instant::now();

@@ -14,6 +14,7 @@
 //! - `admin`: the admin listener and its JSON handlers.
 //! - `metrics`: metric names, the registry, per-pool handles.
 //! - `server`: the accept loop and graceful drain every listener shares.
+//! - `reload`: SIGHUP and `POST /reload`: the config applied again, or not.
 //! - `demo`: the built-in toy model servers behind `switchyard demo`.
 //! - `tls`: certificates and keys, inbound TLS with reload, upstream TLS.
 //!
@@ -27,6 +28,7 @@ pub mod health;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
+pub mod reload;
 pub mod route;
 pub mod server;
 pub mod switch;
@@ -39,7 +41,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 pub use config::Config;
 
@@ -47,7 +49,6 @@ use crate::admin::Admin;
 use crate::metrics::Metrics;
 use crate::pool::PoolName;
 use crate::proxy::Proxy;
-use crate::route::RouteTable;
 use crate::switch::{Model, StateError, Switchboard};
 
 /// Displays an error with its sources, `a: b: c`: one line for a log field
@@ -155,14 +156,8 @@ pub async fn run(
         info!(model = m.name(), active = %m.active_name(), path_prefix = m.path_prefix(), "model loaded");
     }
 
-    let routes = RouteTable::new(models.iter().map(|m| {
-        (
-            m.path_prefix().to_string(),
-            m.host().map(str::to_string),
-            Arc::clone(m),
-        )
-    }));
-    let checker = health::Checker::new(&models);
+    let routes = Proxy::routes(&models);
+    let (checker, watch) = health::Checker::new(&models);
     let switchboard =
         Arc::new(Switchboard::start(models, states, config.state.path.clone()).await?);
     let proxy = Arc::new(Proxy::new(
@@ -170,17 +165,31 @@ pub async fn run(
         metrics.unrouted().clone(),
         config.proxy.limits,
     ));
-    let admin = Arc::new(Admin::new(
-        switchboard,
-        metrics,
-        token,
-        config.admin.metrics_require_token,
-    ));
-
     let hangups = hangups();
     let proxy_tls = server_tls("proxy", config.proxy.tls.as_ref())?;
     let admin_tls = server_tls("admin", config.admin.tls.as_ref())?;
     let drain = config.proxy.drain_timeout;
+    let metrics_require_token = config.admin.metrics_require_token;
+    let certificates: Vec<_> = [&proxy_tls, &admin_tls]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+    let reloader = Arc::new(reload::Reloader::new(
+        config,
+        metrics.clone(),
+        Arc::clone(&switchboard),
+        Arc::clone(&proxy),
+        watch,
+        certificates,
+    ));
+    let admin = Arc::new(Admin::new(
+        switchboard,
+        metrics,
+        token,
+        metrics_require_token,
+        Arc::clone(&reloader),
+    ));
     log_listening("proxy", &listeners.proxy);
     log_listening("admin", &listeners.admin);
 
@@ -208,8 +217,7 @@ pub async fn run(
             .map_done("admin"),
     );
     tasks.spawn(checker.run(root.child_token()).map_done("health"));
-    let certificates: Vec<_> = [proxy_tls, admin_tls].into_iter().flatten().collect();
-    tasks.spawn(on_hangup(hangups, certificates, root.child_token()).map_done("reload"));
+    tasks.spawn(on_hangup(hangups, reloader, root.child_token()).map_done("reload"));
 
     let result = tokio::select! {
         () = shutdown => {
@@ -271,12 +279,11 @@ fn hangups() -> Option<tokio::signal::unix::Signal> {
         .ok()
 }
 
-/// On every SIGHUP, re-reads the listeners' certificates. New handshakes get
-/// the new certificate; open connections keep theirs. A certificate that
-/// fails to load is logged and the old one stays.
+/// On every SIGHUP: re-reads the listeners' certificates, then the config
+/// file (see [`reload`]). Failures are logged; what runs stays.
 async fn on_hangup(
     hangups: Option<tokio::signal::unix::Signal>,
-    certificates: Vec<Arc<tls::ServerTls>>,
+    reloader: Arc<reload::Reloader>,
     token: CancellationToken,
 ) {
     let Some(mut hangups) = hangups else {
@@ -289,15 +296,10 @@ async fn on_hangup(
                 return token.cancelled().await;
             },
         }
-        info!("SIGHUP: reloading");
-        for tls in &certificates {
-            match tls.reload() {
-                Ok(()) => info!(cert = %tls.files().cert.display(), "certificate reloaded"),
-                Err(e) => {
-                    error!(error = %ErrorChain(&e), "certificate not reloaded; serving the previous one")
-                }
-            }
-        }
+        info!("SIGHUP: reloading certificates and config");
+        reloader.reload_certificates();
+        // Logged by the reloader either way.
+        let _ = reloader.reload("SIGHUP").await;
     }
 }
 

@@ -20,6 +20,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{HealthConfig, PoolConfig, UpstreamSettings};
 use crate::health::EndpointState;
@@ -139,6 +140,10 @@ pub struct Pool {
     health: HealthConfig,
     /// Set by the prober once every endpoint has had its first probe.
     probed: AtomicBool,
+    /// Wakes [`Pool::wait_probed`].
+    probed_notify: tokio::sync::Notify,
+    /// Cancelled when a reload drops the pool: its probes stop.
+    retired: CancellationToken,
     /// `x-switchyard-pool` value, built once.
     header: HeaderValue,
     metrics: PoolMetrics,
@@ -196,6 +201,8 @@ impl Pool {
             cold_probes,
             health: config.health.clone(),
             probed: AtomicBool::new(false),
+            probed_notify: tokio::sync::Notify::new(),
+            retired: CancellationToken::new(),
             header: HeaderValue::from_static(name.as_str()),
             metrics: pool_metrics,
         }
@@ -247,6 +254,29 @@ impl Pool {
 
     pub(crate) fn mark_probed(&self) {
         self.probed.store(true, Ordering::Release);
+        self.probed_notify.notify_waiters();
+    }
+
+    /// Returns once every endpoint has had its first probe.
+    pub async fn wait_probed(&self) {
+        loop {
+            // Created before the check, so a notification in between counts.
+            let notified = self.probed_notify.notified();
+            if self.is_probed() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Stops this pool's probes (a reload no longer uses it). Requests
+    /// still on it finish.
+    pub fn retire(&self) {
+        self.retired.cancel();
+    }
+
+    pub(crate) fn retired(&self) -> &CancellationToken {
+        &self.retired
     }
 
     /// The `x-switchyard-pool` header value naming this pool.

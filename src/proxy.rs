@@ -45,6 +45,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::{header, HeaderValue, Request, Response, Version};
 use http_body_util::{Either, LengthLimitError, Limited};
 use hyper::body::Incoming;
@@ -68,7 +69,8 @@ use crate::tls::ServerTls;
 
 /// What the request path reads: built once, shared by every connection.
 pub struct Proxy {
-    routes: RouteTable<Arc<Model>>,
+    /// Replaced whole by a reload.
+    routes: ArcSwap<RouteTable<Arc<Model>>>,
     unrouted: IntCounter,
     limits: Limits,
 }
@@ -78,10 +80,26 @@ pub struct Proxy {
 impl Proxy {
     pub fn new(routes: RouteTable<Arc<Model>>, unrouted: IntCounter, limits: Limits) -> Proxy {
         Proxy {
-            routes,
+            routes: ArcSwap::from_pointee(routes),
             unrouted,
             limits,
         }
+    }
+
+    /// The routing table for `models`.
+    pub fn routes(models: &[Arc<Model>]) -> RouteTable<Arc<Model>> {
+        RouteTable::new(models.iter().map(|m| {
+            (
+                m.path_prefix().to_string(),
+                m.host().map(str::to_string),
+                Arc::clone(m),
+            )
+        }))
+    }
+
+    /// Routes later requests by `routes` (a reload).
+    pub fn set_routes(&self, routes: RouteTable<Arc<Model>>) {
+        self.routes.store(Arc::new(routes));
     }
 
     /// Serves the proxy listener until `token` is cancelled, then drains.
@@ -117,7 +135,14 @@ impl Proxy {
         }
         let host = request_host(&req);
         let host_str = host.as_ref().and_then(|h| h.to_str().ok());
-        let Some(model) = self.routes.resolve(host_str, req.uri().path()) else {
+        // The model is kept for the request: a reload meanwhile does not
+        // change where it goes.
+        let model = self
+            .routes
+            .load()
+            .resolve(host_str, req.uri().path())
+            .map(Arc::clone);
+        let Some(model) = model else {
             self.unrouted.inc();
             let path = req.uri().path().to_string();
             return ProxyError::NoRoute { path }.into_response(None);
@@ -133,7 +158,7 @@ impl Proxy {
         };
         if content_length(&req).is_some_and(|len| len > model.max_body_bytes()) {
             // Refused before anything is sent; the rest of the body is never read.
-            return answer(&active, ProxyError::body_too_large(model));
+            return answer(&active, ProxyError::body_too_large(&model));
         }
         let (mut in_flight, failover) = match active.pick() {
             Some(in_flight) => (in_flight, false),
@@ -194,7 +219,7 @@ impl Proxy {
             }
             Ok(Err(e)) if caused_by::<LengthLimitError>(&e) => {
                 // The client's mistake, not the endpoint's: no passive failure.
-                return answer(pool, ProxyError::body_too_large(model));
+                return answer(pool, ProxyError::body_too_large(&model));
             }
             Ok(Err(e)) => {
                 let kind = if e.is_connect() {

@@ -37,7 +37,7 @@ mod gate;
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// What one listener accepts.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Open connections at most; further accepts wait until one closes.
     pub max_connections: usize,

@@ -46,6 +46,9 @@ pub struct Model {
     pools: [Arc<Pool>; 2],
     active: ArcSwap<Pool>,
     metrics: ModelMetrics,
+    /// What it was built from; a reload compares against it.
+    config: ModelConfig,
+    upstream: UpstreamSettings,
 }
 
 // === impl Model ===
@@ -59,19 +62,46 @@ impl Model {
         upstream: &UpstreamSettings,
         metrics: &Metrics,
     ) -> Model {
+        Model::rebuild(config, active, upstream, metrics, None).0
+    }
+
+    /// Builds the model from its config, reusing the pools of `old` whose
+    /// config (and the upstream settings) did not change, so they keep their
+    /// connections, health and in-flight requests. Also returns the pools it
+    /// built anew, which have not been probed yet.
+    pub fn rebuild(
+        config: &ModelConfig,
+        active: PoolName,
+        upstream: &UpstreamSettings,
+        metrics: &Metrics,
+        old: Option<&Model>,
+    ) -> (Model, Vec<Arc<Pool>>) {
         let name: Arc<str> = config.name.as_str().into();
+        let mut built = Vec::new();
         // Indexed by `PoolName::index`.
         let pools = PoolName::ALL.map(|p| {
-            Arc::new(Pool::new(
-                Arc::clone(&name),
-                p,
-                config.pool(p),
-                upstream,
-                metrics,
-            ))
+            let reusable = old.filter(|old| {
+                old.upstream == *upstream && old.config.pool(p).same_as(config.pool(p))
+            });
+            match reusable {
+                Some(old) => Arc::clone(old.pool(p)),
+                None => {
+                    let pool = Arc::new(Pool::new(
+                        Arc::clone(&name),
+                        p,
+                        config.pool(p),
+                        upstream,
+                        metrics,
+                    ));
+                    built.push(Arc::clone(&pool));
+                    pool
+                }
+            }
         });
         let model = Model {
             active: ArcSwap::new(Arc::clone(&pools[active.index()])),
+            config: config.clone(),
+            upstream: *upstream,
             name,
             path_prefix: config.path_prefix.clone(),
             host: config.host.clone(),
@@ -84,7 +114,12 @@ impl Model {
             metrics: metrics.model(&config.name),
         };
         model.publish_active(active);
-        model
+        (model, built)
+    }
+
+    /// Whether `config` (with `upstream`) is exactly what this model runs.
+    pub fn runs(&self, config: &ModelConfig, upstream: &UpstreamSettings) -> bool {
+        self.upstream == *upstream && self.config.same_as(config)
     }
 
     pub fn name(&self) -> &str {
@@ -361,7 +396,8 @@ impl ModelState {
 /// The control side: every model's switch state, serialised writers, and
 /// the state file.
 pub struct Switchboard {
-    models: BTreeMap<String, Arc<Model>>,
+    /// Replaced whole by a reload; read by the admin API.
+    models: ArcSwap<BTreeMap<String, Arc<Model>>>,
     /// Held across decide, persist, store: a tokio mutex because the state
     /// file write is awaited while holding it, so two writers can never
     /// persist out of order. The request path never touches it.
@@ -382,21 +418,40 @@ impl Switchboard {
     ) -> Result<Switchboard, StateError> {
         state::save(state_path.clone(), states.clone()).await?;
         Ok(Switchboard {
-            models: models
-                .into_iter()
-                .map(|m| (m.name().to_string(), m))
-                .collect(),
+            models: ArcSwap::from_pointee(by_name(models)),
             control: tokio::sync::Mutex::new(states),
             state_path,
         })
     }
 
-    pub fn models(&self) -> impl Iterator<Item = &Arc<Model>> {
-        self.models.values()
+    /// Every model, by name, as of now.
+    pub fn models(&self) -> Arc<BTreeMap<String, Arc<Model>>> {
+        self.models.load_full()
     }
 
-    pub fn model(&self, name: &str) -> Option<&Arc<Model>> {
-        self.models.get(name)
+    pub fn model(&self, name: &str) -> Option<Arc<Model>> {
+        self.models.load().get(name).cloned()
+    }
+
+    /// Takes the writers' lock, for a reload: no switch runs until the
+    /// guard drops. The map is every model's switch state.
+    pub async fn lock(&self) -> tokio::sync::MutexGuard<'_, BTreeMap<String, ModelState>> {
+        self.control.lock().await
+    }
+
+    /// Replaces the models and their states (under the guard from
+    /// [`Switchboard::lock`]): persists the states first, then swaps the
+    /// models in. On a persist error nothing changes.
+    pub async fn install(
+        &self,
+        control: &mut tokio::sync::MutexGuard<'_, BTreeMap<String, ModelState>>,
+        models: Vec<Arc<Model>>,
+        states: BTreeMap<String, ModelState>,
+    ) -> Result<(), StateError> {
+        state::save(self.state_path.clone(), states.clone()).await?;
+        self.models.store(Arc::new(by_name(models)));
+        **control = states;
+        Ok(())
     }
 
     /// The switch state of one model (history, last switch).
@@ -413,11 +468,11 @@ impl Switchboard {
         force: bool,
         actor: &str,
     ) -> Result<SwitchOutcome, SwitchError> {
-        let model = self
-            .models
-            .get(name)
-            .ok_or_else(|| SwitchError::UnknownModel(name.to_string()))?;
         let mut control = self.control.lock().await;
+        // Looked up under the lock: a reload cannot replace it meanwhile.
+        let model = self
+            .model(name)
+            .ok_or_else(|| SwitchError::UnknownModel(name.to_string()))?;
         let current = control
             .get(name)
             .ok_or_else(|| SwitchError::UnknownModel(name.to_string()))?;
@@ -481,6 +536,13 @@ impl Switchboard {
             switched: true,
         })
     }
+}
+
+fn by_name(models: Vec<Arc<Model>>) -> BTreeMap<String, Arc<Model>> {
+    models
+        .into_iter()
+        .map(|m| (m.name().to_string(), m))
+        .collect()
 }
 
 /// Reads the saved state and decides each model's starting state: the saved

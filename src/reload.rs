@@ -1,0 +1,266 @@
+//! Hot reload: SIGHUP and `POST /reload` read the config file again and
+//! apply it in one step, or not at all.
+//!
+//! 1. **read and check**: the file must pass everything `check` checks; else
+//!    the errors come back, word for word as `check` prints them, and nothing
+//!    changes. Keys only a restart applies (listeners, their TLS and limits,
+//!    the admin's access, the state file) must be unchanged.
+//! 2. **build**: a model whose config is unchanged is kept as it is. A
+//!    changed model is built anew around the pools it can keep (a pool whose
+//!    endpoints and settings are unchanged keeps its connections, health and
+//!    in-flight requests); new pools are probed before anything serves from
+//!    them. Every model keeps its active pool and history; a new model starts
+//!    on its configured `active` pool.
+//! 3. **guard**: a reload that would leave a model's active pool without a
+//!    healthy endpoint, where it had one, is refused.
+//! 4. **install**: the states are persisted, then the models and the routing
+//!    table are swapped in. Requests already routed finish where they are;
+//!    pools no longer used stop being probed.
+//!
+//! Reloads are serialised with each other and with switches (the
+//! switchboard's writer lock is held from build to install).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tracing::{error, info, warn};
+
+use crate::config::{Config, ConfigError, LoadError};
+use crate::health::Watch;
+use crate::metrics::Metrics;
+use crate::pool::{Pool, PoolName};
+use crate::proxy::Proxy;
+use crate::switch::{Model, ModelState, StateError, Switchboard};
+use crate::tls::ServerTls;
+use crate::ErrorChain;
+
+/// How much longer than a new pool's probe timeout a reload waits for its
+/// first probe round.
+const PROBE_GRACE: Duration = Duration::from_secs(2);
+
+/// Applies config reloads; see the module docs.
+pub struct Reloader {
+    /// The config running now. Its lock serialises reloads.
+    current: tokio::sync::Mutex<Config>,
+    metrics: Metrics,
+    switchboard: Arc<Switchboard>,
+    proxy: Arc<Proxy>,
+    watch: Watch,
+    certificates: Vec<Arc<ServerTls>>,
+}
+
+/// What a reload changed, by model name.
+#[derive(Debug, Default, Serialize)]
+pub struct ReloadOutcome {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+    pub unchanged: Vec<String>,
+}
+
+/// Why a reload was refused; the running config stays.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("cannot read config file {}", path.display())]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the config file has {} error(s); nothing was reloaded", .0.len())]
+    Invalid(Vec<ConfigError>),
+    #[error("these settings only change with a restart: {}; nothing was reloaded", .0.join(", "))]
+    RestartNeeded(Vec<&'static str>),
+    #[error("pool {pool} of model {model:?} did not finish its first probe round within {waited:?}; nothing was reloaded")]
+    NotProbed {
+        model: String,
+        pool: PoolName,
+        waited: Duration,
+    },
+    #[error("model {model:?} would be left with no healthy endpoint in its active pool {pool}; nothing was reloaded")]
+    Unhealthy { model: String, pool: PoolName },
+    #[error("the new state could not be saved; nothing was reloaded")]
+    State(#[source] StateError),
+}
+
+impl From<LoadError> for ReloadError {
+    fn from(e: LoadError) -> Self {
+        match e {
+            LoadError::Read { path, source } => ReloadError::Read { path, source },
+            LoadError::Invalid(errors) => ReloadError::Invalid(errors),
+        }
+    }
+}
+
+// === impl Reloader ===
+
+impl Reloader {
+    pub fn new(
+        config: Config,
+        metrics: Metrics,
+        switchboard: Arc<Switchboard>,
+        proxy: Arc<Proxy>,
+        watch: Watch,
+        certificates: Vec<Arc<ServerTls>>,
+    ) -> Reloader {
+        Reloader {
+            current: tokio::sync::Mutex::new(config),
+            metrics,
+            switchboard,
+            proxy,
+            watch,
+            certificates,
+        }
+    }
+
+    /// Re-reads the listeners' certificates: new handshakes get the new
+    /// ones, open connections keep theirs. One that fails to load is logged
+    /// and the old one stays.
+    pub fn reload_certificates(&self) {
+        for tls in &self.certificates {
+            match tls.reload() {
+                Ok(()) => info!(cert = %tls.files().cert.display(), "certificate reloaded"),
+                Err(e) => {
+                    error!(error = %ErrorChain(&e), "certificate not reloaded; serving the previous one")
+                }
+            }
+        }
+    }
+
+    /// Reads the config file again and applies it; see the module docs.
+    /// `actor` names who asked, for the log.
+    pub async fn reload(&self, actor: &str) -> Result<ReloadOutcome, ReloadError> {
+        let mut current = self.current.lock().await;
+        let result = self.apply(&current).await;
+        match &result {
+            Ok((_, outcome)) => info!(
+                actor,
+                added = ?outcome.added,
+                removed = ?outcome.removed,
+                changed = ?outcome.changed,
+                unchanged = outcome.unchanged.len(),
+                "config reloaded"
+            ),
+            Err(ReloadError::Invalid(errors)) => {
+                for e in errors {
+                    warn!(actor, error = %e, "config reload refused");
+                }
+            }
+            Err(e) => warn!(actor, error = %ErrorChain(e), "config reload refused"),
+        }
+        let (config, outcome) = result?;
+        *current = config;
+        Ok(outcome)
+    }
+
+    async fn apply(&self, current: &Config) -> Result<(Config, ReloadOutcome), ReloadError> {
+        let new = Config::load(&current.file)?;
+        let restart = current.restart_needed(&new);
+        if !restart.is_empty() {
+            return Err(ReloadError::RestartNeeded(restart));
+        }
+        let upstream = new.proxy.upstream();
+
+        let mut control = self.switchboard.lock().await;
+        let old = self.switchboard.models();
+        let mut outcome = ReloadOutcome::default();
+        let mut models = Vec::with_capacity(new.models.len());
+        let mut states = BTreeMap::new();
+        let mut fresh: Vec<Arc<Pool>> = Vec::new();
+        for config in &new.models {
+            let before = old.get(&config.name);
+            let state = control
+                .get(&config.name)
+                .cloned()
+                .unwrap_or_else(|| ModelState::new(config.active));
+            match before {
+                Some(model) if model.runs(config, &upstream) => {
+                    outcome.unchanged.push(config.name.clone());
+                    models.push(Arc::clone(model));
+                }
+                _ => {
+                    let (model, built) = Model::rebuild(
+                        config,
+                        state.active,
+                        &upstream,
+                        &self.metrics,
+                        before.map(|m| &**m),
+                    );
+                    if before.is_some() {
+                        outcome.changed.push(config.name.clone());
+                    } else {
+                        outcome.added.push(config.name.clone());
+                    }
+                    fresh.extend(built);
+                    models.push(Arc::new(model));
+                }
+            }
+            states.insert(config.name.clone(), state);
+        }
+        outcome.removed = old
+            .keys()
+            .filter(|name| !states.contains_key(*name))
+            .cloned()
+            .collect();
+
+        // New pools are probed before anything serves from them.
+        for pool in &fresh {
+            self.watch.pool(Arc::clone(pool));
+        }
+        let refuse = |e: ReloadError| {
+            for pool in &fresh {
+                pool.retire();
+            }
+            Err(e)
+        };
+        for pool in &fresh {
+            let waited = pool.health_config().timeout + PROBE_GRACE;
+            if tokio::time::timeout(waited, pool.wait_probed())
+                .await
+                .is_err()
+            {
+                return refuse(ReloadError::NotProbed {
+                    model: pool.model().to_string(),
+                    pool: pool.name(),
+                    waited,
+                });
+            }
+        }
+        for model in &models {
+            let active = model.active();
+            let had = old
+                .get(model.name())
+                .is_some_and(|m| m.active().healthy_count() > 0);
+            if had && active.healthy_count() == 0 {
+                return refuse(ReloadError::Unhealthy {
+                    model: model.name().to_string(),
+                    pool: active.name(),
+                });
+            }
+        }
+
+        if let Err(e) = self
+            .switchboard
+            .install(&mut control, models.clone(), states)
+            .await
+        {
+            return refuse(ReloadError::State(e));
+        }
+        self.proxy.set_routes(Proxy::routes(&models));
+        drop(control);
+
+        // Pools no model uses any more: stop probing them. Their in-flight
+        // requests finish; the last one drops the pool and its connections.
+        for model in old.values() {
+            for name in PoolName::ALL {
+                let pool = model.pool(name);
+                if !models.iter().any(|m| Arc::ptr_eq(m.pool(name), pool)) {
+                    pool.retire();
+                }
+            }
+        }
+        Ok((new, outcome))
+    }
+}
