@@ -4,6 +4,8 @@
 //! [`eventually`], whose panic names what it waited for.
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
