@@ -2,7 +2,8 @@
 //! listener with `x-forwarded-proto: https` going upstream, the admin API
 //! over TLS, certificates reloaded on SIGHUP without dropping a connection
 //! (and kept when the new files are broken), plaintext and silent clients on
-//! a TLS port turned away, and `switchyard check` naming a bad `proxy.tls`.
+//! a TLS port turned away, shutdown draining requests over TLS without
+//! waiting for handshakes, and `switchyard check` naming a bad `proxy.tls`.
 //!
 //! Certificates come from a CA made for each test (support/tls.rs). Tests
 //! that send SIGHUP hold `reload_lock()`: the signal reaches every proxy in
@@ -327,6 +328,42 @@ async fn a_client_that_never_starts_the_handshake_is_closed_after_header_read_ti
         .expect("connect");
     let answer = until_closed(&mut tcp, "the proxy to close a silent connection").await;
     assert!(answer.is_empty(), "{answer:?}");
+}
+
+// === shutdown ===
+
+#[tokio::test]
+async fn shutdown_drains_requests_over_tls_and_closes_handshakes_in_progress() {
+    let ca = TestCa::new();
+    let (blue, _green, proxy, _cert) = tls_proxy(
+        &ca,
+        "drain_timeout = \"60s\"\nheader_read_timeout = \"60s\"\n",
+    )
+    .await;
+    let mut conn = TlsConn::open(proxy.addr, &ca, ALPN_BOTH).await;
+    let held = tokio::spawn(async move { conn.get("/hold/drain").await });
+    blue.wait_held(1).await;
+    let mut stalled = stalled_handshake(proxy.addr, &ca).await;
+
+    let stopping = tokio::spawn(proxy.stop());
+    // The handshake carries no request, so there is nothing to drain: it is
+    // closed when shutdown begins (as hyper closes a plaintext connection
+    // waiting for its first request), not when either 60 s timeout is up.
+    until_closed(&mut stalled, "the proxy to close the stalled handshake").await;
+    assert!(
+        !stopping.is_finished(),
+        "shutdown finished while a request was still held"
+    );
+
+    blue.release();
+    let r = within("the held request", held)
+        .await
+        .expect("request task");
+    assert_eq!((r.status, r.text().as_str()), (StatusCode::OK, "blue"));
+    within("shutdown", stopping)
+        .await
+        .expect("stop task")
+        .expect("run returns Ok after draining");
 }
 
 // === switchyard check ===

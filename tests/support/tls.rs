@@ -18,6 +18,7 @@ use rcgen::{
     KeyUsagePurpose,
 };
 use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, Mutex, MutexGuard};
 use tokio_rustls::client::TlsStream;
@@ -174,6 +175,28 @@ pub async fn presented_certificate(addr: SocketAddr, ca: &TestCa) -> Certificate
         .expect("the server presents a certificate")
         .clone()
         .into_owned()
+}
+
+/// Starts a TLS handshake with `addr` and stops halfway: the ClientHello
+/// goes out and the first bytes of the server's answer come back, then the
+/// client sends nothing more, so the server waits in its handshake for as
+/// long as the returned socket lives.
+pub async fn stalled_handshake(addr: SocketAddr, ca: &TestCa) -> TcpStream {
+    let name = ServerName::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST).into());
+    let mut client = rustls::ClientConnection::new(Arc::new(ca.client_config(ALPN_BOTH)), name)
+        .expect("client connection");
+    let mut hello = Vec::new();
+    client.write_tls(&mut hello).expect("ClientHello");
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(&hello).await.expect("send the ClientHello");
+    let mut first = [0u8; 1];
+    super::within(
+        "the server's first handshake bytes",
+        tcp.read_exact(&mut first),
+    )
+    .await
+    .expect("the server answers the ClientHello");
+    tcp
 }
 
 /// One client TLS connection carrying HTTP/1.1 or HTTP/2, whichever the
