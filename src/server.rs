@@ -184,6 +184,7 @@ pub async fn serve_with<M, S, B>(
                         cut: cut.clone(),
                     };
                     let tls = tls.clone();
+                    let stopping = token.clone();
                     tokio::spawn(async move {
                         // Held for the connection's life: its slot under max_connections.
                         let _permit = permit;
@@ -206,6 +207,13 @@ pub async fn serve_with<M, S, B>(
                                             return;
                                         }
                                     },
+                                    // Shutdown began: a connection still in its
+                                    // handshake has sent no request, so there is
+                                    // nothing to drain. Close it, as hyper closes a
+                                    // plaintext connection waiting for its first
+                                    // request, instead of letting the drain wait
+                                    // for the handshake timeout.
+                                    () = stopping.cancelled() => return,
                                     () = conn.cut.cancelled() => return,
                                 };
                                 conn.serve(stream, service).await;

@@ -4,6 +4,7 @@
 //! [`eventually`], whose panic names what it waited for.
 #![allow(dead_code)]
 
+pub mod inbound_tls;
 pub mod tls;
 
 use std::convert::Infallible;
