@@ -64,7 +64,7 @@ enum MethodChoice {
 enum Target {
     Route {
         route: Route,
-        query: Option<Vec<(Word, Word)>>,
+        query: RouteQuery,
     },
     Segments {
         segments: Vec<Segment>,
@@ -77,13 +77,35 @@ enum Target {
 #[derive(Debug, Arbitrary)]
 enum Route {
     Models,
-    Model(Word),
-    Flip(Word),
-    Activate(Word, Word),
-    Rollback(Word),
+    Model(ModelChoice),
+    Flip(ModelChoice),
+    Activate(ModelChoice, PoolChoice),
+    Rollback(ModelChoice),
     Healthz,
     Readyz,
     Metrics,
+}
+
+#[derive(Debug, Arbitrary)]
+enum ModelChoice {
+    Iris,
+    Chat,
+    Other(Word),
+}
+
+#[derive(Debug, Arbitrary)]
+enum PoolChoice {
+    Blue,
+    Green,
+    Other(Word),
+}
+
+/// The query of a known route: its parameters, usually right, sometimes not.
+#[derive(Debug, Arbitrary)]
+struct RouteQuery {
+    expect: Option<PoolChoice>,
+    force: Option<Word>,
+    other: Option<(Word, Word)>,
 }
 
 #[derive(Debug, Arbitrary)]
@@ -165,15 +187,28 @@ fn build(req: &AdminRequest) -> Option<(Request<Full<Bytes>>, bool)> {
         Target::Route { route, query } => {
             let mut t = match route {
                 Route::Models => "/models".to_string(),
-                Route::Model(m) => format!("/models/{}", word(m)),
-                Route::Flip(m) => format!("/models/{}/flip", word(m)),
-                Route::Activate(m, p) => format!("/models/{}/activate/{}", word(m), word(p)),
-                Route::Rollback(m) => format!("/models/{}/rollback", word(m)),
+                Route::Model(m) => format!("/models/{}", model(m)),
+                Route::Flip(m) => format!("/models/{}/flip", model(m)),
+                Route::Activate(m, p) => format!("/models/{}/activate/{}", model(m), pool(p)),
+                Route::Rollback(m) => format!("/models/{}/rollback", model(m)),
                 Route::Healthz => "/healthz".to_string(),
                 Route::Readyz => "/readyz".to_string(),
                 Route::Metrics => "/metrics".to_string(),
             };
-            push_query(&mut t, query.as_deref());
+            let mut pairs = Vec::new();
+            if let Some(p) = &query.expect {
+                pairs.push(format!("expect={}", pool(p)));
+            }
+            if let Some(f) = &query.force {
+                pairs.push(format!("force={}", word(f)));
+            }
+            if let Some((k, v)) = &query.other {
+                pairs.push(format!("{}={}", word(k), word(v)));
+            }
+            if !pairs.is_empty() {
+                t.push('?');
+                t.push_str(&pairs.join("&"));
+            }
             t
         }
         Target::Segments {
@@ -243,6 +278,22 @@ fn push_query(target: &mut String, query: Option<&[(Word, Word)]>) {
     }
 }
 
+fn model(m: &ModelChoice) -> &str {
+    match m {
+        ModelChoice::Iris => "iris",
+        ModelChoice::Chat => "chat",
+        ModelChoice::Other(w) => word(w),
+    }
+}
+
+fn pool(p: &PoolChoice) -> &str {
+    match p {
+        PoolChoice::Blue => "blue",
+        PoolChoice::Green => "green",
+        PoolChoice::Other(w) => word(w),
+    }
+}
+
 fn word(w: &Word) -> &str {
     match w {
         Word::Models => "models",
@@ -304,6 +355,7 @@ async fn check(
     }
     if status == 401 {
         assert!(with_token, "401 without a token configured: {}", context());
+        assert!(!open, "401 on an open route: {}", context());
         assert!(
             parts.headers.contains_key(header::WWW_AUTHENTICATE),
             "{}",
@@ -326,7 +378,13 @@ async fn check(
         .as_object()
         .unwrap_or_else(|| panic!("not an object: {}", context()));
     match status {
-        200 => {}
+        200 => {
+            // A switch answer: it switched exactly when the pool changed.
+            if let Some(switched) = object.get("switched") {
+                let changed = object.get("active") != object.get("previous");
+                assert_eq!(switched, &Value::Bool(changed), "{}", context());
+            }
+        }
         503 => {
             assert_eq!(segments.as_slice(), ["readyz"], "{}", context());
             assert_eq!(
