@@ -424,8 +424,11 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 }
 
 /// A directory for the state and token files, on tmpfs where there is one
-/// (the state file is fsynced on every switch), per process.
+/// (the state file is fsynced on every switch), per process. libFuzzer ends
+/// the process with `exit`, so nothing removes it then; instead each process
+/// removes those of processes that are gone.
 fn scratch() -> &'static PathBuf {
+    const PREFIX: &str = "switchyard-fuzz-admin-";
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let base = if std::path::Path::new("/dev/shm").is_dir() {
@@ -433,7 +436,17 @@ fn scratch() -> &'static PathBuf {
         } else {
             std::env::temp_dir()
         };
-        let dir = base.join(format!("switchyard-fuzz-admin-{}", std::process::id()));
+        // Where there is a /proc to tell which processes are gone.
+        let proc_fs = std::path::Path::new("/proc/self").exists();
+        let entries = std::fs::read_dir(&base).into_iter().filter(|_| proc_fs);
+        for entry in entries.flatten().flatten() {
+            let name = entry.file_name();
+            let pid = name.to_str().and_then(|n| n.strip_prefix(PREFIX));
+            if pid.is_some_and(|pid| !std::path::Path::new("/proc").join(pid).exists()) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        let dir = base.join(format!("{PREFIX}{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("scratch directory");
         std::fs::write(dir.join("admin.token"), TOKEN).expect("token file");
         dir
