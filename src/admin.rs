@@ -192,6 +192,16 @@ impl Admin {
         }
     }
 
+    /// [`Admin::handle`] for a request with any body type, no socket needed:
+    /// the entry point of the admin fuzz target (`fuzz/`). Not a stable API.
+    #[doc(hidden)]
+    pub async fn handle_request<B>(&self, peer: SocketAddr, req: Request<B>) -> AdminResponse {
+        match self.route(peer, &req).await {
+            Ok(response) => response,
+            Err(e) => e.into_response(),
+        }
+    }
+
     async fn route<B>(
         &self,
         peer: SocketAddr,

@@ -173,5 +173,37 @@ mod tests {
                 .max_by_key(|p| p.len());
             prop_assert_eq!(t.resolve(None, &path), best);
         }
+
+        /// The same with hosts and the root prefix, against an oracle that
+        /// shares no code with the table: segments instead of string
+        /// prefixes, hosts compared after lowercasing and cutting the port.
+        /// The winner is the route with the most prefix segments among those
+        /// that match path and host; for equal prefixes, the one naming the
+        /// host. (Config refuses two routes with the same prefix and host.)
+        #[test]
+        fn resolve_prefers_longest_prefix_then_host(
+            routes in prop::collection::btree_set(
+                ("/|(/[a-c]{1,2}){1,3}", prop::option::of("[ab]\\.example")),
+                1..10,
+            ),
+            path in "(/[a-c]{1,2}){0,4}/?",
+            host in prop::option::of("[aAbBcC]\\.(example|EXAMPLE)(:[0-9]{1,5})?"),
+        ) {
+            let path = if path.is_empty() { "/".to_string() } else { path };
+            let t = RouteTable::new(routes.iter().map(|(p, h)| (p.clone(), h.clone(), (p.clone(), h.clone()))));
+            let segments = |s: &str| -> Vec<String> {
+                s.split('/').filter(|s| !s.is_empty()).map(str::to_string).collect()
+            };
+            let want_host = host.as_ref().map(|h| h.split(':').next().unwrap().to_ascii_lowercase());
+            let path_segments = segments(&path);
+            let best = routes
+                .iter()
+                .filter(|(p, h)| {
+                    path_segments.starts_with(&segments(p))
+                        && h.as_ref().is_none_or(|h| want_host.as_ref() == Some(h))
+                })
+                .max_by_key(|(p, h)| (segments(p).len(), h.is_some()));
+            prop_assert_eq!(t.resolve(host.as_deref(), &path), best);
+        }
     }
 }

@@ -162,3 +162,161 @@ mod tests {
         assert!(matches!(err, StateError::Write { .. }));
     }
 }
+
+/// Properties of the state file: what `save` writes, `load` reads back
+/// exactly; a truncated or garbled file is an error, never a panic.
+#[cfg(test)]
+mod props {
+    use std::collections::VecDeque;
+    use std::sync::OnceLock;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::pool::PoolName;
+    use crate::switch::{ModelState, SwitchReason, SwitchRecord, HISTORY_LEN};
+
+    fn runtime() -> &'static tokio::runtime::Runtime {
+        static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+        RUNTIME.get_or_init(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap()
+        })
+    }
+
+    fn pool() -> impl Strategy<Value = PoolName> {
+        prop_oneof![Just(PoolName::Blue), Just(PoolName::Green)]
+    }
+
+    fn record() -> impl Strategy<Value = SwitchRecord> {
+        (
+            pool(),
+            pool(),
+            prop_oneof![
+                Just(SwitchReason::Flip),
+                Just(SwitchReason::Activate),
+                Just(SwitchReason::Rollback),
+            ],
+            any::<u64>(),
+            // The actor is a socket address in practice; any text must survive.
+            any::<String>(),
+            any::<bool>(),
+        )
+            .prop_map(
+                |(from, to, reason, at_unix_ms, actor, forced)| SwitchRecord {
+                    from,
+                    to,
+                    reason,
+                    at_unix_ms,
+                    actor,
+                    forced,
+                },
+            )
+    }
+
+    fn model_state() -> impl Strategy<Value = ModelState> {
+        (
+            pool(),
+            prop::collection::vec(record(), 0..=HISTORY_LEN),
+            prop::option::of(record()),
+        )
+            .prop_map(|(active, history, last_switch)| ModelState {
+                active,
+                history: VecDeque::from(history),
+                last_switch,
+            })
+    }
+
+    /// Every model of a config: names as the config allows them.
+    fn models() -> impl Strategy<Value = BTreeMap<String, ModelState>> {
+        prop::collection::btree_map("[A-Za-z0-9._-]{1,64}", model_state(), 0..6)
+    }
+
+    /// Saves `models` to a fresh directory; returns it, the path and the bytes.
+    fn saved(models: &BTreeMap<String, ModelState>) -> (tempfile::TempDir, PathBuf, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        runtime()
+            .block_on(save(path.clone(), models.clone()))
+            .unwrap();
+        let bytes = fs::read(&path).unwrap();
+        (dir, path, bytes)
+    }
+
+    /// Loads a file of unknown content: an error that says it is corrupt or
+    /// of another version, or a state that itself saves and loads back.
+    fn check_load(path: &Path) -> Result<(), TestCaseError> {
+        match load(path) {
+            Ok(None) => prop_assert!(false, "the file exists"),
+            Ok(Some(models)) => {
+                let (_dir, again, _) = saved(&models);
+                prop_assert_eq!(load(&again).unwrap(), Some(models));
+            }
+            Err(StateError::Corrupt { .. } | StateError::Version { .. }) => {}
+            Err(other) => prop_assert!(false, "unexpected error {:?}", other),
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn what_is_saved_loads_back_identically(models in models()) {
+            let (dir, path, _) = saved(&models);
+            prop_assert_eq!(load(&path).unwrap(), Some(models));
+            prop_assert!(!dir.path().join("state.json.tmp").exists());
+        }
+
+        /// A file cut anywhere before its closing brace (a torn write, a
+        /// full disk) is `Corrupt`, naming the file.
+        #[test]
+        fn a_truncated_file_is_corrupt(models in models(), cut in any::<prop::sample::Index>()) {
+            let (_dir, path, bytes) = saved(&models);
+            let end = bytes.iter().rposition(|b| *b == b'}').unwrap();
+            let cut = cut.index(end + 1);
+            fs::write(&path, &bytes[..cut]).unwrap();
+            let err = load(&path).unwrap_err();
+            prop_assert!(matches!(err, StateError::Corrupt { .. }), "{:?}", err);
+            prop_assert!(err.to_string().contains(&path.display().to_string()));
+        }
+
+        /// Bytes overwritten anywhere: an error or a state, never a panic.
+        /// (A changed digit can leave a valid, different state.)
+        #[test]
+        fn a_garbled_file_never_panics(
+            models in models(),
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+        ) {
+            let (_dir, path, mut bytes) = saved(&models);
+            for (at, byte) in edits {
+                let i = at.index(bytes.len());
+                bytes[i] = byte;
+            }
+            fs::write(&path, &bytes).unwrap();
+            check_load(&path)?;
+        }
+
+        /// Any bytes at all: an error or a state, never a panic.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("state.json");
+            fs::write(&path, &bytes).unwrap();
+            check_load(&path)?;
+        }
+
+        /// A file from another version is refused whatever it holds.
+        #[test]
+        fn another_version_is_refused(models in models(), version in any::<u32>()) {
+            prop_assume!(version != VERSION);
+            let (_dir, path, _) = saved(&models);
+            let mut json: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+            json["version"] = version.into();
+            fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+            let err = load(&path).unwrap_err();
+            prop_assert!(matches!(err, StateError::Version { found, .. } if found == version), "{:?}", err);
+        }
+    }
+}

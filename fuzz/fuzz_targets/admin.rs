@@ -1,0 +1,515 @@
+//! The admin API on arbitrary requests: a short sequence of requests with
+//! arbitrary method, path, query, headers and body, driven through
+//! `Admin::handle_request` (no sockets) against a fresh admin per input, with
+//! two models whose endpoints are never probed (so no pool is healthy), a
+//! token or none, and the state file on tmpfs.
+//!
+//! Every response must be one of the documented answers: 200 (JSON, or the
+//! Prometheus text for `GET /metrics`), 400, 401, 404, 405, 409 with a JSON
+//! `{"error": "..."}` body, or 503 from `/readyz` with its JSON report; never
+//! a panic and never a 500 (nothing here can fail to write the state file).
+
+#![no_main]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use arbitrary::Arbitrary;
+use bytes::Bytes;
+use http::{header, HeaderName, HeaderValue, Method, Request, Response};
+use http_body_util::{BodyExt, Full};
+use libfuzzer_sys::fuzz_target;
+use serde_json::Value;
+use switchyard::admin::{Admin, Token};
+use switchyard::metrics::Metrics;
+use switchyard::switch::{Model, ModelState, Switchboard};
+use switchyard::Config;
+
+const TOKEN: &str = "fuzz-token-0123456789";
+
+/// Everything one input does.
+#[derive(Debug, Arbitrary)]
+struct Input {
+    with_token: bool,
+    metrics_require_token: bool,
+    /// At most 8 are sent, in order, to the same admin.
+    requests: Vec<AdminRequest>,
+}
+
+#[derive(Debug, Arbitrary)]
+struct AdminRequest {
+    method: MethodChoice,
+    target: Target,
+    auth: Auth,
+    headers: Vec<(String, Vec<u8>)>,
+    body: Vec<u8>,
+    peer: ([u8; 4], u16),
+}
+
+#[derive(Debug, Arbitrary)]
+enum MethodChoice {
+    Get,
+    Head,
+    Post,
+    Put,
+    Delete,
+    Other(String),
+}
+
+/// The request target: one of the API's routes (so the fuzzer reaches every
+/// handler at once), built from segments the API knows, or anything at all.
+#[derive(Debug, Arbitrary)]
+enum Target {
+    Route {
+        route: Route,
+        query: RouteQuery,
+    },
+    Segments {
+        segments: Vec<Segment>,
+        trailing_slash: bool,
+        query: Option<Vec<(Word, Word)>>,
+    },
+    Raw(String),
+}
+
+#[derive(Debug, Arbitrary)]
+enum Route {
+    Models,
+    Model(ModelChoice),
+    Flip(ModelChoice),
+    Activate(ModelChoice, PoolChoice),
+    Rollback(ModelChoice),
+    Healthz,
+    Readyz,
+    Metrics,
+}
+
+#[derive(Debug, Arbitrary)]
+enum ModelChoice {
+    Iris,
+    Chat,
+    Other(Word),
+}
+
+#[derive(Debug, Arbitrary)]
+enum PoolChoice {
+    Blue,
+    Green,
+    Other(Word),
+}
+
+/// The query of a known route: its parameters, usually right, sometimes not.
+#[derive(Debug, Arbitrary)]
+struct RouteQuery {
+    expect: Option<PoolChoice>,
+    force: Option<Word>,
+    other: Option<(Word, Word)>,
+}
+
+#[derive(Debug, Arbitrary)]
+enum Segment {
+    Known(Word),
+    Any(String),
+}
+
+#[derive(Debug, Arbitrary)]
+enum Word {
+    Models,
+    Iris,
+    Chat,
+    Flip,
+    Activate,
+    Rollback,
+    Blue,
+    Green,
+    Healthz,
+    Readyz,
+    Metrics,
+    Expect,
+    Force,
+    True,
+    False,
+    Empty,
+    Any(String),
+}
+
+#[derive(Debug, Arbitrary)]
+enum Auth {
+    None,
+    Right,
+    RightLowercaseScheme,
+    Wrong,
+    Raw(Vec<u8>),
+}
+
+fuzz_target!(|input: Input| {
+    runtime().block_on(run(input));
+});
+
+async fn run(input: Input) {
+    let admin = admin(input.with_token, input.metrics_require_token).await;
+    for req in input.requests.into_iter().take(8) {
+        let Some((request, admitted)) = build(&req) else {
+            continue;
+        };
+        let uri = request.uri().to_string();
+        let path = request.uri().path().to_string();
+        let method = request.method().clone();
+        let peer = SocketAddr::from(req.peer);
+        let response = admin.handle_request(peer, request).await;
+        check(
+            &uri,
+            &path,
+            &method,
+            input.with_token,
+            input.metrics_require_token,
+            admitted,
+            response,
+        )
+        .await;
+    }
+}
+
+/// The request, and whether it carries the right token.
+fn build(req: &AdminRequest) -> Option<(Request<Full<Bytes>>, bool)> {
+    let method = match &req.method {
+        MethodChoice::Get => Method::GET,
+        MethodChoice::Head => Method::HEAD,
+        MethodChoice::Post => Method::POST,
+        MethodChoice::Put => Method::PUT,
+        MethodChoice::Delete => Method::DELETE,
+        MethodChoice::Other(m) => Method::from_bytes(m.as_bytes()).ok()?,
+    };
+    let target = match &req.target {
+        Target::Raw(raw) => raw.clone(),
+        Target::Route { route, query } => {
+            let mut t = match route {
+                Route::Models => "/models".to_string(),
+                Route::Model(m) => format!("/models/{}", model(m)),
+                Route::Flip(m) => format!("/models/{}/flip", model(m)),
+                Route::Activate(m, p) => format!("/models/{}/activate/{}", model(m), pool(p)),
+                Route::Rollback(m) => format!("/models/{}/rollback", model(m)),
+                Route::Healthz => "/healthz".to_string(),
+                Route::Readyz => "/readyz".to_string(),
+                Route::Metrics => "/metrics".to_string(),
+            };
+            let mut pairs = Vec::new();
+            if let Some(p) = &query.expect {
+                pairs.push(format!("expect={}", pool(p)));
+            }
+            if let Some(f) = &query.force {
+                pairs.push(format!("force={}", word(f)));
+            }
+            if let Some((k, v)) = &query.other {
+                pairs.push(format!("{}={}", word(k), word(v)));
+            }
+            if !pairs.is_empty() {
+                t.push('?');
+                t.push_str(&pairs.join("&"));
+            }
+            t
+        }
+        Target::Segments {
+            segments,
+            trailing_slash,
+            query,
+        } => {
+            let mut t = String::new();
+            for s in segments.iter().take(6) {
+                t.push('/');
+                t.push_str(match s {
+                    Segment::Known(w) => word(w),
+                    Segment::Any(s) => s,
+                });
+            }
+            if *trailing_slash || t.is_empty() {
+                t.push('/');
+            }
+            push_query(&mut t, query.as_deref());
+            t
+        }
+    };
+    let mut builder = Request::builder().method(method).uri(target);
+    for (name, value) in req.headers.iter().take(8) {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(value),
+        ) else {
+            continue;
+        };
+        // The Auth choice alone decides the Authorization header.
+        if name != header::AUTHORIZATION {
+            builder = builder.header(name, value);
+        }
+    }
+    let authorization = match &req.auth {
+        Auth::None => None,
+        Auth::Right => Some(format!("Bearer {TOKEN}").into_bytes()),
+        Auth::RightLowercaseScheme => Some(format!("bearer {TOKEN}").into_bytes()),
+        Auth::Wrong => Some(format!("Bearer {TOKEN}x").into_bytes()),
+        Auth::Raw(raw) => Some(raw.clone()),
+    };
+    let mut admitted = false;
+    if let Some(value) = authorization {
+        let value = HeaderValue::from_bytes(&value).ok()?;
+        let bytes = value.as_bytes();
+        admitted = bytes.len() == 7 + TOKEN.len()
+            && bytes[..7].eq_ignore_ascii_case(b"bearer ")
+            && &bytes[7..] == TOKEN.as_bytes();
+        builder = builder.header(header::AUTHORIZATION, value);
+    }
+    let request = builder
+        .body(Full::new(Bytes::from(req.body.clone())))
+        .ok()?;
+    Some((request, admitted))
+}
+
+fn push_query(target: &mut String, query: Option<&[(Word, Word)]>) {
+    if let Some(query) = query {
+        target.push('?');
+        let pairs: Vec<String> = query
+            .iter()
+            .take(4)
+            .map(|(k, v)| format!("{}={}", word(k), word(v)))
+            .collect();
+        target.push_str(&pairs.join("&"));
+    }
+}
+
+fn model(m: &ModelChoice) -> &str {
+    match m {
+        ModelChoice::Iris => "iris",
+        ModelChoice::Chat => "chat",
+        ModelChoice::Other(w) => word(w),
+    }
+}
+
+fn pool(p: &PoolChoice) -> &str {
+    match p {
+        PoolChoice::Blue => "blue",
+        PoolChoice::Green => "green",
+        PoolChoice::Other(w) => word(w),
+    }
+}
+
+fn word(w: &Word) -> &str {
+    match w {
+        Word::Models => "models",
+        Word::Iris => "iris",
+        Word::Chat => "chat",
+        Word::Flip => "flip",
+        Word::Activate => "activate",
+        Word::Rollback => "rollback",
+        Word::Blue => "blue",
+        Word::Green => "green",
+        Word::Healthz => "healthz",
+        Word::Readyz => "readyz",
+        Word::Metrics => "metrics",
+        Word::Expect => "expect",
+        Word::Force => "force",
+        Word::True => "true",
+        Word::False => "false",
+        Word::Empty => "",
+        Word::Any(s) => s,
+    }
+}
+
+/// Asserts the response is one the README documents.
+async fn check(
+    uri: &str,
+    path: &str,
+    method: &Method,
+    with_token: bool,
+    metrics_require_token: bool,
+    admitted: bool,
+    response: Response<Full<Bytes>>,
+) {
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("a Full body").to_bytes();
+    let status = parts.status.as_u16();
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let context = || {
+        format!(
+            "{method} {uri} -> {status} {content_type} {}",
+            String::from_utf8_lossy(&body)
+        )
+    };
+
+    if trace() {
+        eprintln!("{}", context());
+    }
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let open = match segments.as_slice() {
+        ["healthz"] | ["readyz"] => true,
+        ["metrics"] => !metrics_require_token,
+        _ => false,
+    };
+    if with_token && !open && !admitted {
+        assert_eq!(status, 401, "no token, yet not 401: {}", context());
+    }
+    if status == 401 {
+        assert!(with_token, "401 without a token configured: {}", context());
+        assert!(!open, "401 on an open route: {}", context());
+        assert!(
+            parts.headers.contains_key(header::WWW_AUTHENTICATE),
+            "{}",
+            context()
+        );
+    }
+    if status == 405 {
+        assert!(parts.headers.contains_key(header::ALLOW), "{}", context());
+    }
+
+    if status == 200 && content_type.starts_with("text/plain") {
+        assert_eq!(segments.as_slice(), ["metrics"], "{}", context());
+        std::str::from_utf8(&body).expect("metrics are UTF-8");
+        return;
+    }
+    assert_eq!(content_type, "application/json", "{}", context());
+    let json: Value = serde_json::from_slice(&body)
+        .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", context()));
+    let object = json
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {}", context()));
+    match status {
+        200 => {
+            // A switch answer: it switched exactly when the pool changed.
+            if let Some(switched) = object.get("switched") {
+                let changed = object.get("active") != object.get("previous");
+                assert_eq!(switched, &Value::Bool(changed), "{}", context());
+            }
+        }
+        503 => {
+            assert_eq!(segments.as_slice(), ["readyz"], "{}", context());
+            assert_eq!(
+                object.get("ready"),
+                Some(&Value::Bool(false)),
+                "{}",
+                context()
+            );
+        }
+        400 | 401 | 404 | 405 | 409 => {
+            let message = object.get("error").and_then(Value::as_str);
+            assert!(
+                message.is_some_and(|m| !m.is_empty()),
+                "an error without a message: {}",
+                context()
+            );
+        }
+        _ => panic!("undocumented status: {}", context()),
+    }
+}
+
+/// `SWITCHYARD_FUZZ_TRACE=1` prints every request and its response, to see
+/// what an input (a crash, or the corpus with `-runs=0`) does.
+fn trace() -> bool {
+    static TRACE: OnceLock<bool> = OnceLock::new();
+    *TRACE.get_or_init(|| std::env::var_os("SWITCHYARD_FUZZ_TRACE").is_some())
+}
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime")
+    })
+}
+
+/// A directory for the state and token files, on tmpfs where there is one
+/// (the state file is fsynced on every switch), per process. libFuzzer ends
+/// the process with `exit`, so nothing removes it then; instead each process
+/// removes those of processes that are gone.
+fn scratch() -> &'static PathBuf {
+    const PREFIX: &str = "switchyard-fuzz-admin-";
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let base = if std::path::Path::new("/dev/shm").is_dir() {
+            PathBuf::from("/dev/shm")
+        } else {
+            std::env::temp_dir()
+        };
+        // Where there is a /proc to tell which processes are gone.
+        let proc_fs = std::path::Path::new("/proc/self").exists();
+        let entries = std::fs::read_dir(&base).into_iter().filter(|_| proc_fs);
+        for entry in entries.flatten().flatten() {
+            let name = entry.file_name();
+            let pid = name.to_str().and_then(|n| n.strip_prefix(PREFIX));
+            if pid.is_some_and(|pid| !std::path::Path::new("/proc").join(pid).exists()) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        let dir = base.join(format!("{PREFIX}{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("scratch directory");
+        std::fs::write(dir.join("admin.token"), TOKEN).expect("token file");
+        dir
+    })
+}
+
+/// A fresh admin for two models, wired as `switchyard::run` wires it.
+async fn admin(with_token: bool, metrics_require_token: bool) -> Admin {
+    let dir = scratch();
+    let token_line = if with_token {
+        format!("token_file = {:?}\n", dir.join("admin.token"))
+    } else {
+        String::new()
+    };
+    let src = format!(
+        r#"[proxy]
+listen = "127.0.0.1:8080"
+
+[admin]
+listen = "127.0.0.1:9901"
+metrics_require_token = {metrics_require_token}
+{token_line}
+[state]
+path = {state:?}
+
+[[models]]
+name = "iris"
+path_prefix = "/v2/models/iris"
+blue.endpoints = ["http://127.0.0.1:1"]
+green.endpoints = ["http://127.0.0.1:2", "http://127.0.0.1:3"]
+
+[[models]]
+name = "chat"
+host = "chat.example"
+active = "green"
+blue.endpoints = ["http://127.0.0.1:4"]
+green.endpoints = ["http://127.0.0.1:5"]
+green.protocol = "h2c"
+"#,
+        state = dir.join("state.json"),
+    );
+    let config = Config::from_toml(&src, &dir.join("switchyard.toml")).expect("the fuzz config");
+    let token: Option<Token> = Token::load(&config.admin).expect("the token file");
+    assert_eq!(token.is_some(), with_token);
+    let metrics = Metrics::new();
+    let mut models = Vec::new();
+    let mut states = BTreeMap::new();
+    for m in &config.models {
+        models.push(Arc::new(Model::new(
+            m,
+            m.active,
+            &config.proxy.upstream(),
+            &metrics,
+        )));
+        states.insert(m.name.clone(), ModelState::new(m.active));
+    }
+    let switchboard = Switchboard::start(models, states, config.state.path.clone())
+        .await
+        .expect("the state file on the scratch directory");
+    Admin::new(
+        Arc::new(switchboard),
+        metrics,
+        token,
+        config.admin.metrics_require_token,
+    )
+}
