@@ -383,7 +383,8 @@ impl ModelState {
         if reason == SwitchReason::Rollback {
             next.history.pop_back();
         } else {
-            if next.history.len() == HISTORY_LEN {
+            // `while`: a hand-edited state file may hold more.
+            while next.history.len() >= HISTORY_LEN {
                 next.history.pop_front();
             }
             next.history.push_back(record.clone());
@@ -663,5 +664,13 @@ mod tests {
             s.history.front().unwrap().at_unix_ms,
             40 - HISTORY_LEN as u64
         );
+
+        // A state file edited to hold more is brought back to the cap.
+        let mut long = s.clone();
+        long.history.extend(s.history.iter().cloned());
+        assert_eq!(long.history.len(), 2 * HISTORY_LEN);
+        let next = run(&long, flip(None), 99);
+        assert_eq!(next.history.len(), HISTORY_LEN);
+        assert_eq!(next.history.back().unwrap().at_unix_ms, 99);
     }
 }
