@@ -23,7 +23,10 @@ use http_body_util::{BodyExt, Full};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use switchyard::admin::{Admin, Token};
+use switchyard::health::Checker;
 use switchyard::metrics::Metrics;
+use switchyard::proxy::Proxy;
+use switchyard::reload::Reloader;
 use switchyard::switch::{Model, ModelState, Switchboard};
 use switchyard::Config;
 
@@ -503,13 +506,26 @@ green.protocol = "h2c"
         )));
         states.insert(m.name.clone(), ModelState::new(m.active));
     }
-    let switchboard = Switchboard::start(models, states, config.state.path.clone())
-        .await
-        .expect("the state file on the scratch directory");
-    Admin::new(
-        Arc::new(switchboard),
-        metrics,
-        token,
-        config.admin.metrics_require_token,
-    )
+    let proxy = Arc::new(Proxy::new(
+        Proxy::routes(&models),
+        metrics.unrouted().clone(),
+        config.proxy.limits,
+    ));
+    // Never run: a reload of this unchanged file builds no pool to probe.
+    let (_checker, watch) = Checker::new(&models);
+    let switchboard = Arc::new(
+        Switchboard::start(models, states, config.state.path.clone())
+            .await
+            .expect("the state file on the scratch directory"),
+    );
+    let metrics_require_token = config.admin.metrics_require_token;
+    let reloader = Arc::new(Reloader::new(
+        config,
+        metrics.clone(),
+        Arc::clone(&switchboard),
+        proxy,
+        watch,
+        Vec::new(),
+    ));
+    Admin::new(switchboard, metrics, token, metrics_require_token, reloader)
 }
