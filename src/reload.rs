@@ -213,6 +213,7 @@ impl Reloader {
             for pool in &fresh {
                 pool.retire();
             }
+            forget_metrics(&self.metrics, &fresh, &old);
             Err(e)
         };
         for pool in &fresh {
@@ -253,14 +254,41 @@ impl Reloader {
 
         // Pools no model uses any more: stop probing them. Their in-flight
         // requests finish; the last one drops the pool and its connections.
+        let mut retired = Vec::new();
         for model in old.values() {
             for name in PoolName::ALL {
                 let pool = model.pool(name);
                 if !models.iter().any(|m| Arc::ptr_eq(m.pool(name), pool)) {
                     pool.retire();
+                    retired.push(Arc::clone(pool));
                 }
             }
         }
+        forget_metrics(&self.metrics, &retired, &self.switchboard.models());
         Ok((new, outcome))
+    }
+}
+
+/// Removes the metric series only `dropped` pools had: every series of a
+/// model `live` does not have, and those of endpoints its live pool no
+/// longer lists. Series a live pool shares (a rebuilt pool has its
+/// predecessor's labels) stay. Without this, /metrics would go on showing
+/// a removed model as active and a removed endpoint as healthy, and a
+/// refused reload would leave behind the series of what it built.
+fn forget_metrics(metrics: &Metrics, dropped: &[Arc<Pool>], live: &BTreeMap<String, Arc<Model>>) {
+    for pool in dropped {
+        let Some(model) = live.get(pool.model()) else {
+            metrics.forget_model(pool.model());
+            for endpoint in pool.endpoints() {
+                metrics.forget_endpoint(pool.model(), pool.name(), endpoint.url());
+            }
+            continue;
+        };
+        let kept = model.pool(pool.name()).endpoints();
+        for endpoint in pool.endpoints() {
+            if !kept.iter().any(|k| k.url() == endpoint.url()) {
+                metrics.forget_endpoint(pool.model(), pool.name(), endpoint.url());
+            }
+        }
     }
 }

@@ -141,6 +141,20 @@ async fn assert_no_longer_probed(gone: &[&Upstream], live: &Upstream) {
     .await;
 }
 
+/// Asserts no series in GET /metrics mentions `needle` (a label value).
+async fn assert_no_series(proxy: &Proxy, needle: &str) {
+    let r = proxy.admin_get("/metrics").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let text = r.text();
+    let left: Vec<&str> = text.lines().filter(|l| l.contains(needle)).collect();
+    assert!(
+        left.is_empty(),
+        "{} series with {needle} left, such as {:?}",
+        left.len(),
+        &left[..left.len().min(3)]
+    );
+}
+
 /// The errors `switchyard check` prints for the config file of `proxy`,
 /// without their `error: ` prefix; asserts it exits 2.
 fn check_errors(proxy: &Proxy) -> Vec<String> {
@@ -257,6 +271,8 @@ async fn a_removed_model_answers_404_and_its_request_in_flight_finishes() {
     assert_eq!(model_names(&proxy).await, ["iris"]);
     let r = proxy.admin_get("/models/chat").await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text());
+    // Nor does /metrics show it, active or healthy, any more.
+    assert_no_series(&proxy, "model=\"chat\"").await;
     assert_served(&proxy, "/v2/models/iris/infer", "blue", "blue").await;
 
     // The request that was in flight finishes where it started.
@@ -302,6 +318,13 @@ async fn new_endpoints_for_the_active_pool_take_the_traffic_and_the_old_ones_fin
     assert_eq!(endpoints.as_array().map(Vec::len), Some(1), "{detail}");
     assert_eq!(endpoints[0]["url"], b.url(), "{detail}");
     assert_eq!(endpoints[0]["state"], "healthy", "{detail}");
+    // The old endpoint's series are gone; the new one's say it is healthy.
+    let healthy = format!(
+        "switchyard_endpoint_healthy{{endpoint=\"{}\",model=\"iris\",pool=\"blue\"}}",
+        b.url()
+    );
+    assert_eq!(metric_value(&proxy, &healthy).await, Some(1.0));
+    assert_no_series(&proxy, &a.url()).await;
 
     a.release();
     let r = within("the request held across the reload", held)
@@ -590,6 +613,9 @@ async fn a_reload_that_leaves_the_active_pool_without_a_healthy_endpoint_is_refu
     assert_eq!(model_names(&proxy).await, ["iris"]);
     let r = proxy.admin_get("/readyz").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    // What the refused reload built left no series behind.
+    assert_no_series(&proxy, "model=\"chat\"").await;
+    assert_no_series(&proxy, &dead.url()).await;
     // The pools the refused reload built and probed are probed no more.
     assert!(chat_blue.probes() > 0, "the new model was not probed");
     assert_no_longer_probed(&[&chat_blue, &chat_green], &blue).await;
