@@ -342,6 +342,18 @@ async fn new_endpoints_for_the_active_pool_take_the_traffic_and_the_old_ones_fin
 
     // The old endpoint is no longer probed; green, whose pool was kept, is.
     assert_no_longer_probed(&[&a], &green).await;
+    // With its last request done, the old pool is dropped and closes its
+    // connections: blue's open connections are the new endpoint's alone.
+    eventually("the old pool's connections to close", || async {
+        let open = metric_value(
+            &proxy,
+            "switchyard_upstream_connections{model=\"iris\",pool=\"blue\"}",
+        )
+        .await;
+        let e = endpoint_detail(&proxy, "iris", "blue", &b.url()).await;
+        open == e["open_connections"].as_f64()
+    })
+    .await;
     proxy.stop().await.unwrap();
 }
 
@@ -350,16 +362,18 @@ async fn a_reload_keeps_the_pool_a_flip_made_active_and_the_history_to_roll_back
     let _reloading = reload_lock().await;
     let a = Upstream::start("blue-a").await;
     let b = Upstream::start("blue-b").await;
-    let green = Upstream::start("green").await;
-    let iris = |blue: &str| model("iris", IRIS, blue, &green.url());
-    let proxy = Proxy::start(&iris(&a.url())).await;
+    let c = Upstream::start("green-c").await;
+    let d = Upstream::start("green-d").await;
+    let proxy = Proxy::start(&model("iris", IRIS, &a.url(), &c.url())).await;
     let r = proxy.admin_post("/models/iris/flip").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_served(&proxy, "/v2/models/iris/infer", "green", "green-c").await;
 
-    // The config still says `active = "blue"` (the default), and blue changes.
-    rewrite(&proxy, "", &iris(&b.url()));
+    // Both pools change, green the active one; the config still says
+    // `active = "blue"` (the default).
+    rewrite(&proxy, "", &model("iris", IRIS, &b.url(), &d.url()));
     assert_reloaded(&reload(&proxy).await, &[], &[], &["iris"], &[]);
-    assert_served(&proxy, "/v2/models/iris/infer", "green", "green").await;
+    assert_served(&proxy, "/v2/models/iris/infer", "green", "green-d").await;
     let detail = model_detail(&proxy, "iris").await;
     assert_eq!(detail["active"], "green", "{detail}");
     let history = detail["history"].as_array().expect("history");
@@ -382,7 +396,7 @@ async fn a_reload_keeps_the_pool_a_flip_made_active_and_the_history_to_roll_back
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(r.json()["active"], "blue");
     assert_served(&proxy, "/v2/models/iris/infer", "blue", "blue-b").await;
-    assert_eq!(a.hits(), 0);
+    assert_eq!((a.hits(), c.hits()), (0, 1));
     proxy.stop().await.unwrap();
 }
 
