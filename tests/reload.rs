@@ -6,7 +6,8 @@
 //!   upstreams get no more probes.
 //! - New endpoints for the active pool take the traffic while the old ones
 //!   finish theirs; the active pool and the history survive the reload.
-//! - A changed setting keeps the pools, their connections and their health.
+//! - A changed setting keeps the pools, their connections and their health;
+//!   an https:// pool is built anew, so a renewed CA bundle is picked up.
 //! - An invalid file (the very errors `switchyard check` prints), a key only a
 //!   restart applies, or an active pool left without a healthy endpoint is
 //!   refused, and nothing changes.
@@ -30,6 +31,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use support::inbound_tls::{reload_lock, sighup};
+use support::tls::{Pki, TlsUpstream};
 use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
@@ -488,6 +490,46 @@ async fn reloading_an_unchanged_file_changes_nothing() {
             .map(Vec::len),
         Some(1)
     );
+    proxy.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_reload_picks_up_a_renewed_ca_bundle_for_https_endpoints() {
+    let _reloading = reload_lock().await;
+    let old_ca = Pki::new();
+    let new_ca = Pki::new();
+    let loopback = ["127.0.0.1", "localhost"];
+    let blue = TlsUpstream::start("blue", old_ca.server(&loopback)).await;
+    let green = TlsUpstream::start("green", old_ca.server(&loopback)).await;
+    let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+    let bundle = dir.path().join("ca.pem");
+    std::fs::copy(old_ca.ca(), &bundle).expect("copy ca.pem");
+    let iris = format!(
+        "{}tls.ca = \"ca.pem\"\n",
+        model("iris", "/", &blue.url(), &green.url())
+    );
+    let proxy = Proxy::try_start_in(dir, "", &iris)
+        .await
+        .expect("proxy starts");
+    assert_served(&proxy, "/v2/models/iris/infer", "blue", "blue").await;
+
+    // The bundle now trusts both CAs. The config file is the same, but an
+    // https:// pool is built anew by every reload, reading the bundle again.
+    let both = [old_ca.ca(), new_ca.ca()]
+        .map(|ca| std::fs::read_to_string(ca).expect("read a CA"))
+        .concat();
+    std::fs::write(&bundle, both).expect("write the bundle");
+    assert_reloaded(&reload(&proxy).await, &[], &[], &["iris"], &[]);
+    assert_served(&proxy, "/v2/models/iris/infer", "blue", "blue").await;
+
+    // Blue moves to a certificate of the new CA and drops its connections:
+    // the next request connects, and the reloaded bundle trusts it.
+    blue.rotate(new_ca.server(&loopback));
+    eventually("the proxy to see blue's connections closed", || async {
+        endpoint_detail(&proxy, "iris", "blue", &blue.url()).await["open_connections"] == 0
+    })
+    .await;
+    assert_served(&proxy, "/v2/models/iris/infer", "blue", "blue").await;
     proxy.stop().await.unwrap();
 }
 
