@@ -15,7 +15,8 @@
 //!    healthy endpoint, where it had one, is refused.
 //! 4. **install**: the states are persisted, then the models and the routing
 //!    table are swapped in. Requests already routed finish where they are;
-//!    pools no longer used stop being probed.
+//!    pools no longer used stop being probed, and the metric series only
+//!    they had are removed (as are those of what a refused reload built).
 //!
 //! Reloads are serialised with each other and with switches (the
 //! switchboard's writer lock is held from build to install).
