@@ -147,15 +147,44 @@ impl Config {
     /// access, the state file.
     pub fn restart_needed(&self, new: &Config) -> Vec<&'static str> {
         let (a, b) = (&self.proxy, &new.proxy);
+        // Taken apart field by field so that a new limit cannot be left out
+        // of the keys named: each is its own key in `[proxy]`.
+        let crate::server::Limits {
+            max_connections,
+            max_headers,
+            max_header_bytes,
+            header_read_timeout,
+            keepalive_timeout,
+        } = a.limits;
+        let limits = &b.limits;
         let checks = [
             (a.listen != b.listen, "proxy.listen"),
             (a.tls != b.tls, "proxy.tls"),
             (a.worker_threads != b.worker_threads, "proxy.worker_threads"),
             (a.drain_timeout != b.drain_timeout, "proxy.drain_timeout"),
-            (a.limits != b.limits, "proxy limits (max_connections, max_headers, max_header_bytes, header_read_timeout, keepalive_timeout)"),
+            (
+                max_connections != limits.max_connections,
+                "proxy.max_connections",
+            ),
+            (max_headers != limits.max_headers, "proxy.max_headers"),
+            (
+                max_header_bytes != limits.max_header_bytes,
+                "proxy.max_header_bytes",
+            ),
+            (
+                header_read_timeout != limits.header_read_timeout,
+                "proxy.header_read_timeout",
+            ),
+            (
+                keepalive_timeout != limits.keepalive_timeout,
+                "proxy.keepalive_timeout",
+            ),
             (self.admin.listen != new.admin.listen, "admin.listen"),
             (self.admin.tls != new.admin.tls, "admin.tls"),
-            (self.admin.token_file != new.admin.token_file, "admin.token_file"),
+            (
+                self.admin.token_file != new.admin.token_file,
+                "admin.token_file",
+            ),
             (
                 self.admin.metrics_require_token != new.admin.metrics_require_token,
                 "admin.metrics_require_token",

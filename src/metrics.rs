@@ -274,6 +274,52 @@ impl Metrics {
         }
     }
 
+    /// Removes every series of one pool of one model: a reload removed the
+    /// model, or built it and was refused. Handles still held (by requests
+    /// finishing on the pool) keep counting, unexported; a model added again
+    /// starts its series afresh.
+    pub fn forget_pool(&self, model: &str, pool: PoolName) {
+        let p = pool.as_str();
+        // Each `remove_label_values` fails only when the series does not
+        // exist, which is what is wanted; the results are ignored.
+        for c in CODE_CLASSES {
+            let _ = self.requests.remove_label_values(&[model, p, c]);
+        }
+        for k in UpstreamErrorKind::ALL {
+            let _ = self
+                .upstream_errors
+                .remove_label_values(&[model, p, k.as_str()]);
+        }
+        for r in ["ok", "fail"] {
+            let _ = self.probes.remove_label_values(&[model, p, r]);
+        }
+        let _ = self.duration.remove_label_values(&[model, p]);
+        let _ = self.probe_duration.remove_label_values(&[model, p]);
+        for gauge in [&self.in_flight, &self.active_pool, &self.connections] {
+            let _ = gauge.remove_label_values(&[model, p]);
+        }
+        for counter in [&self.retries, &self.failovers] {
+            let _ = counter.remove_label_values(&[model, p]);
+        }
+    }
+
+    /// Removes the series of one endpoint no pool has any more.
+    pub fn forget_endpoint(&self, model: &str, pool: PoolName, endpoint: &str) {
+        let labels = [model, pool.as_str(), endpoint];
+        // Absent series are fine: see `forget_pool`.
+        let _ = self.endpoint_healthy.remove_label_values(&labels);
+        let _ = self.ejections.remove_label_values(&labels);
+    }
+
+    /// Removes the series of a model that no longer exists.
+    pub fn forget_model(&self, model: &str) {
+        for p in PoolName::ALL {
+            // Absent series are fine: see `forget_pool`.
+            let _ = self.switches.remove_label_values(&[model, p.as_str()]);
+            self.forget_pool(model, p);
+        }
+    }
+
     pub fn unrouted(&self) -> &IntCounter {
         &self.unrouted
     }
@@ -378,5 +424,30 @@ mod tests {
         assert!(text.contains(r#"switchyard_upstream_retries_total{model="iris",pool="green"} 1"#));
         assert!(text.contains(r#"switchyard_switches_total{model="iris",to="green"} 1"#));
         assert!(text.contains("switchyard_build_info{version="));
+    }
+
+    #[test]
+    fn forgotten_series_leave_the_exposition_and_others_stay() {
+        let m = Metrics::new();
+        let kept = m.pool("iris", PoolName::Blue);
+        let gone = m.pool("chat", PoolName::Blue);
+        let _ = m.pool("chat", PoolName::Green);
+        let _ = m.model("chat");
+        let old = m.endpoint("iris", PoolName::Blue, "http://a:1");
+        let _ = m.endpoint("iris", PoolName::Blue, "http://b:1");
+        m.forget_model("chat");
+        m.forget_endpoint("iris", PoolName::Blue, "http://a:1");
+        // Handles still held write nowhere that shows.
+        gone.count_response(http::StatusCode::OK);
+        old.healthy.set(1);
+        kept.count_response(http::StatusCode::OK);
+        let text = String::from_utf8(m.encode().unwrap()).unwrap();
+        assert!(!text.contains("chat"), "{text}");
+        assert!(!text.contains("http://a:1"), "{text}");
+        assert!(text.contains("http://b:1"), "{text}");
+        assert!(
+            text.contains(r#"switchyard_requests_total{code="2xx",model="iris",pool="blue"} 1"#),
+            "{text}"
+        );
     }
 }

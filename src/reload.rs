@@ -15,7 +15,8 @@
 //!    healthy endpoint, where it had one, is refused.
 //! 4. **install**: the states are persisted, then the models and the routing
 //!    table are swapped in. Requests already routed finish where they are;
-//!    pools no longer used stop being probed.
+//!    pools no longer used stop being probed, and the metric series only
+//!    they had are removed (as are those of what a refused reload built).
 //!
 //! Reloads are serialised with each other and with switches (the
 //! switchboard's writer lock is held from build to install).
@@ -213,6 +214,7 @@ impl Reloader {
             for pool in &fresh {
                 pool.retire();
             }
+            forget_metrics(&self.metrics, &fresh, &old);
             Err(e)
         };
         for pool in &fresh {
@@ -253,14 +255,41 @@ impl Reloader {
 
         // Pools no model uses any more: stop probing them. Their in-flight
         // requests finish; the last one drops the pool and its connections.
+        let mut retired = Vec::new();
         for model in old.values() {
             for name in PoolName::ALL {
                 let pool = model.pool(name);
                 if !models.iter().any(|m| Arc::ptr_eq(m.pool(name), pool)) {
                     pool.retire();
+                    retired.push(Arc::clone(pool));
                 }
             }
         }
+        forget_metrics(&self.metrics, &retired, &self.switchboard.models());
         Ok((new, outcome))
+    }
+}
+
+/// Removes the metric series only `dropped` pools had: every series of a
+/// model `live` does not have, and those of endpoints its live pool no
+/// longer lists. Series a live pool shares (a rebuilt pool has its
+/// predecessor's labels) stay. Without this, /metrics would go on showing
+/// a removed model as active and a removed endpoint as healthy, and a
+/// refused reload would leave behind the series of what it built.
+fn forget_metrics(metrics: &Metrics, dropped: &[Arc<Pool>], live: &BTreeMap<String, Arc<Model>>) {
+    for pool in dropped {
+        let Some(model) = live.get(pool.model()) else {
+            metrics.forget_model(pool.model());
+            for endpoint in pool.endpoints() {
+                metrics.forget_endpoint(pool.model(), pool.name(), endpoint.url());
+            }
+            continue;
+        };
+        let kept = model.pool(pool.name()).endpoints();
+        for endpoint in pool.endpoints() {
+            if !kept.iter().any(|k| k.url() == endpoint.url()) {
+                metrics.forget_endpoint(pool.model(), pool.name(), endpoint.url());
+            }
+        }
     }
 }

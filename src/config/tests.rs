@@ -688,5 +688,35 @@ fn worker_threads_default_to_one_per_core_and_are_range_checked() {
     );
 }
 
+#[test]
+fn restart_needed_names_each_changed_key_and_nothing_a_reload_applies() {
+    let running = parse(MINIMAL).unwrap();
+    let with = |proxy_lines: &str, models: &str| {
+        let src = MINIMAL
+            .replace(
+                "listen = \"127.0.0.1:8080\"",
+                &format!("listen = \"127.0.0.1:8080\"\n{proxy_lines}"),
+            )
+            .replace("http://127.0.0.1:8001", models);
+        running.restart_needed(&parse(&src).unwrap())
+    };
+    let none: Vec<&str> = Vec::new();
+    assert_eq!(with("", "http://127.0.0.1:8001"), none);
+    // Models and what every pool's client is built with: reloaded.
+    let reloaded = "request_timeout = \"5s\"\nconnect_timeout = \"1s\"\nmax_idle_per_endpoint = 4";
+    assert_eq!(with(reloaded, "http://127.0.0.1:9001"), none);
+    assert_eq!(
+        with("max_headers = 50", "http://127.0.0.1:8001"),
+        ["proxy.max_headers"]
+    );
+    assert_eq!(
+        with(
+            "keepalive_timeout = \"5s\"\ndrain_timeout = \"1s\"",
+            "http://127.0.0.1:8001"
+        ),
+        ["proxy.drain_timeout", "proxy.keepalive_timeout"]
+    );
+}
+
 // `https://` endpoints and `tls.*`: in their own file, with their test certificates.
 mod upstream_tls;

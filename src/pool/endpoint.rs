@@ -47,7 +47,9 @@ impl Endpoint {
         eject_after: u32,
         metrics: EndpointMetrics,
     ) -> Endpoint {
-        metrics.healthy.set(0);
+        // The gauge is not reset here: a new series starts at 0 anyway, and
+        // an existing one belongs to the endpoint a reload is replacing,
+        // which keeps serving (and publishing) until this one is probed.
         Endpoint {
             url,
             scheme,
