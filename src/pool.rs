@@ -14,7 +14,6 @@ use bytes::Bytes;
 use http::uri::Scheme;
 use http::HeaderValue;
 use http_body_util::{Either, Full, Limited};
-use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -25,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{HealthConfig, PoolConfig, UpstreamSettings};
 use crate::health::EndpointState;
 use crate::metrics::{Metrics, PoolMetrics};
-use crate::proxy::RetryBody;
+use crate::proxy::{ClientBody, RetryBody};
 
 mod connector;
 mod endpoint;
@@ -122,7 +121,7 @@ impl Protocol {
 
 /// Body of a request sent upstream: the client's streamed body (which a
 /// failed connect hands back for a retry), or a body switchyard made itself.
-pub type UpstreamBody = Either<RetryBody<Limited<Incoming>>, Full<Bytes>>;
+pub type UpstreamBody = Either<RetryBody<Limited<ClientBody>>, Full<Bytes>>;
 pub type UpstreamClient = Client<CountingConnector, UpstreamBody>;
 
 /// A pool of endpoints for one model.

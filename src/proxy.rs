@@ -42,6 +42,7 @@ pub mod headers;
 mod retry;
 
 use std::convert::Infallible;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,7 +56,7 @@ use tokio::time::error::Elapsed;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use body::ProxyBody;
+pub use body::{ClientBody, ClientBodyError, ProxyBody};
 pub use error::{json_response, ProxyError};
 use headers::{ClientInfo, X_SWITCHYARD_FAILOVER};
 pub use retry::RetryBody;
@@ -66,6 +67,7 @@ use crate::route::RouteTable;
 use crate::server::{self, Limits};
 use crate::switch::Model;
 use crate::tls::ServerTls;
+use crate::ErrorChain;
 
 /// What the request path reads: built once, shared by every connection.
 pub struct Proxy {
@@ -185,6 +187,7 @@ impl Proxy {
         // Bodies without a (truthful) length are cut at the limit mid-stream.
         let limit = usize::try_from(model.max_body_bytes()).unwrap_or(usize::MAX);
         let more_endpoints = pool.endpoints().len() > 1;
+        let (body, body_read) = ClientBody::new(body);
         let (body, replay) = retry::arm(&parts, Limited::new(body, limit), more_endpoints);
         let upstream = Request::from_parts(parts, Either::Left(body));
 
@@ -220,6 +223,16 @@ impl Proxy {
             Ok(Err(e)) if caused_by::<LengthLimitError>(&e) => {
                 // The client's mistake, not the endpoint's: no passive failure.
                 return answer(pool, ProxyError::body_too_large(&model));
+            }
+            Ok(Err(e)) if caused_by::<ClientBodyError>(&e) => {
+                // The client broke its body off (or framed it wrongly): not
+                // the endpoint's failure.
+                return answer(pool, ProxyError::ClientBody(ErrorChain(&e).to_string()));
+            }
+            Err(_elapsed) if body_read.is_some_and(|done| !done.load(Ordering::Acquire)) => {
+                // Still waiting for the client's body: the client is slow,
+                // not the endpoint.
+                return answer(pool, ProxyError::BodyTimeout { timeout });
             }
             Ok(Err(e)) => {
                 let kind = if e.is_connect() {

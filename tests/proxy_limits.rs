@@ -309,3 +309,71 @@ async fn a_burst_leaves_at_most_max_idle_per_endpoint_connections_open() {
     })
     .await;
 }
+
+/// Sends `head_and_start` on a fresh connection and returns what the proxy
+/// answers before closing, without ever sending the rest.
+async fn stalled(proxy: &Proxy, head_and_start: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(head_and_start.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    // The first response is enough; the connection may stay open.
+    while !String::from_utf8_lossy(&got).contains("\"}") {
+        match within("an answer", s.read(&mut buf)).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test]
+async fn clients_that_stall_or_break_their_bodies_do_not_eject_the_endpoint() {
+    let (blue, _green, proxy) = setup(
+        "request_timeout = \"300ms\"",
+        "health.eject_after = 2\nhealth.interval = \"1h\"",
+    )
+    .await;
+    // Uploads that stop half-way: the client's fault, answered 408.
+    for _ in 0..3 {
+        let r = stalled(
+            &proxy,
+            "POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n0123456789",
+        )
+        .await;
+        assert!(r.starts_with("HTTP/1.1 408 "), "{r}");
+        assert!(r.contains("request body was not received"), "{r}");
+    }
+    // A chunked body whose framing breaks after its head went upstream.
+    for _ in 0..3 {
+        use tokio::io::AsyncWriteExt;
+        let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(
+            b"POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        )
+        .await
+        .unwrap();
+        blue.wait_upload_started().await;
+        s.write_all(b"zz-not-a-size\r\n").await.unwrap();
+        let mut got = Vec::new();
+        let _ = within(
+            "the proxy to answer or close",
+            tokio::io::AsyncReadExt::read_to_end(&mut s, &mut got),
+        )
+        .await;
+        let got = String::from_utf8_lossy(&got);
+        assert!(got.is_empty() || got.starts_with("HTTP/1.1 400 "), "{got}");
+    }
+    // The endpoint served on all along: never counted as failing.
+    let r = get(&proxy.url("/x")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let detail = endpoint_detail(&proxy, "iris", "blue", &blue.url()).await;
+    assert_eq!(detail["state"], "healthy", "{detail}");
+    let errors = metric_value(
+        &proxy,
+        "switchyard_upstream_errors_total{kind=\"timeout\",model=\"iris\",pool=\"blue\"}",
+    )
+    .await;
+    assert_eq!(errors, Some(0.0));
+}

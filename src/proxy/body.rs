@@ -6,6 +6,8 @@
 //! the client went away), not merely until the headers arrived.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -68,5 +70,60 @@ impl Body for ProxyBody {
             ProxyBody::Upstream { body, .. } => body.size_hint(),
             ProxyBody::Local(full) => full.size_hint(),
         }
+    }
+}
+
+/// The client's request body on its way upstream. Its errors are tagged
+/// [`ClientBodyError`], so a body the client broke off, or framed wrongly,
+/// is told apart from an upstream failure (and never counts against the
+/// endpoint); and it records when it has been read to the end, so a request
+/// timeout while the client is still sending is the client's too.
+pub struct ClientBody {
+    inner: Incoming,
+    finished: Option<Arc<AtomicBool>>,
+}
+
+/// The client's request body failed (aborted, malformed chunking).
+#[derive(Debug, thiserror::Error)]
+#[error("the request body could not be read from the client")]
+pub struct ClientBodyError(#[source] hyper::Error);
+
+impl ClientBody {
+    /// Wraps `inner`; the flag, for a body still to be read, turns true once
+    /// it has been read to the end (an empty body allocates none).
+    pub fn new(inner: Incoming) -> (ClientBody, Option<Arc<AtomicBool>>) {
+        let finished = (!inner.is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
+        let flag = finished.clone();
+        (ClientBody { inner, finished }, flag)
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = ClientBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(None) => {
+                if let Some(done) = &this.finished {
+                    done.store(true, Ordering::Release);
+                }
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(ClientBodyError(e)))),
+            other => other.map(|f| f.map(|f| f.map_err(ClientBodyError))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

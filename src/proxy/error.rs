@@ -41,6 +41,12 @@ pub enum ProxyError {
         up: usize,
         total: usize,
     },
+    /// The client's request body failed mid-stream (aborted, malformed).
+    #[error("{0}")]
+    ClientBody(String),
+    /// The client was still sending its body when `request_timeout` ran out.
+    #[error("the request body was not received within {timeout:?} (request_timeout)")]
+    BodyTimeout { timeout: Duration },
     /// The upstream side failed.
     #[error("model {model:?}: pool {pool} endpoint {endpoint} {}", describe(*.kind, *.timeout))]
     Upstream {
@@ -104,7 +110,8 @@ impl ProxyError {
             ProxyError::Connect => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::ForeignTarget { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::ForeignTarget { .. } | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::NoHealthyEndpoint { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Upstream { kind, .. } => match kind {
                 UpstreamErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
@@ -122,7 +129,9 @@ impl ProxyError {
             ProxyError::Connect
             | ProxyError::ForeignTarget { .. }
             | ProxyError::Overloaded { .. }
-            | ProxyError::BodyTooLarge { .. } => {
+            | ProxyError::BodyTooLarge { .. }
+            | ProxyError::ClientBody(_)
+            | ProxyError::BodyTimeout { .. } => {
                 debug!(error = %self, "refused request")
             }
             // Logged by the prober when the endpoints went down; once per

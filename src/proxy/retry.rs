@@ -30,13 +30,14 @@ use std::task::{Context, Poll};
 use http::request::Parts;
 use http::Request;
 use http_body_util::{Either, Limited};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 use hyper_util::client::legacy;
 use tokio::sync::oneshot;
 use tracing::warn;
 
 use crate::metrics::UpstreamErrorKind;
 use crate::pool::{InFlight, UpstreamBody};
+use crate::proxy::ClientBody;
 use crate::ErrorChain;
 
 /// A request body on its way upstream that returns to the proxy if the
@@ -83,7 +84,7 @@ pub fn arm<B>(head: &Parts, body: B, retry: bool) -> (RetryBody<B>, Option<Repla
 /// On a retry the failed attempt is counted here as it would be without
 /// one: a passive failure of its endpoint and a connect error of the pool.
 pub fn retry(
-    replay: Replay<Limited<Incoming>>,
+    replay: Replay<Limited<ClientBody>>,
     error: &legacy::Error,
     in_flight: &mut InFlight,
 ) -> Option<Request<UpstreamBody>> {
