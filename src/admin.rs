@@ -53,6 +53,8 @@ pub enum AdminError {
     Metrics(#[source] prometheus::Error),
     #[error(transparent)]
     Reload(#[from] ReloadError),
+    #[error("switchyard is shutting down")]
+    ShuttingDown,
 }
 
 impl AdminError {
@@ -70,6 +72,7 @@ impl AdminError {
                 SwitchError::Persist { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             },
             AdminError::Metrics(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            AdminError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             AdminError::Reload(e) => match e {
                 ReloadError::Invalid(_) => StatusCode::BAD_REQUEST,
                 ReloadError::RestartNeeded(_)
@@ -124,6 +127,20 @@ impl AdminError {
             _ => {}
         }
         response
+    }
+}
+
+/// Runs a writer (a switch, a reload) in its own task and waits for it.
+/// Once begun it runs to its end even if the caller goes away: dropped
+/// between persisting and storing, a switch would leave the state file
+/// ahead of the traffic, and a restart would move the traffic.
+async fn to_completion<T: Send + 'static>(
+    writer: impl std::future::Future<Output = T> + Send + 'static,
+) -> Result<T, AdminError> {
+    match tokio::spawn(writer).await {
+        Ok(done) => Ok(done),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(AdminError::ShuttingDown),
     }
 }
 
@@ -306,8 +323,12 @@ impl Admin {
             ["reload"] => {
                 allow("POST")?;
                 query.only(&[])?;
-                self.reloader.reload_certificates();
-                let outcome = self.reloader.reload(&actor).await?;
+                let reloader = Arc::clone(&self.reloader);
+                let outcome = to_completion(async move {
+                    reloader.reload_certificates();
+                    reloader.reload(&actor).await
+                })
+                .await??;
                 let mut body = json!(outcome);
                 body["reloaded"] = json!(true);
                 Ok(json(StatusCode::OK, &body))
@@ -335,7 +356,11 @@ impl Admin {
         force: bool,
         actor: &str,
     ) -> Result<AdminResponse, AdminError> {
-        let outcome = self.switchboard.switch(name, op, force, actor).await?;
+        let switchboard = Arc::clone(&self.switchboard);
+        let (name, actor) = (name.to_string(), actor.to_string());
+        let outcome =
+            to_completion(async move { switchboard.switch(&name, op, force, &actor).await })
+                .await??;
         Ok(json(
             StatusCode::OK,
             &json!({

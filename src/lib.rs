@@ -297,9 +297,13 @@ async fn on_hangup(
             },
         }
         info!("SIGHUP: reloading certificates and config");
-        reloader.reload_certificates();
-        // Logged by the reloader either way.
-        let _ = reloader.reload("SIGHUP").await;
+        // Its own task, so shutdown does not wait for it; the result is
+        // logged by the reloader either way.
+        let reloader = Arc::clone(&reloader);
+        tokio::spawn(async move {
+            reloader.reload_certificates();
+            let _ = reloader.reload("SIGHUP").await;
+        });
     }
 }
 

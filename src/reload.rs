@@ -217,9 +217,16 @@ impl Reloader {
             forget_metrics(&self.metrics, &fresh, &old);
             Err(e)
         };
+        // One deadline for all: they are probed side by side.
+        let waited = fresh
+            .iter()
+            .map(|p| p.health_config().timeout)
+            .max()
+            .unwrap_or_default()
+            + PROBE_GRACE;
+        let deadline = tokio::time::Instant::now() + waited;
         for pool in &fresh {
-            let waited = pool.health_config().timeout + PROBE_GRACE;
-            if tokio::time::timeout(waited, pool.wait_probed())
+            if tokio::time::timeout_at(deadline, pool.wait_probed())
                 .await
                 .is_err()
             {

@@ -174,11 +174,13 @@ pub async fn serve_with<M, S, B>(
                         debug!(listener = name, %peer, error = %e, "cannot set TCP_NODELAY");
                     }
                     let accepted = Accepted { peer, tls: tls.is_some() };
+                    let first_head_by = tokio::time::Instant::now() + gate_limits.header_timeout;
                     let service = make(&accepted);
                     let conn = Conn {
                         name,
                         peer,
                         gate: gate_limits,
+                        first_head_by,
                         builder: Arc::clone(&builder),
                         watcher: graceful.watcher(),
                         cut: cut.clone(),
@@ -246,6 +248,7 @@ struct Conn {
     name: &'static str,
     peer: SocketAddr,
     gate: GateLimits,
+    first_head_by: tokio::time::Instant,
     builder: Arc<auto::Builder<TokioExecutor>>,
     watcher: Watcher,
     cut: CancellationToken,
@@ -265,12 +268,13 @@ impl Conn {
             name,
             peer,
             gate,
+            first_head_by,
             builder,
             watcher,
             cut,
         } = self;
         let activity = Arc::new(Activity::default());
-        let io = Gate::new(io, Arc::clone(&activity), gate);
+        let io = Gate::new(io, Arc::clone(&activity), gate, first_head_by);
         let service = Tracked {
             inner: service,
             activity,

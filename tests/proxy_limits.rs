@@ -377,3 +377,47 @@ async fn clients_that_stall_or_break_their_bodies_do_not_eject_the_endpoint() {
     .await;
     assert_eq!(errors, Some(0.0));
 }
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_without_a_408() {
+    use tokio::io::AsyncReadExt;
+    let (_blue, _green, proxy) = setup("header_read_timeout = \"300ms\"", "").await;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let mut got = Vec::new();
+    within("the proxy to close", s.read_to_end(&mut got))
+        .await
+        .unwrap();
+    assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+}
+
+#[tokio::test]
+async fn empty_lines_between_requests_do_not_start_the_header_clock() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (blue, _green, proxy) = setup(
+        "header_read_timeout = \"200ms\"\nkeepalive_timeout = \"30s\"",
+        "",
+    )
+    .await;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    // A request, then a stray CRLF after it (RFC 9112 2.2 allows it).
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = within("the first response", s.read(&mut buf))
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200 "));
+    // Well past the header timeout: no 408, the connection is idle, not
+    // half-way through a head. The next request is served on it.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let n = within("the second response", s.read(&mut buf))
+        .await
+        .unwrap();
+    let second = String::from_utf8_lossy(&buf[..n]);
+    assert!(second.starts_with("HTTP/1.1 200 "), "{second}");
+    assert_eq!(blue.hits(), 2);
+}

@@ -33,7 +33,7 @@ use http_body_util::{Either, Limited};
 use hyper::body::{Body, Frame, SizeHint};
 use hyper_util::client::legacy;
 use tokio::sync::oneshot;
-use tracing::warn;
+use tracing::debug;
 
 use crate::metrics::UpstreamErrorKind;
 use crate::pool::{InFlight, UpstreamBody};
@@ -99,7 +99,7 @@ pub fn retry(
     pool.metrics()
         .count_upstream_error(UpstreamErrorKind::Connect);
     pool.metrics().retries.inc();
-    warn!(
+    debug!(
         model = pool.model(),
         pool = %pool.name(),
         endpoint = failed.url(),

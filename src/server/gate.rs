@@ -9,8 +9,10 @@
 //!   hyper, so nothing reaches an upstream; the client gets a 400 JSON and the
 //!   connection closes.
 //! - answer `408` to a client that does not complete a request head within
-//!   the header timeout, counted from the head's first byte (or from accept
-//!   for a new connection), then close (hyper closes without a word);
+//!   the header timeout, counted from the head's first byte (from the accept
+//!   for a connection's first request, TLS handshake included), then close
+//!   (hyper closes without a word); a connection that sent nothing of a head
+//!   (empty lines between requests do not count) is closed without one;
 //! - close a connection idle longer than the keep-alive timeout: no request
 //!   in flight and nothing received for that long (HTTP/2 included).
 //!
@@ -23,13 +25,18 @@
 //! bytes through.
 //!
 //! The gate's own responses are written only when the connection is quiet:
-//! no request in flight ([`Activity`]) and everything hyper wrote flushed,
-//! so they never interleave with a response hyper is sending.
+//! no request in flight ([`Activity`]), and hyper has flushed through the
+//! gate since the last one ended (it does so only once its own buffer is
+//! empty), so they never interleave with a response hyper is sending.
+//!
+//! An HTTP/2 connection idle too long ends with the transport closed, not a
+//! GOAWAY: hyper's connection is inside the graceful-shutdown watcher, which
+//! the gate cannot reach.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
@@ -47,6 +54,10 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 #[derive(Debug, Default)]
 pub struct Activity {
     in_flight: AtomicUsize,
+    /// False from the end of the last request until hyper has flushed all
+    /// it buffered for it (it flushes through the gate only once its own
+    /// buffer is empty): the gate writes nothing of its own before.
+    unsettled: AtomicBool,
     /// The gate's read, waiting for the last request to end to start the
     /// idle clock (hyper does not read again until the socket is readable).
     quiet: AtomicWaker,
@@ -82,6 +93,7 @@ pub struct Busy(Arc<Activity>);
 impl Drop for Busy {
     fn drop(&mut self) {
         if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.unsettled.store(true, Ordering::Release);
             self.0.quiet.wake();
         }
     }
@@ -117,6 +129,8 @@ pub struct Gate<I> {
 #[derive(Debug)]
 struct Reader {
     framing: Framing,
+    /// Heads completed so far: a new head gets a fresh header clock.
+    heads: u64,
     /// The bytes of a head that spans reads, so far.
     partial: Vec<u8>,
     max_head: usize,
@@ -175,14 +189,21 @@ enum Verdict {
 // === impl Gate ===
 
 impl<I> Gate<I> {
-    pub fn new(inner: I, activity: Arc<Activity>, limits: GateLimits) -> Gate<I> {
+    /// `first_head_by`: when the connection's first request head must be
+    /// in (the accept plus the header timeout: a TLS handshake counts).
+    pub fn new(
+        inner: I,
+        activity: Arc<Activity>,
+        limits: GateLimits,
+        first_head_by: Instant,
+    ) -> Gate<I> {
         Gate {
             inner,
             activity,
             limits,
             reader: Reader::new(limits.max_head),
             // Armed for the first request head from the accept on.
-            timer: Box::pin(tokio::time::sleep(limits.header_timeout)),
+            timer: Box::pin(tokio::time::sleep_until(first_head_by)),
             armed: Some(Timer::Header),
             refusal: None,
             unflushed: false,
@@ -228,6 +249,7 @@ impl Reader {
     fn new(max_head: usize) -> Reader {
         Reader {
             framing: Framing::Start,
+            heads: 0,
             partial: Vec::new(),
             max_head,
         }
@@ -293,8 +315,18 @@ impl Reader {
     /// is complete (its framing set). Copies only a head split across reads.
     fn head(&mut self, bytes: &[u8]) -> Result<(usize, bool), &'static str> {
         if self.partial.is_empty() {
+            // Empty lines between messages are ignored (RFC 9112 2.2), as
+            // hyper does: they do not start a head, nor its clock.
+            let blank = bytes
+                .iter()
+                .take_while(|&&b| b == b'\r' || b == b'\n')
+                .count();
+            if blank == bytes.len() {
+                return Ok((blank, false));
+            }
             if let Some(end) = head_end(bytes, 0) {
                 self.framing = framing(&bytes[..end])?;
+                self.heads += 1;
                 return Ok((end, true));
             }
         }
@@ -305,8 +337,15 @@ impl Reader {
         match head_end(&self.partial, from) {
             Some(end) => {
                 let result = framing(&self.partial[..end]);
-                self.partial.clear();
+                // It may have taken body bytes along; keep no large buffer
+                // for the connection's life.
+                if self.partial.capacity() > 4096 {
+                    self.partial = Vec::new();
+                } else {
+                    self.partial.clear();
+                }
                 self.framing = result?;
+                self.heads += 1;
                 Ok((end - before, true))
             }
             None => {
@@ -376,8 +415,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Gate<I> {
             // hyper is still answering an earlier request.
             return Poll::Pending;
         }
-        if self.unflushed {
-            // The flush wakes this.
+        if self.unflushed || self.activity.unsettled.load(Ordering::Acquire) {
+            // hyper's next flush wakes this.
             self.read_waker = Some(cx.waker().clone());
             return Poll::Pending;
         }
@@ -455,6 +494,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for Gate<I> {
                 ready!(this.timer.as_mut().poll(cx));
                 this.armed = None;
                 match wanted {
+                    // Nothing of a head arrived (a preconnect, a client
+                    // that went quiet): close without a word.
+                    Some(Timer::Header) if this.reader.partial.is_empty() => this.eof = true,
                     Some(Timer::Header) => {
                         this.refuse("408 Request Timeout", "request head not received in time");
                         ready!(this.poll_refusal(cx));
@@ -498,6 +540,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Gate<I> {
         let this = self.get_mut();
         ready!(Pin::new(&mut this.inner).poll_flush(cx))?;
         this.unflushed = false;
+        this.activity.unsettled.store(false, Ordering::Release);
         if let Some(waker) = this.read_waker.take() {
             waker.wake();
         }
