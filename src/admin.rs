@@ -130,6 +130,9 @@ impl AdminError {
     }
 }
 
+/// The longest `wait_drained` an admin call may ask for.
+const MAX_WAIT_DRAINED: Duration = Duration::from_secs(3600);
+
 /// Runs a writer (a switch, a reload) in its own task and waits for it.
 /// Once begun it runs to its end even if the caller goes away: dropped
 /// between persisting and storing, a switch would leave the state file
@@ -301,23 +304,25 @@ impl Admin {
             }
             ["models", name, "flip"] => {
                 allow("POST")?;
-                query.only(&["expect", "force"])?;
+                query.only(&["expect", "force", "wait_drained"])?;
                 let expect = query
                     .get("expect")
                     .map(str::parse::<PoolName>)
                     .transpose()?;
                 let force = query.flag("force")?;
-                self.switch(name, SwitchOp::Flip { expect }, force, &actor)
+                let wait = query.duration("wait_drained")?;
+                self.switch(name, SwitchOp::Flip { expect }, force, wait, &actor)
                     .await
             }
             ["models", name, "activate", pool] => {
                 allow("POST")?;
-                query.only(&["force"])?;
+                query.only(&["force", "wait_drained"])?;
                 // An unknown model is 404 whatever the pool segment says.
                 self.model(name)?;
                 let pool: PoolName = pool.parse()?;
                 let force = query.flag("force")?;
-                self.switch(name, SwitchOp::Activate(pool), force, &actor)
+                let wait = query.duration("wait_drained")?;
+                self.switch(name, SwitchOp::Activate(pool), force, wait, &actor)
                     .await
             }
             ["reload"] => {
@@ -335,9 +340,11 @@ impl Admin {
             }
             ["models", name, "rollback"] => {
                 allow("POST")?;
-                query.only(&["force"])?;
+                query.only(&["force", "wait_drained"])?;
                 let force = query.flag("force")?;
-                self.switch(name, SwitchOp::Rollback, force, &actor).await
+                let wait = query.duration("wait_drained")?;
+                self.switch(name, SwitchOp::Rollback, force, wait, &actor)
+                    .await
             }
             _ => Err(AdminError::NotFound(path.to_string())),
         }
@@ -354,23 +361,43 @@ impl Admin {
         name: &str,
         op: SwitchOp,
         force: bool,
+        wait_drained: Option<Duration>,
         actor: &str,
     ) -> Result<AdminResponse, AdminError> {
         let switchboard = Arc::clone(&self.switchboard);
-        let (name, actor) = (name.to_string(), actor.to_string());
+        let (model_name, actor) = (name.to_string(), actor.to_string());
         let outcome =
-            to_completion(async move { switchboard.switch(&name, op, force, &actor).await })
+            to_completion(async move { switchboard.switch(&model_name, op, force, &actor).await })
                 .await??;
-        Ok(json(
-            StatusCode::OK,
-            &json!({
-                "model": outcome.model,
-                "active": outcome.active,
-                "standby": outcome.active.other(),
-                "previous": outcome.from,
-                "switched": outcome.switched,
-            }),
-        ))
+        let mut body = json!({
+            "model": outcome.model,
+            "active": outcome.active,
+            "standby": outcome.active.other(),
+            "previous": outcome.from,
+            "switched": outcome.switched,
+        });
+        if let Some(wait) = wait_drained {
+            // The pool traffic left (or, after a no-op, the standby): drained
+            // once nothing is in flight on it.
+            let standby = outcome.active.other();
+            let model = self.model(name)?;
+            let pool = Arc::clone(model.pool(standby));
+            let started = tokio::time::Instant::now();
+            let drained = tokio::time::timeout(wait, pool.wait_drained())
+                .await
+                .is_ok();
+            body["drained"] = json!(drained);
+            body["waited_ms"] = json!(started.elapsed().as_millis() as u64);
+            if !drained {
+                let in_flight = pool.in_flight();
+                body["in_flight"] = json!(in_flight);
+                body["error"] = json!(format!(
+                    "switched, but pool {standby} of model {name:?} still has {in_flight} request(s) in flight after {wait:?}"
+                ));
+                return Ok(json(StatusCode::GATEWAY_TIMEOUT, &body));
+            }
+        }
+        Ok(json(StatusCode::OK, &body))
     }
 
     /// Ready when every pool has had its first probe round and every
@@ -461,6 +488,8 @@ fn pool_detail(pool: &Pool, active: bool) -> Value {
         "protocol": pool.protocol(),
         "healthy_endpoints": pool.healthy_count(),
         "in_flight": pool.in_flight(),
+        // The standby with nothing in flight: safe to retire.
+        "drained": !active && pool.in_flight() == 0,
         "served": pool.served(),
         "endpoints": endpoints,
     })
@@ -520,6 +549,21 @@ impl<'a> Query<'a> {
                 "query parameter {key:?} is {other:?}; expected true or false"
             ))),
         }
+    }
+
+    /// A duration parameter such as `30s`, if present.
+    fn duration(&self, key: &str) -> Result<Option<Duration>, AdminError> {
+        self.get(key)
+            .map(|v| match crate::config::parse_duration(v) {
+                Ok(d) if d <= MAX_WAIT_DRAINED => Ok(d),
+                Ok(_) => Err(AdminError::BadQuery(format!(
+                    "query parameter {key:?} is {v:?}; at most {MAX_WAIT_DRAINED:?}"
+                ))),
+                Err(why) => Err(AdminError::BadQuery(format!(
+                    "query parameter {key:?} is {v:?}: {why}"
+                ))),
+            })
+            .transpose()
     }
 
     fn get(&self, key: &str) -> Option<&'a str> {

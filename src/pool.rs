@@ -6,7 +6,7 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -143,6 +143,10 @@ pub struct Pool {
     probed_notify: tokio::sync::Notify,
     /// Cancelled when a reload drops the pool: its probes stop.
     retired: CancellationToken,
+    /// Callers of [`Pool::wait_drained`] waiting now; the request path
+    /// notifies only when there are some.
+    drain_waiters: AtomicUsize,
+    drained: tokio::sync::Notify,
     /// `x-switchyard-pool` value, built once.
     header: HeaderValue,
     metrics: PoolMetrics,
@@ -202,6 +206,8 @@ impl Pool {
             probed: AtomicBool::new(false),
             probed_notify: tokio::sync::Notify::new(),
             retired: CancellationToken::new(),
+            drain_waiters: AtomicUsize::new(0),
+            drained: tokio::sync::Notify::new(),
             header: HeaderValue::from_static(name.as_str()),
             metrics: pool_metrics,
         }
@@ -262,6 +268,27 @@ impl Pool {
             // Created before the check, so a notification in between counts.
             let notified = self.probed_notify.notified();
             if self.is_probed() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Returns once no request is in flight on this pool (for a pool a
+    /// switch just left: it is drained and can be retired).
+    pub async fn wait_drained(&self) {
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        self.drain_waiters.fetch_add(1, Ordering::AcqRel);
+        let _waiting = Waiting(&self.drain_waiters);
+        loop {
+            // Created before the check, so a notification in between counts.
+            let notified = self.drained.notified();
+            if self.in_flight() == 0 {
                 return;
             }
             notified.await;
@@ -454,6 +481,11 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.endpoint().end_request();
+        let pool = &self.pool;
+        // One load when nobody waits; the sum only when someone does.
+        if pool.drain_waiters.load(Ordering::Acquire) > 0 && pool.in_flight() == 0 {
+            pool.drained.notify_waiters();
+        }
         let metrics = &self.pool.metrics;
         metrics.in_flight.dec();
         metrics
