@@ -43,6 +43,7 @@ fn model(metrics: &Metrics, name: &str, prefix: &str) -> Arc<Model> {
         active: PoolName::Blue,
         request_timeout: Duration::from_secs(60),
         failover: false,
+        preview_header: false,
         max_body_bytes: switchyard::config::DEFAULT_MAX_BODY_BYTES,
         max_in_flight: switchyard::config::DEFAULT_MAX_IN_FLIGHT,
         blue: pool.clone(),
@@ -142,6 +143,7 @@ fn header_rewrite(c: &mut Criterion) {
     let client = ClientInfo {
         ip: HeaderValue::from_static("10.0.0.7"),
         proto: HeaderValue::from_static("http"),
+        preview: false,
     };
     let mut template = HeaderMap::new();
     template.insert("host", HeaderValue::from_static("models.example"));

@@ -137,6 +137,7 @@ green.endpoints = ["http://{green}"]
     let listeners = switchyard::Listeners {
         proxy: TcpListener::bind("127.0.0.1:0").await.expect("bind proxy"),
         admin: TcpListener::bind("127.0.0.1:0").await.expect("bind admin"),
+        preview: None,
     };
     let proxy = listeners.proxy.local_addr().expect("addr");
     let admin = listeners.admin.local_addr().expect("addr");

@@ -72,6 +72,9 @@ pub struct ProxyConfig {
     pub limits: crate::server::Limits,
     /// `tls.cert` and `tls.key`: serve HTTPS (ALPN `h2`, `http/1.1`).
     pub tls: Option<TlsFiles>,
+    /// A second proxy listener on which every request goes to its model's
+    /// standby pool: the new version, tested before it is live.
+    pub preview_listen: Option<SocketAddr>,
 }
 
 impl ProxyConfig {
@@ -137,6 +140,9 @@ pub struct ModelConfig {
     pub max_body_bytes: u64,
     /// Requests in flight on the model at most; more get 503 with `Retry-After`.
     pub max_in_flight: usize,
+    /// Whether `x-switchyard-pool: blue|green` on the main listener picks
+    /// the pool (a preview); else the header is ignored.
+    pub preview_header: bool,
     pub blue: PoolConfig,
     pub green: PoolConfig,
 }
@@ -160,6 +166,7 @@ impl Config {
         let checks = [
             (a.listen != b.listen, "proxy.listen"),
             (a.tls != b.tls, "proxy.tls"),
+            (a.preview_listen != b.preview_listen, "proxy.preview_listen"),
             (a.worker_threads != b.worker_threads, "proxy.worker_threads"),
             (a.drain_timeout != b.drain_timeout, "proxy.drain_timeout"),
             (
@@ -209,6 +216,7 @@ impl ModelConfig {
             && self.failover == other.failover
             && self.max_body_bytes == other.max_body_bytes
             && self.max_in_flight == other.max_in_flight
+            && self.preview_header == other.preview_header
             && self.blue.same_as(&other.blue)
             && self.green.same_as(&other.green)
     }
@@ -343,6 +351,8 @@ struct RawProxy {
     #[serde(default)]
     keepalive_timeout: Option<Spanned<String>>,
     #[serde(default)]
+    preview_listen: Option<Spanned<String>>,
+    #[serde(default)]
     tls: Option<Spanned<RawServerTls>>,
 }
 
@@ -385,6 +395,8 @@ struct RawModel {
     request_timeout: Option<Spanned<String>>,
     #[serde(default)]
     failover: bool,
+    #[serde(default)]
+    preview_header: bool,
     #[serde(default)]
     max_body_bytes: Option<Spanned<u64>>,
     #[serde(default)]
@@ -622,7 +634,23 @@ fn validate(raw: RawConfig, blame: &Blame<'_>) -> Result<Config, Vec<ConfigError
             defaults.keepalive_timeout,
         ),
     };
+    let preview_listen = raw
+        .proxy
+        .preview_listen
+        .as_ref()
+        .and_then(|a| c.socket_addr("proxy.preview_listen", a));
+    if let Some(p) = &raw.proxy.preview_listen {
+        let taken = [raw.proxy.listen.get_ref(), raw.admin.listen.get_ref()];
+        if taken.contains(&p.get_ref()) && !p.get_ref().ends_with(":0") {
+            c.error(
+                p.span(),
+                "proxy.preview_listen: the preview listener needs an address of its own"
+                    .to_string(),
+            );
+        }
+    }
     let proxy = ProxyConfig {
+        preview_listen,
         tls: c.server_tls("proxy.tls", raw.proxy.tls.as_ref()),
         worker_threads,
         max_idle_per_endpoint,
@@ -822,6 +850,7 @@ fn validate_model(
         active,
         request_timeout,
         failover: m.failover,
+        preview_header: m.preview_header,
         max_body_bytes,
         max_in_flight,
         blue,

@@ -236,6 +236,7 @@ pub async fn run(shutdown: impl Future<Output = ()> + Send + 'static) -> Result<
     let listeners = Listeners {
         proxy: bind_or_free(config.proxy.listen).await?,
         admin: bind_or_free(config.admin.listen).await?,
+        preview: None,
     };
     let proxy = local_addr(&listeners.proxy);
     let admin = local_addr(&listeners.admin);

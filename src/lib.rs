@@ -98,6 +98,8 @@ pub enum RunError {
 pub struct Listeners {
     pub proxy: TcpListener,
     pub admin: TcpListener,
+    /// `proxy.preview_listen`: requests go to the standby pool.
+    pub preview: Option<TcpListener>,
 }
 
 // === impl Listeners ===
@@ -108,6 +110,10 @@ impl Listeners {
         Ok(Listeners {
             proxy: bind("proxy", config.proxy.listen).await?,
             admin: bind("admin", config.admin.listen).await?,
+            preview: match config.proxy.preview_listen {
+                Some(addr) => Some(bind("preview", addr).await?),
+                None => None,
+            },
         })
     }
 }
@@ -197,15 +203,24 @@ pub async fn run(
     let root = CancellationToken::new();
     let mut tasks = JoinSet::new();
     tasks.spawn(
-        proxy
+        Arc::clone(&proxy)
             .serve(
                 listeners.proxy,
                 proxy_tls.clone(),
+                false,
                 root.child_token(),
                 drain,
             )
             .map_done("proxy"),
     );
+    if let Some(preview) = listeners.preview {
+        log_listening("preview", &preview);
+        tasks.spawn(
+            proxy
+                .serve(preview, proxy_tls.clone(), true, root.child_token(), drain)
+                .map_done("preview"),
+        );
+    }
     tasks.spawn(
         admin
             .serve(

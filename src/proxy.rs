@@ -58,11 +58,11 @@ use tokio_util::sync::CancellationToken;
 
 pub use body::{ClientBody, ClientBodyError, ProxyBody};
 pub use error::{json_response, ProxyError};
-use headers::{ClientInfo, X_SWITCHYARD_FAILOVER};
+use headers::{ClientInfo, X_SWITCHYARD_FAILOVER, X_SWITCHYARD_PREVIEW};
 pub use retry::RetryBody;
 
 use crate::metrics::UpstreamErrorKind;
-use crate::pool::{Pool, Protocol, UpstreamBody};
+use crate::pool::{Pool, PoolName, Protocol, UpstreamBody};
 use crate::route::RouteTable;
 use crate::server::{self, Limits};
 use crate::switch::Model;
@@ -109,27 +109,29 @@ impl Proxy {
         self: Arc<Self>,
         listener: TcpListener,
         tls: Option<Arc<ServerTls>>,
+        preview: bool,
         token: CancellationToken,
         drain: Duration,
     ) {
         let limits = self.limits;
         let make = move |conn: &server::Accepted| {
             let proxy = Arc::clone(&self);
-            let client = Arc::new(client_info(conn));
+            let client = Arc::new(client_info(conn, preview));
             hyper::service::service_fn(move |req| {
                 let proxy = Arc::clone(&proxy);
                 let client = Arc::clone(&client);
                 async move { Ok::<_, Infallible>(proxy.forward(&client, req).await) }
             })
         };
-        server::serve_with("proxy", listener, tls, make, token, drain, &limits).await;
+        let name = if preview { "preview" } else { "proxy" };
+        server::serve_with(name, listener, tls, make, token, drain, &limits).await;
     }
 
     /// Forwards one request and returns the response to send the client.
     pub async fn forward(
         &self,
         client: &ClientInfo,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
     ) -> Response<ProxyBody> {
         if let Some(refused) = refusal(&req) {
             self.unrouted.inc();
@@ -151,6 +153,14 @@ impl Proxy {
         };
 
         let active = model.active();
+        // A preview serves from the pool it names, and only from it.
+        let target = match preview_pool(client, &model, &active, req.headers_mut()) {
+            Ok(target) => target,
+            Err(value) => return answer(&active, ProxyError::BadPreviewPool { value }),
+        };
+        let preview = target.is_some();
+        // From here on "active" is the pool this request is for.
+        let active = target.unwrap_or(active);
         let Some(admission) = model.admit() else {
             let error = ProxyError::Overloaded {
                 model: model.name().to_string(),
@@ -164,6 +174,10 @@ impl Proxy {
         }
         let (mut in_flight, failover) = match active.pick() {
             Some(in_flight) => (in_flight, false),
+            // A preview tests its pool: never another.
+            None if preview => {
+                return answer(&active, ProxyError::no_healthy_endpoint(&active));
+            }
             None => match model
                 .failover()
                 .then(|| model.standby_of(&active).pick())
@@ -215,6 +229,9 @@ impl Proxy {
                 if failover {
                     mark_failover(&mut parts.headers, pool);
                 }
+                if preview {
+                    mark_preview(&mut parts.headers);
+                }
                 return Response::from_parts(
                     parts,
                     ProxyBody::upstream(body, in_flight, admission),
@@ -254,6 +271,9 @@ impl Proxy {
         if failover {
             mark_failover(response.headers_mut(), pool);
         }
+        if preview {
+            mark_preview(response.headers_mut());
+        }
         // `in_flight` drops here: the request is over.
         response
     }
@@ -283,6 +303,42 @@ fn mark_failover(headers: &mut http::HeaderMap, pool: &Pool) {
         HeaderValue::from_static("true"),
     );
     pool.metrics().failovers.inc();
+}
+
+/// Marks a response from a pool picked for preview.
+fn mark_preview(headers: &mut http::HeaderMap) {
+    headers.insert(
+        X_SWITCHYARD_PREVIEW.clone(),
+        HeaderValue::from_static("true"),
+    );
+}
+
+/// The pool a preview request is for: the standby on the preview listener;
+/// on the main listener the pool `x-switchyard-pool` names, where the model
+/// allows it (`preview_header = true`; else the header is ignored). The
+/// header is switchyard's own and never goes upstream. A value that names
+/// no pool comes back as the error.
+fn preview_pool(
+    client: &ClientInfo,
+    model: &Model,
+    active: &Arc<Pool>,
+    headers: &mut http::HeaderMap,
+) -> Result<Option<Arc<Pool>>, String> {
+    let asked = headers.remove(&headers::X_SWITCHYARD_POOL);
+    if client.preview {
+        return Ok(Some(Arc::clone(model.standby_of(active))));
+    }
+    match asked {
+        Some(value) if model.preview_header() => {
+            let pool = value
+                .to_str()
+                .ok()
+                .and_then(|v| v.parse::<PoolName>().ok())
+                .ok_or_else(|| String::from_utf8_lossy(value.as_bytes()).into_owned())?;
+            Ok(Some(Arc::clone(model.pool(pool))))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// The request's `Content-Length`, if it sent a valid one.
@@ -351,10 +407,11 @@ fn request_host<B>(req: &Request<B>) -> Option<HeaderValue> {
 }
 
 /// Per-connection forwarding facts, formatted once per connection.
-fn client_info(conn: &server::Accepted) -> ClientInfo {
+fn client_info(conn: &server::Accepted, preview: bool) -> ClientInfo {
     ClientInfo {
         ip: HeaderValue::from_str(&conn.peer.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
         proto: HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+        preview,
     }
 }

@@ -164,6 +164,11 @@ impl Model {
         self.failover
     }
 
+    /// Whether `x-switchyard-pool` on the main listener picks the pool.
+    pub fn preview_header(&self) -> bool {
+        self.config.preview_header
+    }
+
     /// The other pool of this model than `pool`.
     pub fn standby_of(&self, pool: &Pool) -> &Arc<Pool> {
         &self.pools[pool.name().other().index()]

@@ -720,3 +720,40 @@ fn restart_needed_names_each_changed_key_and_nothing_a_reload_applies() {
 
 // `https://` endpoints and `tls.*`: in their own file, with their test certificates.
 mod upstream_tls;
+
+#[test]
+fn the_preview_listener_and_header_are_read_and_checked() {
+    let src = model_with("preview_header = true").replacen(
+        "listen = \"127.0.0.1:8080\"\n",
+        "listen = \"127.0.0.1:8080\"\npreview_listen = \"127.0.0.1:8081\"\n",
+        1,
+    );
+    let c = parse(&src).unwrap_or_else(|e| panic!("{e:#?}"));
+    assert_eq!(
+        c.proxy.preview_listen,
+        Some("127.0.0.1:8081".parse().unwrap())
+    );
+    assert!(c.models[0].preview_header);
+    assert!(!parse(MINIMAL).unwrap().models[0].preview_header);
+
+    let taken = MINIMAL.replacen(
+        "listen = \"127.0.0.1:8080\"\n",
+        "listen = \"127.0.0.1:8080\"\npreview_listen = \"127.0.0.1:9901\"\n",
+        1,
+    );
+    assert_blames(
+        &taken,
+        "preview_listen",
+        &["proxy.preview_listen", "address of its own"],
+    );
+    let bad = MINIMAL.replacen(
+        "listen = \"127.0.0.1:8080\"\n",
+        "listen = \"127.0.0.1:8080\"\npreview_listen = \"nowhere\"\n",
+        1,
+    );
+    assert_blames(
+        &bad,
+        "preview_listen",
+        &["proxy.preview_listen", "invalid listen address"],
+    );
+}

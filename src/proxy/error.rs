@@ -41,6 +41,9 @@ pub enum ProxyError {
         up: usize,
         total: usize,
     },
+    /// `x-switchyard-pool` names no pool.
+    #[error("x-switchyard-pool is {value:?}; expected \"blue\" or \"green\"")]
+    BadPreviewPool { value: String },
     /// The client's request body failed mid-stream (aborted, malformed).
     #[error("{0}")]
     ClientBody(String),
@@ -110,7 +113,9 @@ impl ProxyError {
             ProxyError::Connect => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::ForeignTarget { .. } | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::ForeignTarget { .. }
+            | ProxyError::ClientBody(_)
+            | ProxyError::BadPreviewPool { .. } => StatusCode::BAD_REQUEST,
             ProxyError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::NoHealthyEndpoint { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Upstream { kind, .. } => match kind {
@@ -131,6 +136,7 @@ impl ProxyError {
             | ProxyError::Overloaded { .. }
             | ProxyError::BodyTooLarge { .. }
             | ProxyError::ClientBody(_)
+            | ProxyError::BadPreviewPool { .. }
             | ProxyError::BodyTimeout { .. } => {
                 debug!(error = %self, "refused request")
             }

@@ -6,6 +6,9 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 pub static X_SWITCHYARD_POOL: HeaderName = HeaderName::from_static("x-switchyard-pool");
 pub static X_SWITCHYARD_FAILOVER: HeaderName = HeaderName::from_static("x-switchyard-failover");
+/// On a response from a pool picked for preview (the preview listener, or
+/// `x-switchyard-pool` on a request where the model allows it).
+pub static X_SWITCHYARD_PREVIEW: HeaderName = HeaderName::from_static("x-switchyard-preview");
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -18,6 +21,8 @@ pub struct ClientInfo {
     pub ip: HeaderValue,
     /// `http` (or `https` once TLS terminates here).
     pub proto: HeaderValue,
+    /// Came in on the preview listener: requests go to the standby pool.
+    pub preview: bool,
 }
 
 /// Removes hop-by-hop headers (RFC 9110 7.6.1): `Connection` and every header
@@ -156,6 +161,7 @@ mod tests {
         ClientInfo {
             ip: HeaderValue::from_static("10.1.2.3"),
             proto: HeaderValue::from_static("http"),
+            preview: false,
         }
     }
 

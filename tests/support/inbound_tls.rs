@@ -373,6 +373,7 @@ pub async fn start_with_tls_admin(
     let listeners = switchyard::Listeners {
         proxy: TcpListener::bind("127.0.0.1:0").await.expect("bind proxy"),
         admin: TcpListener::bind("127.0.0.1:0").await.expect("bind admin"),
+        preview: None,
     };
     let addr = listeners.proxy.local_addr().expect("proxy addr");
     let admin = listeners.admin.local_addr().expect("admin addr");
@@ -406,6 +407,7 @@ pub async fn start_with_tls_admin(
     Proxy {
         addr,
         admin,
+        preview: None,
         dir,
         state_path,
         shutdown: Some(tx),

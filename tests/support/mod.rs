@@ -423,6 +423,8 @@ impl Drop for HungUpstream {
 pub struct Proxy {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// The preview listener, when the config has `preview_listen`.
+    pub preview: Option<SocketAddr>,
     pub dir: Arc<tempfile::TempDir>,
     pub state_path: PathBuf,
     shutdown: Option<oneshot::Sender<()>>,
@@ -494,10 +496,23 @@ impl Proxy {
             let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
             panic!("test config is invalid:\n{}\n---\n{text}", lines.join("\n"))
         });
+        let preview = match config.proxy.preview_listen {
+            Some(_) => Some(
+                TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind preview"),
+            ),
+            None => None,
+        };
         let listeners = switchyard::Listeners {
             proxy: TcpListener::bind("127.0.0.1:0").await.expect("bind proxy"),
             admin: TcpListener::bind("127.0.0.1:0").await.expect("bind admin"),
+            preview,
         };
+        let preview = listeners
+            .preview
+            .as_ref()
+            .map(|l| l.local_addr().expect("preview addr"));
         let addr = listeners.proxy.local_addr().expect("proxy addr");
         let admin = listeners.admin.local_addr().expect("admin addr");
         let (tx, rx) = oneshot::channel::<()>();
@@ -530,6 +545,7 @@ impl Proxy {
         Ok(Proxy {
             addr,
             admin,
+            preview,
             dir,
             state_path,
             shutdown: Some(tx),
