@@ -408,6 +408,9 @@ pub struct Switchboard {
     /// file write is awaited while holding it, so two writers can never
     /// persist out of order. The request path never touches it.
     control: tokio::sync::Mutex<BTreeMap<String, ModelState>>,
+    /// A copy of the states as of the last write, for readers (the admin
+    /// API's status calls), who so never wait behind a writer.
+    published: ArcSwap<BTreeMap<String, ModelState>>,
     state_path: PathBuf,
 }
 
@@ -425,6 +428,7 @@ impl Switchboard {
         state::save(state_path.clone(), states.clone()).await?;
         Ok(Switchboard {
             models: ArcSwap::from_pointee(by_name(models)),
+            published: ArcSwap::from_pointee(states.clone()),
             control: tokio::sync::Mutex::new(states),
             state_path,
         })
@@ -456,13 +460,16 @@ impl Switchboard {
     ) -> Result<(), StateError> {
         state::save(self.state_path.clone(), states.clone()).await?;
         self.models.store(Arc::new(by_name(models)));
+        self.published.store(Arc::new(states.clone()));
         **control = states;
         Ok(())
     }
 
     /// The switch state of one model (history, last switch).
+    /// Never waits for a writer: a switch or reload in progress shows once
+    /// it is done.
     pub async fn state(&self, name: &str) -> Option<ModelState> {
-        self.control.lock().await.get(name).cloned()
+        self.published.load().get(name).cloned()
     }
 
     /// Applies one switch: decide, persist, store, log. The target pool must
@@ -535,6 +542,7 @@ impl Switchboard {
             );
         }
         control.insert(name.to_string(), next);
+        self.published.store(Arc::new(control.clone()));
         Ok(SwitchOutcome {
             model: name.to_string(),
             from,

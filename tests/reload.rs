@@ -887,3 +887,48 @@ async fn sighup_reloads_the_config_file() {
     assert_served(&proxy, "/v1/chat/completions", "blue", "blue").await;
     proxy.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn status_calls_answer_while_a_reload_waits_for_its_probes() {
+    let _reloading = reload_lock().await;
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let iris = model("iris", IRIS, &blue.url(), &green.url());
+    let proxy = Proxy::start(&iris).await;
+    // A new model whose endpoints never answer: its first probe round takes
+    // the whole probe timeout, and the reload waits for it.
+    let hung_blue = HungUpstream::start().await;
+    let hung_green = HungUpstream::start().await;
+    let chat = format!(
+        "{}health.timeout = \"1500ms\"\nhealth.interval = \"2s\"\n",
+        model("chat", CHAT, &hung_blue.url(), &hung_green.url())
+    );
+    rewrite(&proxy, "", &format!("{iris}\n{chat}"));
+    let url = proxy.admin_url("/reload");
+    let mut reloading =
+        tokio::spawn(async move { send(&client(), Method::POST, &url, full_body("")).await });
+    // Give the reload time to reach its wait (it is refused after 1.5 s at
+    // the earliest) ...
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut reloading)
+            .await
+            .is_err(),
+        "the reload did not wait for its probes"
+    );
+    // ... and meanwhile the status calls answer at once.
+    let answered = within(
+        "GET /models during a reload",
+        proxy.admin_get("/models/iris"),
+    )
+    .await;
+    assert_eq!(answered.status, StatusCode::OK);
+    assert_eq!(answered.json()["active"], "blue");
+    assert!(
+        !reloading.is_finished(),
+        "the reload ended before the status call was checked"
+    );
+    let r = within("the reload", reloading).await.unwrap();
+    // Its new pools probed unhealthy: a new model may start so; it is added.
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    proxy.stop().await.unwrap();
+}
