@@ -7,7 +7,6 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::{header, Method, Request};
 use http_body_util::BodyExt;
@@ -19,12 +18,12 @@ use rcgen::{
 };
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, Mutex, MutexGuard};
+use tokio::net::TcpStream;
+use tokio::sync::{Mutex, MutexGuard};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use super::{config_text_with_admin, full_body, BoxError, Proxy, Reply, TestBody, DEADLINE};
+use super::{full_body, BoxError, Proxy, Reply, TestBody};
 
 /// ALPN offers: what a browser or curl sends, and each protocol alone.
 pub const ALPN_BOTH: &[&[u8]] = &[b"h2", b"http/1.1"];
@@ -361,56 +360,17 @@ pub async fn start_with_tls_admin(
     models: &str,
     ca: &TestCa,
 ) -> Proxy {
-    let state_path = dir.path().join("state.json");
-    let text = config_text_with_admin(&state_path, proxy_extra, admin_extra, models);
-    let config_path = dir.path().join("switchyard.toml");
-    std::fs::write(&config_path, &text).expect("write config");
-    let config = switchyard::Config::from_toml(&text, &config_path).unwrap_or_else(|errors| {
-        let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        panic!("test config is invalid:\n{}\n---\n{text}", lines.join("\n"))
-    });
-    assert!(config.admin.tls.is_some(), "admin_extra must set admin.tls");
-    let listeners = switchyard::Listeners {
-        proxy: TcpListener::bind("127.0.0.1:0").await.expect("bind proxy"),
-        admin: TcpListener::bind("127.0.0.1:0").await.expect("bind admin"),
-        preview: None,
-    };
-    let addr = listeners.proxy.local_addr().expect("proxy addr");
-    let admin = listeners.admin.local_addr().expect("admin addr");
-    let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(switchyard::run(config, listeners, async {
-        let _ = rx.await;
-    }));
-    let give_up = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if task.is_finished() {
-            match task.await.expect("run task") {
-                Err(e) => panic!("proxy failed to start: {}", switchyard::ErrorChain(&e)),
-                Ok(()) => panic!("proxy stopped before it was ready"),
-            }
-        }
-        if let Ok(mut conn) = TlsConn::connect(admin, ca, ALPN_BOTH).await {
-            if let Ok(r) = conn.try_send(Method::GET, "/readyz", &[]).await {
-                let probed = serde_json::from_slice::<serde_json::Value>(&r.body)
-                    .is_ok_and(|v| v["probed"] == serde_json::Value::Bool(true));
-                if probed {
-                    break;
-                }
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < give_up,
-            "timed out waiting for the proxy's first probe round over TLS"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    Proxy {
-        addr,
-        admin,
-        preview: None,
-        dir,
-        state_path,
-        shutdown: Some(tx),
-        task: Some(task),
-    }
+    assert!(
+        admin_extra.contains("tls."),
+        "admin_extra must set admin.tls"
+    );
+    Proxy::try_launch(dir, proxy_extra, admin_extra, models, |admin| async move {
+        let mut conn = TlsConn::connect(admin, ca, ALPN_BOTH).await.ok()?;
+        conn.try_send(Method::GET, "/readyz", &[])
+            .await
+            .ok()
+            .map(|r| r.body)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("proxy failed to start: {}", switchyard::ErrorChain(&e)))
 }

@@ -488,6 +488,31 @@ impl Proxy {
         admin_extra: &str,
         models: &str,
     ) -> Result<Proxy, switchyard::RunError> {
+        Proxy::try_launch(dir, proxy_extra, admin_extra, models, |admin| async move {
+            let url = format!("http://{admin}/readyz");
+            try_send(&client(), Method::GET, &url, full_body(""))
+                .await
+                .ok()
+                .map(|r| r.body)
+        })
+        .await
+    }
+
+    /// Writes the config into `dir`, runs the proxy in-process on ephemeral
+    /// ports, and returns once the first probe round is in: `readyz` fetches
+    /// the admin listener's `/readyz` body (`None`: no answer yet). Returns
+    /// the error if `run` fails before that.
+    pub async fn try_launch<F, Fut>(
+        dir: Arc<tempfile::TempDir>,
+        proxy_extra: &str,
+        admin_extra: &str,
+        models: &str,
+        mut readyz: F,
+    ) -> Result<Proxy, switchyard::RunError>
+    where
+        F: FnMut(SocketAddr) -> Fut,
+        Fut: Future<Output = Option<Bytes>>,
+    {
         let state_path = dir.path().join("state.json");
         let text = config_text_with_admin(&state_path, proxy_extra, admin_extra, models);
         let config_path = dir.path().join("switchyard.toml");
@@ -521,7 +546,6 @@ impl Proxy {
         }));
         // Started once the first probe round is in (/readyz says
         // `"probed": true`, whether ready or not), or fail fast if run returned.
-        let ready_url = format!("http://{admin}/readyz");
         let give_up = tokio::time::Instant::now() + DEADLINE;
         loop {
             if task.is_finished() {
@@ -530,8 +554,8 @@ impl Proxy {
                     Ok(()) => panic!("proxy stopped before it was ready"),
                 };
             }
-            if let Ok(r) = try_send(&client(), Method::GET, &ready_url, full_body("")).await {
-                let probed = serde_json::from_slice::<Value>(&r.body)
+            if let Some(body) = readyz(admin).await {
+                let probed = serde_json::from_slice::<Value>(&body)
                     .is_ok_and(|v| v["probed"] == Value::Bool(true));
                 if probed {
                     break;
