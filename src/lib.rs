@@ -22,6 +22,7 @@
 //! shutdown future, and returns when shutdown has drained.
 
 pub mod admin;
+pub mod compare;
 pub mod config;
 pub mod demo;
 pub mod health;
