@@ -9,13 +9,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error};
 
+use crate::events::Events;
 use crate::metrics::Metrics;
 use crate::pool::{Pool, PoolName, UnknownPool};
 use crate::reload::{ReloadError, Reloader};
@@ -25,10 +27,13 @@ use crate::tls::ServerTls;
 use crate::ErrorChain;
 
 mod auth;
+mod events;
 
 pub use auth::{Token, TokenError, TOKEN_ENV};
 
-type AdminResponse = Response<Full<Bytes>>;
+/// A whole JSON body, or the event stream of `GET /events?follow=true`.
+pub type AdminBody = UnsyncBoxBody<Bytes, Infallible>;
+type AdminResponse = Response<AdminBody>;
 
 /// Why an admin call was refused.
 #[derive(Debug, thiserror::Error)]
@@ -184,12 +189,17 @@ impl Admin {
         token: CancellationToken,
         drain: Duration,
     ) {
+        // Event streams end when the listener stops, so they do not hold
+        // the drain open.
+        let closing = token.clone();
         let make = move |conn: &server::Accepted| {
             let peer = conn.peer;
             let admin = Arc::clone(&self);
+            let closing = closing.clone();
             hyper::service::service_fn(move |req| {
                 let admin = Arc::clone(&admin);
-                async move { Ok::<_, Infallible>(admin.handle(peer, req).await) }
+                let closing = closing.clone();
+                async move { Ok::<_, Infallible>(admin.handle(peer, req, closing).await) }
             })
         };
         server::serve_with(
@@ -204,9 +214,15 @@ impl Admin {
         .await;
     }
 
-    /// Answers one admin request.
-    pub async fn handle(&self, peer: SocketAddr, req: Request<Incoming>) -> AdminResponse {
-        match self.route(peer, &req).await {
+    /// Answers one admin request; an event stream it starts ends when
+    /// `closing` is cancelled.
+    pub async fn handle(
+        &self,
+        peer: SocketAddr,
+        req: Request<Incoming>,
+        closing: CancellationToken,
+    ) -> AdminResponse {
+        match self.route(peer, &req, closing).await {
             Ok(response) => response,
             Err(e) => e.into_response(),
         }
@@ -214,18 +230,27 @@ impl Admin {
 
     /// [`Admin::handle`] for a request with any body type, no socket needed:
     /// the entry point of the admin fuzz target (`fuzz/`). Not a stable API.
+    /// Event streams send what the log holds, then end.
     #[doc(hidden)]
     pub async fn handle_request<B>(&self, peer: SocketAddr, req: Request<B>) -> AdminResponse {
-        match self.route(peer, &req).await {
+        let closed = CancellationToken::new();
+        closed.cancel();
+        match self.route(peer, &req, closed).await {
             Ok(response) => response,
             Err(e) => e.into_response(),
         }
+    }
+
+    /// The event log the admin API serves.
+    pub fn events(&self) -> &Events {
+        self.switchboard.events()
     }
 
     async fn route<B>(
         &self,
         peer: SocketAddr,
         req: &Request<B>,
+        closing: CancellationToken,
     ) -> Result<AdminResponse, AdminError> {
         let path = req.uri().path();
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -278,12 +303,31 @@ impl Admin {
                 allow("GET, HEAD")?;
                 query.only(&[])?;
                 let text = self.metrics.encode().map_err(AdminError::Metrics)?;
-                let mut response = Response::new(Full::new(Bytes::from(text)));
+                let mut response = Response::new(Full::new(Bytes::from(text)).boxed_unsync());
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
                 );
                 Ok(response)
+            }
+            ["events"] => {
+                allow("GET, HEAD")?;
+                query.only(&["since", "limit", "follow"])?;
+                let since = match query.number("since")? {
+                    Some(since) => Some(since),
+                    None => events::last_event_id(req.headers())?,
+                };
+                let limit = query
+                    .number("limit")?
+                    .map_or(crate::events::CAPACITY, |l| l as usize);
+                if query.flag("follow")? {
+                    Ok(events::follow(self.events().clone(), since, closing))
+                } else {
+                    Ok(json(
+                        StatusCode::OK,
+                        &events::list(self.events(), since.unwrap_or(0), limit),
+                    ))
+                }
             }
             ["models"] => {
                 allow("GET, HEAD")?;
@@ -498,7 +542,7 @@ fn pool_detail(pool: &Pool, active: bool) -> Value {
 fn json(status: StatusCode, value: &Value) -> AdminResponse {
     let mut body = serde_json::to_vec(value).unwrap_or_default();
     body.push(b'\n');
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+    let mut response = Response::new(Full::new(Bytes::from(body)).boxed_unsync());
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -549,6 +593,19 @@ impl<'a> Query<'a> {
                 "query parameter {key:?} is {other:?}; expected true or false"
             ))),
         }
+    }
+
+    /// A non-negative integer parameter, if present.
+    fn number(&self, key: &str) -> Result<Option<u64>, AdminError> {
+        self.get(key)
+            .map(|v| {
+                v.parse::<u64>().map_err(|_| {
+                    AdminError::BadQuery(format!(
+                        "query parameter {key:?} is {v:?}; expected a non-negative integer"
+                    ))
+                })
+            })
+            .transpose()
     }
 
     /// A duration parameter such as `30s`, if present.

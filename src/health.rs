@@ -43,6 +43,7 @@ use tracing::{info, warn};
 pub use tracker::{EndpointState, Thresholds, Tracker};
 
 use crate::config::EJECT_MAX;
+use crate::events::{EventKind, Events};
 use crate::pool::{Pool, Protocol, UpstreamBody};
 use crate::switch::Model;
 use crate::ErrorChain;
@@ -74,6 +75,8 @@ pub struct ProbeReport {
 pub struct Checker {
     pools: Vec<Arc<Pool>>,
     added: mpsc::UnboundedReceiver<Arc<Pool>>,
+    /// Ejections and health changes are recorded here.
+    events: Events,
 }
 
 /// Hands new pools to the running [`Checker`].
@@ -92,20 +95,27 @@ impl Watch {
 // === impl Checker ===
 
 impl Checker {
-    pub fn new(models: &[Arc<Model>]) -> (Checker, Watch) {
+    pub fn new(models: &[Arc<Model>], events: Events) -> (Checker, Watch) {
         let pools = models
             .iter()
             .flat_map(|m| crate::pool::PoolName::ALL.map(|p| Arc::clone(m.pool(p))))
             .collect();
         let (tx, added) = mpsc::unbounded_channel();
-        (Checker { pools, added }, Watch(tx))
+        (
+            Checker {
+                pools,
+                added,
+                events,
+            },
+            Watch(tx),
+        )
     }
 
     /// Runs one probe loop per pool until `token` is cancelled.
     pub async fn run(mut self, token: CancellationToken) {
         let mut loops = JoinSet::new();
         for pool in self.pools {
-            loops.spawn(watch_pool(pool, token.child_token()));
+            loops.spawn(watch_pool(pool, self.events.clone(), token.child_token()));
         }
         // Each loop returns once cancelled or retired; a panic ends `run`
         // (and so the whole proxy) instead of leaving a pool silently
@@ -114,7 +124,7 @@ impl Checker {
             tokio::select! {
                 () = token.cancelled() => break,
                 Some(pool) = self.added.recv() => {
-                    loops.spawn(watch_pool(pool, token.child_token()));
+                    loops.spawn(watch_pool(pool, self.events.clone(), token.child_token()));
                 }
                 Some(ended) = loops.join_next() => {
                     if let Err(e) = ended {
@@ -135,7 +145,7 @@ impl Checker {
     }
 }
 
-async fn watch_pool(pool: Arc<Pool>, token: CancellationToken) {
+async fn watch_pool(pool: Arc<Pool>, events: Events, token: CancellationToken) {
     let config = pool.health_config().clone();
     let thresholds = Thresholds {
         healthy_after: config.healthy_after,
@@ -161,14 +171,21 @@ async fn watch_pool(pool: Arc<Pool>, token: CancellationToken) {
         };
         let now = Instant::now();
         for (index, outcome) in outcomes.into_iter().enumerate() {
-            apply(&pool, index, &mut trackers[index], outcome, now);
+            apply(&pool, index, &mut trackers[index], outcome, now, &events);
         }
         pool.mark_probed();
     }
 }
 
 /// Feeds one endpoint's round into its tracker and publishes the result.
-fn apply(pool: &Pool, index: usize, tracker: &mut Tracker, outcome: Outcome, now: Instant) {
+fn apply(
+    pool: &Pool,
+    index: usize,
+    tracker: &mut Tracker,
+    outcome: Outcome,
+    now: Instant,
+    events: &Events,
+) {
     let endpoint = &pool.endpoints()[index];
     let labels = (pool.model(), pool.name(), endpoint.url());
     // Read once: `publish` must know whether this round's state accounts
@@ -185,6 +202,13 @@ fn apply(pool: &Pool, index: usize, tracker: &mut Tracker, outcome: Outcome, now
                 backoff = ?backoff,
                 "endpoint ejected after failed requests in a row"
             );
+            events.record(EventKind::Ejection {
+                model: labels.0.to_string(),
+                pool: labels.1,
+                endpoint: labels.2.to_string(),
+                failures: endpoint.consecutive_request_failures(),
+                backoff_ms: backoff.as_millis() as u64,
+            });
         }
     }
     if let Some(state) = tracker.on_probe(outcome.ok, now) {
@@ -193,6 +217,13 @@ fn apply(pool: &Pool, index: usize, tracker: &mut Tracker, outcome: Outcome, now
         } else {
             warn!(model = labels.0, pool = %labels.1, endpoint = labels.2, state = %state, cause = %outcome.result, "endpoint health changed");
         }
+        events.record(EventKind::Health {
+            model: labels.0.to_string(),
+            pool: labels.1,
+            endpoint: labels.2.to_string(),
+            state: state.to_string(),
+            cause: outcome.result.to_string(),
+        });
     }
     let ejected_until_unix_ms = tracker
         .ejected_until()

@@ -25,6 +25,7 @@ pub mod admin;
 pub mod compare;
 pub mod config;
 pub mod demo;
+pub mod events;
 pub mod health;
 pub mod metrics;
 pub mod pool;
@@ -47,6 +48,7 @@ use tracing::{info, warn};
 pub use config::Config;
 
 use crate::admin::Admin;
+use crate::events::Events;
 use crate::metrics::Metrics;
 use crate::pool::PoolName;
 use crate::proxy::Proxy;
@@ -164,9 +166,10 @@ pub async fn run(
     }
 
     let routes = Proxy::routes(&models);
-    let (checker, watch) = health::Checker::new(&models);
+    let events = Events::new();
+    let (checker, watch) = health::Checker::new(&models, events.clone());
     let switchboard =
-        Arc::new(Switchboard::start(models, states, config.state.path.clone()).await?);
+        Arc::new(Switchboard::start(models, states, config.state.path.clone(), events).await?);
     let proxy = Arc::new(Proxy::new(
         routes,
         metrics.unrouted().clone(),

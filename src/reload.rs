@@ -29,6 +29,7 @@ use serde::Serialize;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, ConfigError, LoadError};
+use crate::events::EventKind;
 use crate::health::Watch;
 use crate::metrics::Metrics;
 use crate::pool::{Pool, PoolName};
@@ -151,6 +152,21 @@ impl Reloader {
             }
             Err(e) => warn!(actor, error = %ErrorChain(e), "config reload refused"),
         }
+        self.switchboard.events().record(EventKind::Reload {
+            actor: actor.to_string(),
+            applied: result.is_ok(),
+            outcome: result
+                .as_ref()
+                .ok()
+                .and_then(|(_, outcome)| serde_json::to_value(outcome).ok()),
+            error: result.as_ref().err().map(|e| match e {
+                ReloadError::Invalid(errors) => {
+                    let all: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                    format!("{e}: {}", all.join("; "))
+                }
+                e => ErrorChain(e).to_string(),
+            }),
+        });
         let (config, outcome) = result?;
         *current = config;
         Ok(outcome)

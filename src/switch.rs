@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::config::{ModelConfig, UpstreamSettings};
+use crate::events::{now_unix_ms, EventKind, Events};
 use crate::health::EndpointState;
 use crate::metrics::{Metrics, ModelMetrics};
 use crate::pool::{Pool, PoolName};
@@ -412,6 +413,8 @@ pub struct Switchboard {
     /// API's status calls), who so never wait behind a writer.
     published: ArcSwap<BTreeMap<String, ModelState>>,
     state_path: PathBuf,
+    /// Every switch is recorded here once it has taken effect.
+    events: Events,
 }
 
 // === impl Switchboard ===
@@ -424,6 +427,7 @@ impl Switchboard {
         models: Vec<Arc<Model>>,
         states: BTreeMap<String, ModelState>,
         state_path: PathBuf,
+        events: Events,
     ) -> Result<Switchboard, StateError> {
         state::save(state_path.clone(), states.clone()).await?;
         Ok(Switchboard {
@@ -431,7 +435,13 @@ impl Switchboard {
             published: ArcSwap::from_pointee(states.clone()),
             control: tokio::sync::Mutex::new(states),
             state_path,
+            events,
         })
+    }
+
+    /// The event log switches are recorded in.
+    pub fn events(&self) -> &Events {
+        &self.events
     }
 
     /// Every model, by name, as of now.
@@ -540,6 +550,15 @@ impl Switchboard {
                 forced = record.forced,
                 "switched active pool"
             );
+            self.events.record(EventKind::Switch {
+                model: name.to_string(),
+                from,
+                to,
+                reason: record.reason.to_string(),
+                actor: actor.to_string(),
+                forced: record.forced,
+                note: None,
+            });
         }
         control.insert(name.to_string(), next);
         self.published.store(Arc::new(control.clone()));
@@ -582,12 +601,6 @@ pub fn starting_states(
         );
     }
     Ok(states)
-}
-
-fn now_unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

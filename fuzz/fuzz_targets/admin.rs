@@ -22,7 +22,8 @@ use http::{header, HeaderName, HeaderValue, Method, Request, Response};
 use http_body_util::{BodyExt, Full};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
-use switchyard::admin::{Admin, Token};
+use switchyard::admin::{Admin, AdminBody, Token};
+use switchyard::events::Events;
 use switchyard::health::Checker;
 use switchyard::metrics::Metrics;
 use switchyard::proxy::Proxy;
@@ -87,6 +88,7 @@ enum Route {
     Healthz,
     Readyz,
     Metrics,
+    Events,
 }
 
 #[derive(Debug, Arbitrary)]
@@ -130,8 +132,11 @@ enum Word {
     Healthz,
     Readyz,
     Metrics,
+    Events,
     Expect,
     Force,
+    Follow,
+    Since,
     True,
     False,
     Empty,
@@ -197,6 +202,7 @@ fn build(req: &AdminRequest) -> Option<(Request<Full<Bytes>>, bool)> {
                 Route::Healthz => "/healthz".to_string(),
                 Route::Readyz => "/readyz".to_string(),
                 Route::Metrics => "/metrics".to_string(),
+                Route::Events => "/events".to_string(),
             };
             let mut pairs = Vec::new();
             if let Some(p) = &query.expect {
@@ -310,8 +316,11 @@ fn word(w: &Word) -> &str {
         Word::Healthz => "healthz",
         Word::Readyz => "readyz",
         Word::Metrics => "metrics",
+        Word::Events => "events",
         Word::Expect => "expect",
         Word::Force => "force",
+        Word::Follow => "follow",
+        Word::Since => "since",
         Word::True => "true",
         Word::False => "false",
         Word::Empty => "",
@@ -327,10 +336,14 @@ async fn check(
     with_token: bool,
     metrics_require_token: bool,
     admitted: bool,
-    response: Response<Full<Bytes>>,
+    response: Response<AdminBody>,
 ) {
     let (parts, body) = response.into_parts();
-    let body = body.collect().await.expect("a Full body").to_bytes();
+    // Infallible; an event stream from `handle_request` ends after the log.
+    let body = match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(never) => match never {},
+    };
     let status = parts.status.as_u16();
     let content_type = parts
         .headers
@@ -372,6 +385,17 @@ async fn check(
     if status == 200 && content_type.starts_with("text/plain") {
         assert_eq!(segments.as_slice(), ["metrics"], "{}", context());
         std::str::from_utf8(&body).expect("metrics are UTF-8");
+        return;
+    }
+    if status == 200 && content_type == "text/event-stream" {
+        assert_eq!(segments.as_slice(), ["events"], "{}", context());
+        let text = std::str::from_utf8(&body).expect("events are UTF-8");
+        // Every message is `id`, `event` and one line of JSON `data`.
+        for message in text.split("\n\n").filter(|m| m.starts_with("id: ")) {
+            let data = message.lines().find_map(|l| l.strip_prefix("data: "));
+            let data = data.unwrap_or_else(|| panic!("no data in {message:?}: {}", context()));
+            serde_json::from_str::<Value>(data).expect("event data is JSON");
+        }
         return;
     }
     assert_eq!(content_type, "application/json", "{}", context());
@@ -512,9 +536,10 @@ green.protocol = "h2c"
         config.proxy.limits,
     ));
     // Never run: a reload of this unchanged file builds no pool to probe.
-    let (_checker, watch) = Checker::new(&models);
+    let events = Events::new();
+    let (_checker, watch) = Checker::new(&models, events.clone());
     let switchboard = Arc::new(
-        Switchboard::start(models, states, config.state.path.clone())
+        Switchboard::start(models, states, config.state.path.clone(), events)
             .await
             .expect("the state file on the scratch directory"),
     );
