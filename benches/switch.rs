@@ -44,6 +44,7 @@ fn model(metrics: &Metrics, name: &str, prefix: &str) -> Arc<Model> {
         request_timeout: Duration::from_secs(60),
         failover: false,
         preview_header: false,
+        watch: None,
         max_body_bytes: switchyard::config::DEFAULT_MAX_BODY_BYTES,
         max_in_flight: switchyard::config::DEFAULT_MAX_IN_FLIGHT,
         blue: pool.clone(),

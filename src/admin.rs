@@ -73,6 +73,7 @@ impl AdminError {
                 SwitchError::UnknownModel(_) => StatusCode::NOT_FOUND,
                 SwitchError::Unexpected { .. }
                 | SwitchError::NoHistory { .. }
+                | SwitchError::Superseded { .. }
                 | SwitchError::Unhealthy { .. } => StatusCode::CONFLICT,
                 SwitchError::Persist { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             },
@@ -505,6 +506,18 @@ fn model_detail(model: &Model, state: Option<&ModelState>) -> Value {
     detail["failover"] = json!(model.failover());
     detail["pools"] = Value::Object(pools);
     detail["history"] = json!(state.map(|s| &s.history));
+    // The latest watch, while it runs and after it ended; `null` for a
+    // model without `[models.watch]` or before its first watched switch.
+    detail["watch"] = json!(model.watch_report().as_deref());
+    detail["last_auto_rollback"] =
+        json!(state
+            .and_then(|s| s.last_auto_rollback.as_ref())
+            .map(|r| json!({
+                "at_unix_ms": r.at_unix_ms,
+                "from": r.from,
+                "to": r.to,
+                "reason": r.note,
+            })));
     detail
 }
 

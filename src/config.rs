@@ -23,11 +23,14 @@ use crate::tls::{TlsError, TlsFiles};
 
 mod health;
 mod upstream_tls;
+mod watch;
 
 use health::RawHealth;
 pub use health::{HealthConfig, EJECT_MAX};
 use upstream_tls::RawUpstreamTls;
 pub use upstream_tls::UpstreamTls;
+use watch::RawWatch;
+pub use watch::{WatchConfig, DEFAULT_MIN_REQUESTS, DEFAULT_WATCH_INTERVAL};
 
 /// How long the proxy waits for an upstream's response headers.
 /// Inference can be slow (large batches, long generations), hence generous.
@@ -143,6 +146,9 @@ pub struct ModelConfig {
     /// Whether `x-switchyard-pool: blue|green` on the main listener picks
     /// the pool (a preview); else the header is ignored.
     pub preview_header: bool,
+    /// `[models.watch]`: after a switch, judge the new pool and roll back
+    /// on a breach; `None`: switches are not watched.
+    pub watch: Option<WatchConfig>,
     pub blue: PoolConfig,
     pub green: PoolConfig,
 }
@@ -217,6 +223,7 @@ impl ModelConfig {
             && self.max_body_bytes == other.max_body_bytes
             && self.max_in_flight == other.max_in_flight
             && self.preview_header == other.preview_header
+            && self.watch == other.watch
             && self.blue.same_as(&other.blue)
             && self.green.same_as(&other.green)
     }
@@ -405,6 +412,8 @@ struct RawModel {
     health: Option<RawHealth>,
     #[serde(default)]
     tls: Option<RawUpstreamTls>,
+    #[serde(default)]
+    watch: Option<RawWatch>,
     blue: RawPool,
     green: RawPool,
 }
@@ -840,6 +849,10 @@ fn validate_model(
             format!("models[{i}].tls: has no effect: the endpoints of both pools are http://; use https:// endpoints or remove it"),
         );
     }
+    let watch = m
+        .watch
+        .as_ref()
+        .and_then(|w| watch::validate(c, &format!("models[{i}]"), w));
     let blue = validate_pool(c, i, &name, PoolName::Blue, &m.blue, m);
     let green = validate_pool(c, i, &name, PoolName::Green, &m.green, m);
 
@@ -851,6 +864,7 @@ fn validate_model(
         request_timeout,
         failover: m.failover,
         preview_header: m.preview_header,
+        watch,
         max_body_bytes,
         max_in_flight,
         blue,

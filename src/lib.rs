@@ -17,6 +17,7 @@
 //! - `reload`: SIGHUP and `POST /reload`: the config applied again, or not.
 //! - `demo`: the built-in toy model servers behind `switchyard demo`.
 //! - `tls`: certificates and keys, inbound TLS with reload, upstream TLS.
+//! - `watch`: after a switch, judges the new pool and rolls back on a breach.
 //!
 //! [`run`] wires them: it takes a checked config, bound listeners and a
 //! shutdown future, and returns when shutdown has drained.
@@ -35,6 +36,7 @@ pub mod route;
 pub mod server;
 pub mod switch;
 pub mod tls;
+pub mod watch;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -193,6 +195,7 @@ pub async fn run(
         watch,
         certificates,
     ));
+    let watcher = watch::Watcher::new(Arc::clone(&switchboard));
     let admin = Arc::new(Admin::new(
         switchboard,
         metrics,
@@ -236,6 +239,7 @@ pub async fn run(
             .map_done("admin"),
     );
     tasks.spawn(checker.run(root.child_token()).map_done("health"));
+    tasks.spawn(watcher.run(root.child_token()).map_done("watch"));
     tasks.spawn(on_hangup(hangups, reloader, root.child_token()).map_done("reload"));
 
     let result = tokio::select! {

@@ -3,6 +3,7 @@
 //! built. The request path only increments handles; it never looks a metric
 //! up by label.
 
+use prometheus::core::Metric as _;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -27,6 +28,7 @@ pub const FAILOVERS_TOTAL: &str = "switchyard_failovers_total";
 // --- switch family ---
 pub const ACTIVE_POOL: &str = "switchyard_active_pool";
 pub const SWITCHES_TOTAL: &str = "switchyard_switches_total";
+pub const AUTO_ROLLBACKS_TOTAL: &str = "switchyard_auto_rollbacks_total";
 // --- process family ---
 pub const BUILD_INFO: &str = "switchyard_build_info";
 
@@ -34,8 +36,8 @@ pub const BUILD_INFO: &str = "switchyard_build_info";
 const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// Latency buckets for inference: from sub-millisecond cache hits to
-/// minute-long generations.
-const DURATION_BUCKETS: &[f64] = &[
+/// minute-long generations. The watch reads its p99 from them.
+pub const DURATION_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     60.0, 120.0,
 ];
@@ -78,6 +80,7 @@ pub struct Metrics {
     retries: IntCounterVec,
     active_pool: IntGaugeVec,
     switches: IntCounterVec,
+    auto_rollbacks: IntCounterVec,
     unrouted: IntCounter,
     endpoint_healthy: IntGaugeVec,
     probes: IntCounterVec,
@@ -150,6 +153,14 @@ impl Metrics {
             &["model", "to"],
         )
         .expect("valid metric");
+        let auto_rollbacks = IntCounterVec::new(
+            Opts::new(
+                AUTO_ROLLBACKS_TOTAL,
+                "Switches undone by the watch because the new pool breached a limit.",
+            ),
+            &["model"],
+        )
+        .expect("valid metric");
         let unrouted = IntCounter::new(UNROUTED_REQUESTS_TOTAL, "Requests that matched no model.")
             .expect("valid metric");
         let endpoint_healthy = IntGaugeVec::new(
@@ -211,6 +222,7 @@ impl Metrics {
         reg(Box::new(retries.clone()));
         reg(Box::new(active_pool.clone()));
         reg(Box::new(switches.clone()));
+        reg(Box::new(auto_rollbacks.clone()));
         reg(Box::new(unrouted.clone()));
         reg(Box::new(build_info));
         reg(Box::new(endpoint_healthy.clone()));
@@ -234,6 +246,7 @@ impl Metrics {
             retries,
             active_pool,
             switches,
+            auto_rollbacks,
             unrouted,
         }
     }
@@ -271,6 +284,7 @@ impl Metrics {
     pub fn model(&self, model: &str) -> ModelMetrics {
         ModelMetrics {
             switches: PoolName::ALL.map(|p| self.switches.with_label_values(&[model, p.as_str()])),
+            auto_rollbacks: self.auto_rollbacks.with_label_values(&[model]),
         }
     }
 
@@ -313,6 +327,8 @@ impl Metrics {
 
     /// Removes the series of a model that no longer exists.
     pub fn forget_model(&self, model: &str) {
+        // Absent series are fine: see `forget_pool`.
+        let _ = self.auto_rollbacks.remove_label_values(&[model]);
         for p in PoolName::ALL {
             // Absent series are fine: see `forget_pool`.
             let _ = self.switches.remove_label_values(&[model, p.as_str()]);
@@ -376,6 +392,27 @@ impl PoolMetrics {
         self.probe_duration.observe(seconds);
     }
 
+    /// Responses counted so far, all classes and 5xx: what the watch
+    /// samples, off the request path.
+    pub fn responses(&self) -> (u64, u64) {
+        let total = self.requests.iter().map(IntCounter::get).sum();
+        (total, self.requests[4].get())
+    }
+
+    /// The duration histogram's cumulative bucket counts (one per
+    /// [`DURATION_BUCKETS`] bound) and its count. Takes the histogram's
+    /// collect lock, as a scrape does; requests observing meanwhile never wait.
+    pub fn latency(&self) -> (Vec<u64>, u64) {
+        let metric = self.duration.metric();
+        let histogram = metric.get_histogram();
+        let buckets = histogram
+            .get_bucket()
+            .iter()
+            .map(|b| b.cumulative_count())
+            .collect();
+        (buckets, histogram.get_sample_count())
+    }
+
     pub fn count_upstream_error(&self, kind: UpstreamErrorKind) {
         let i = UpstreamErrorKind::ALL
             .iter()
@@ -389,11 +426,16 @@ impl PoolMetrics {
 #[derive(Clone)]
 pub struct ModelMetrics {
     switches: [IntCounter; 2],
+    auto_rollbacks: IntCounter,
 }
 
 impl ModelMetrics {
     pub fn count_switch(&self, to: PoolName) {
         self.switches[to.index()].inc();
+    }
+
+    pub fn count_auto_rollback(&self) {
+        self.auto_rollbacks.inc();
     }
 }
 
@@ -410,6 +452,7 @@ mod tests {
         p.count_upstream_error(UpstreamErrorKind::Timeout);
         p.retries.inc();
         m.model("iris").count_switch(PoolName::Green);
+        m.model("iris").count_auto_rollback();
         let text = String::from_utf8(m.encode().unwrap()).unwrap();
         assert!(
             text.contains(r#"switchyard_requests_total{code="2xx",model="iris",pool="green"} 1"#),
@@ -423,6 +466,15 @@ mod tests {
         ));
         assert!(text.contains(r#"switchyard_upstream_retries_total{model="iris",pool="green"} 1"#));
         assert!(text.contains(r#"switchyard_switches_total{model="iris",to="green"} 1"#));
+        assert!(text.contains(r#"switchyard_auto_rollbacks_total{model="iris"} 1"#));
+        let (total, errors) = p.responses();
+        assert_eq!((total, errors), (2, 1));
+        p.duration.observe(0.003);
+        let (buckets, count) = p.latency();
+        assert_eq!(buckets.len(), DURATION_BUCKETS.len());
+        assert_eq!(count, 1);
+        assert_eq!(buckets[2], 0, "0.0025s bucket");
+        assert_eq!(buckets[3], 1, "0.005s bucket");
         assert!(text.contains("switchyard_build_info{version="));
     }
 

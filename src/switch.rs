@@ -8,6 +8,10 @@
 //! on a plain value ([`ModelState::apply`]), persists the new state, stores
 //! the new pool in the `ArcSwap`, then replies. Persist before store: once a
 //! caller has seen "switched", a restart cannot undo it.
+//!
+//! Every switch (and every reload) bumps a counter on a `watch` channel
+//! ([`Switchboard::subscribe`]); the watch (`watch.rs`) wakes on it and reads
+//! the published states to learn which model switched.
 
 mod state;
 
@@ -18,7 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -27,6 +31,7 @@ use crate::events::{now_unix_ms, EventKind, Events};
 use crate::health::EndpointState;
 use crate::metrics::{Metrics, ModelMetrics};
 use crate::pool::{Pool, PoolName};
+use crate::watch::WatchReport;
 
 pub use state::StateError;
 
@@ -47,6 +52,9 @@ pub struct Model {
     pools: [Arc<Pool>; 2],
     active: ArcSwap<Pool>,
     metrics: ModelMetrics,
+    /// The watch of the last watched switch, published by the watch task
+    /// for status readers; `None` until a switch of this model is watched.
+    watch: ArcSwapOption<WatchReport>,
     /// What it was built from; a reload compares against it.
     config: ModelConfig,
     upstream: UpstreamSettings,
@@ -113,6 +121,7 @@ impl Model {
             in_flight: AtomicUsize::new(0),
             pools,
             metrics: metrics.model(&config.name),
+            watch: ArcSwapOption::empty(),
         };
         model.publish_active(active);
         (model, built)
@@ -170,6 +179,21 @@ impl Model {
         self.config.preview_header
     }
 
+    /// `[models.watch]`: whether and how switches of this model are watched.
+    pub fn watch_config(&self) -> Option<&crate::config::WatchConfig> {
+        self.config.watch.as_ref()
+    }
+
+    /// The latest watch of this model, for status.
+    pub fn watch_report(&self) -> Option<Arc<WatchReport>> {
+        self.watch.load_full()
+    }
+
+    /// Publishes the state of this model's watch (the watch task only).
+    pub(crate) fn publish_watch(&self, report: WatchReport) {
+        self.watch.store(Some(Arc::new(report)));
+    }
+
     /// The other pool of this model than `pool`.
     pub fn standby_of(&self, pool: &Pool) -> &Arc<Pool> {
         &self.pools[pool.name().other().index()]
@@ -219,6 +243,8 @@ pub enum SwitchReason {
     Flip,
     Activate,
     Rollback,
+    /// The watch undid a switch whose new pool breached a limit.
+    AutoRollback,
 }
 
 impl fmt::Display for SwitchReason {
@@ -227,12 +253,13 @@ impl fmt::Display for SwitchReason {
             SwitchReason::Flip => "flip",
             SwitchReason::Activate => "activate",
             SwitchReason::Rollback => "rollback",
+            SwitchReason::AutoRollback => "auto_rollback",
         })
     }
 }
 
-/// A switch asked for by an admin call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A switch asked for by an admin call or the watch.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SwitchOp {
     /// Make the standby active; with `expect`, only if `expect` is active now.
     Flip { expect: Option<PoolName> },
@@ -240,6 +267,10 @@ pub enum SwitchOp {
     Activate(PoolName),
     /// Return to the pool active before the last switch.
     Rollback,
+    /// The watch's rollback: undo `undo`, only if it is still the last
+    /// switch (so a newer switch, or a reload, is never undone by a watch of
+    /// an older one). `note` says why; it is kept on the record.
+    AutoRollback { undo: SwitchRecord, note: String },
 }
 
 /// One switch, as kept in the history and the state file.
@@ -256,6 +287,10 @@ pub struct SwitchRecord {
     /// guard with `force`.
     #[serde(default)]
     pub forced: bool,
+    /// Why, in words, where the kind alone does not say: an automatic
+    /// rollback's breached limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// The switch state of one model as a plain value: the sans-io core that
@@ -269,6 +304,10 @@ pub struct ModelState {
     /// The newest switch of any kind, rollbacks included.
     #[serde(default)]
     pub last_switch: Option<SwitchRecord>,
+    /// The newest automatic rollback; kept when later switches push it out
+    /// of `last_switch` (a rollback is not kept in the history).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_auto_rollback: Option<SwitchRecord>,
 }
 
 /// Why a switch was refused.
@@ -286,6 +325,10 @@ pub enum SwitchError {
     },
     #[error("model {model:?}: nothing to roll back to; no switch is recorded")]
     NoHistory { model: String },
+    /// An automatic rollback found that the switch it was to undo is no
+    /// longer the last one: someone switched since.
+    #[error("model {model:?}: the switch to undo is no longer the last one; nothing switched")]
+    Superseded { model: String },
     #[error("model {model:?}: pool {pool} has no healthy endpoint ({}); nothing switched; add ?force=true to switch anyway", describe_endpoints(.endpoints))]
     Unhealthy {
         model: String,
@@ -327,6 +370,7 @@ impl ModelState {
             active,
             history: VecDeque::new(),
             last_switch: None,
+            last_auto_rollback: None,
         }
     }
 
@@ -353,6 +397,7 @@ impl ModelState {
         actor: &str,
         guard: impl FnOnce(PoolName) -> Result<bool, SwitchError>,
     ) -> Result<Option<ModelState>, SwitchError> {
+        let mut note = None;
         let (to, reason) = match op {
             SwitchOp::Flip { expect } => {
                 if let Some(expected) = expect.filter(|e| *e != self.active) {
@@ -374,6 +419,15 @@ impl ModelState {
                 };
                 (last.from, SwitchReason::Rollback)
             }
+            SwitchOp::AutoRollback { undo, note: why } => {
+                if self.last_switch.as_ref() != Some(&undo) || self.active != undo.to {
+                    return Err(SwitchError::Superseded {
+                        model: model.to_string(),
+                    });
+                }
+                note = Some(why);
+                (undo.from, SwitchReason::AutoRollback)
+            }
         };
         let forced = guard(to)?;
         let record = SwitchRecord {
@@ -383,10 +437,16 @@ impl ModelState {
             at_unix_ms: now_ms,
             actor: actor.to_string(),
             forced,
+            note,
         };
         let mut next = self.clone();
         next.active = to;
-        if reason == SwitchReason::Rollback {
+        if reason == SwitchReason::AutoRollback {
+            // The switch undone is the newest in the history (checked
+            // above: it is the last switch, and rollbacks are not kept).
+            next.history.pop_back();
+            next.last_auto_rollback = Some(record.clone());
+        } else if reason == SwitchReason::Rollback {
             next.history.pop_back();
         } else {
             // `while`: a hand-edited state file may hold more.
@@ -412,6 +472,10 @@ pub struct Switchboard {
     /// A copy of the states as of the last write, for readers (the admin
     /// API's status calls), who so never wait behind a writer.
     published: ArcSwap<BTreeMap<String, ModelState>>,
+    /// Bumped after every switch and reload, once `published` shows it:
+    /// wakes the watch task, which then reads `published`. A `watch`
+    /// channel, so a slow reader sees the latest and nothing queues up.
+    switched: tokio::sync::watch::Sender<u64>,
     state_path: PathBuf,
     /// Every switch is recorded here once it has taken effect.
     events: Events,
@@ -434,6 +498,7 @@ impl Switchboard {
             models: ArcSwap::from_pointee(by_name(models)),
             published: ArcSwap::from_pointee(states.clone()),
             control: tokio::sync::Mutex::new(states),
+            switched: tokio::sync::watch::Sender::new(0),
             state_path,
             events,
         })
@@ -451,6 +516,16 @@ impl Switchboard {
 
     pub fn model(&self, name: &str) -> Option<Arc<Model>> {
         self.models.load().get(name).cloned()
+    }
+
+    /// Changes each time a switch or reload has been published.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.switched.subscribe()
+    }
+
+    /// Every model's switch state as of the last write; never waits.
+    pub fn states(&self) -> Arc<BTreeMap<String, ModelState>> {
+        self.published.load_full()
     }
 
     /// Takes the writers' lock, for a reload: no switch runs until the
@@ -472,6 +547,7 @@ impl Switchboard {
         self.models.store(Arc::new(by_name(models)));
         self.published.store(Arc::new(states.clone()));
         **control = states;
+        self.switched.send_modify(|n| *n += 1);
         Ok(())
     }
 
@@ -541,6 +617,9 @@ impl Switchboard {
         model.store_active(to);
         model.metrics.count_switch(to);
         if let Some(record) = &next.last_switch {
+            if record.reason == SwitchReason::AutoRollback {
+                model.metrics.count_auto_rollback();
+            }
             info!(
                 model = name,
                 from = %from,
@@ -548,6 +627,7 @@ impl Switchboard {
                 reason = %record.reason,
                 actor = actor,
                 forced = record.forced,
+                note = record.note.as_deref(),
                 "switched active pool"
             );
             self.events.record(EventKind::Switch {
@@ -557,11 +637,12 @@ impl Switchboard {
                 reason: record.reason.to_string(),
                 actor: actor.to_string(),
                 forced: record.forced,
-                note: None,
+                note: record.note.clone(),
             });
         }
         control.insert(name.to_string(), next);
         self.published.store(Arc::new(control.clone()));
+        self.switched.send_modify(|n| *n += 1);
         Ok(SwitchOutcome {
             model: name.to_string(),
             from,
@@ -677,6 +758,78 @@ mod tests {
             s.apply("iris", SwitchOp::Rollback, 5, "t"),
             Err(SwitchError::NoHistory { .. })
         ));
+    }
+
+    #[test]
+    fn an_auto_rollback_undoes_the_last_switch_and_is_remembered() {
+        let s = ModelState::new(PoolName::Blue);
+        let s = run(&s, flip(None), 1); // green
+        let s = run(&s, SwitchOp::Activate(PoolName::Blue), 2);
+        let s = run(&s, flip(None), 3); // green again
+        let undo = s.last_switch.clone().unwrap();
+        let op = SwitchOp::AutoRollback {
+            undo,
+            note: "5xx ratio 0.5".to_string(),
+        };
+        let s = run(&s, op, 4);
+        assert_eq!(s.active, PoolName::Blue);
+        let r = s.last_switch.clone().unwrap();
+        assert_eq!(
+            (r.from, r.to, r.reason, r.note.as_deref()),
+            (
+                PoolName::Green,
+                PoolName::Blue,
+                SwitchReason::AutoRollback,
+                Some("5xx ratio 0.5")
+            )
+        );
+        assert_eq!(s.last_auto_rollback, Some(r));
+        // The switch undone left the history, as a manual rollback's does.
+        assert_eq!(s.history.len(), 2);
+        assert_eq!(s.history.back().unwrap().at_unix_ms, 2);
+        // Later switches keep the last auto rollback for status.
+        let s = run(&s, flip(None), 5);
+        assert_eq!(s.last_auto_rollback.as_ref().unwrap().at_unix_ms, 4);
+    }
+
+    #[test]
+    fn an_auto_rollback_of_a_switch_no_longer_last_is_refused() {
+        let s = ModelState::new(PoolName::Blue);
+        let s = run(&s, flip(None), 1);
+        let watched = s.last_switch.clone().unwrap();
+        let op = SwitchOp::AutoRollback {
+            undo: watched,
+            note: String::new(),
+        };
+        // Someone flipped back, then forth: green is active again, but by a
+        // newer switch than the one watched.
+        let later = run(&run(&s, flip(None), 2), flip(None), 3);
+        assert_eq!(later.active, PoolName::Green);
+        assert!(matches!(
+            later.apply("iris", op.clone(), 4, "watch"),
+            Err(SwitchError::Superseded { .. })
+        ));
+        let rolled_back = run(&s, SwitchOp::Rollback, 2);
+        assert!(matches!(
+            rolled_back.apply("iris", op, 4, "watch"),
+            Err(SwitchError::Superseded { .. })
+        ));
+    }
+
+    #[test]
+    fn a_state_without_the_watch_fields_reads_and_writes_as_before() {
+        let old = r#"{"active":"green","history":[{"from":"blue","to":"green","reason":"flip","at_unix_ms":1,"actor":"a"}],"last_switch":null}"#;
+        let s: ModelState = serde_json::from_str(old).unwrap();
+        assert_eq!(s.history[0].note, None);
+        assert_eq!(s.last_auto_rollback, None);
+        let written = serde_json::to_string(&s).unwrap();
+        assert!(!written.contains("note"), "{written}");
+        assert!(!written.contains("last_auto_rollback"), "{written}");
+        assert_eq!(SwitchReason::AutoRollback.to_string(), "auto_rollback");
+        assert_eq!(
+            serde_json::to_string(&SwitchReason::AutoRollback).unwrap(),
+            "\"auto_rollback\""
+        );
     }
 
     #[test]

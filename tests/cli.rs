@@ -284,6 +284,18 @@ async fn check_points_at_the_line_of_each_bad_config() {
             "scheme",
         ),
         (
+            "watch ratio out of range",
+            format!("{HEAD}\n{IRIS}\n[models.watch]\nwindow = \"60s\"\nmax_5xx_ratio = 5\n"),
+            "max_5xx_ratio",
+            "models[0].watch.max_5xx_ratio",
+        ),
+        (
+            "watch without a limit",
+            format!("{HEAD}\n{IRIS}\n[models.watch]\nwindow = \"60s\"\n"),
+            "window",
+            "sets no limit",
+        ),
+        (
             "bad duration",
             HEAD.replace(
                 "listen = \"127.0.0.1:8080\"",

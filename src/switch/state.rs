@@ -197,20 +197,23 @@ mod props {
                 Just(SwitchReason::Flip),
                 Just(SwitchReason::Activate),
                 Just(SwitchReason::Rollback),
+                Just(SwitchReason::AutoRollback),
             ],
             any::<u64>(),
             // The actor is a socket address in practice; any text must survive.
             any::<String>(),
             any::<bool>(),
+            prop::option::of(any::<String>()),
         )
             .prop_map(
-                |(from, to, reason, at_unix_ms, actor, forced)| SwitchRecord {
+                |(from, to, reason, at_unix_ms, actor, forced, note)| SwitchRecord {
                     from,
                     to,
                     reason,
                     at_unix_ms,
                     actor,
                     forced,
+                    note,
                 },
             )
     }
@@ -220,12 +223,16 @@ mod props {
             pool(),
             prop::collection::vec(record(), 0..=HISTORY_LEN),
             prop::option::of(record()),
+            prop::option::of(record()),
         )
-            .prop_map(|(active, history, last_switch)| ModelState {
-                active,
-                history: VecDeque::from(history),
-                last_switch,
-            })
+            .prop_map(
+                |(active, history, last_switch, last_auto_rollback)| ModelState {
+                    active,
+                    history: VecDeque::from(history),
+                    last_switch,
+                    last_auto_rollback,
+                },
+            )
     }
 
     /// Every model of a config: names as the config allows them.

@@ -85,6 +85,7 @@ pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
 ///   [`Upstream::set_healthy`]`(false)`; counted in [`Upstream::probes`],
 ///   not in [`Upstream::hits`].
 /// - after [`Upstream::set_failing`]`(true)`, every other request is a 500.
+/// - after [`Upstream::set_delay`], every other request waits that long first.
 /// - `/grpc...` (HTTP/2): a gRPC unary answer echoing the request message,
 ///   with trailers `grpc-status: 0`, `grpc-message: ok-<name>`.
 pub struct Upstream {
@@ -102,6 +103,8 @@ struct UpstreamState {
     connections: AtomicUsize,
     healthy: AtomicBool,
     failing: AtomicBool,
+    /// Milliseconds every request but probes waits before it is answered.
+    delay_ms: AtomicUsize,
     held: watch::Sender<usize>,
     released: watch::Sender<bool>,
     upload_started: watch::Sender<bool>,
@@ -120,6 +123,7 @@ impl Upstream {
             connections: AtomicUsize::new(0),
             healthy: AtomicBool::new(true),
             failing: AtomicBool::new(false),
+            delay_ms: AtomicUsize::new(0),
             held: watch::Sender::new(0),
             released: watch::Sender::new(false),
             upload_started: watch::Sender::new(false),
@@ -181,6 +185,13 @@ impl Upstream {
     /// Makes every request but probes answer 500 (true) or normally (false).
     pub fn set_failing(&self, failing: bool) {
         self.state.failing.store(failing, Ordering::SeqCst);
+    }
+
+    /// Makes every request but probes wait `delay` before it is answered: a
+    /// slow model server.
+    pub fn set_delay(&self, delay: Duration) {
+        let ms = usize::try_from(delay.as_millis()).unwrap_or(usize::MAX);
+        self.state.delay_ms.store(ms, Ordering::SeqCst);
     }
 
     /// Waits until `n` requests are held on `/hold` or `/stream`.
@@ -253,6 +264,10 @@ async fn upstream_handle(state: &UpstreamState, req: Request<Incoming>) -> Respo
         return resp;
     }
     state.hits.fetch_add(1, Ordering::SeqCst);
+    let delay = state.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay as u64)).await;
+    }
     if state.failing.load(Ordering::SeqCst) {
         return full(StatusCode::INTERNAL_SERVER_ERROR, name);
     }

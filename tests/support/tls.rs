@@ -179,6 +179,7 @@ impl TlsUpstream {
             connections: AtomicUsize::new(0),
             healthy: AtomicBool::new(true),
             failing: AtomicBool::new(false),
+            delay_ms: AtomicUsize::new(0),
             held: watch::Sender::new(0),
             released: watch::Sender::new(false),
             upload_started: watch::Sender::new(false),
