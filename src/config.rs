@@ -23,11 +23,14 @@ use crate::tls::{TlsError, TlsFiles};
 
 mod health;
 mod upstream_tls;
+mod validate;
 
 use health::RawHealth;
 pub use health::{HealthConfig, EJECT_MAX};
 use upstream_tls::RawUpstreamTls;
 pub use upstream_tls::UpstreamTls;
+use validate::RawCheck;
+pub use validate::{CheckConfig, DEFAULT_CHECK_TIMEOUT, MAX_CHECK_BODY_BYTES};
 
 /// How long the proxy waits for an upstream's response headers.
 /// Inference can be slow (large batches, long generations), hence generous.
@@ -143,6 +146,12 @@ pub struct ModelConfig {
     /// Whether `x-switchyard-pool: blue|green` on the main listener picks
     /// the pool (a preview); else the header is ignored.
     pub preview_header: bool,
+    /// `[[models.validate]]`: what a pool must answer before a switch to it
+    /// (on `?validate=true`, or every switch with `validate_before_switch`).
+    pub validate: Vec<CheckConfig>,
+    /// Whether flip and activate validate the target pool unless the call
+    /// says `?validate=false`.
+    pub validate_before_switch: bool,
     pub blue: PoolConfig,
     pub green: PoolConfig,
 }
@@ -217,6 +226,8 @@ impl ModelConfig {
             && self.max_body_bytes == other.max_body_bytes
             && self.max_in_flight == other.max_in_flight
             && self.preview_header == other.preview_header
+            && self.validate == other.validate
+            && self.validate_before_switch == other.validate_before_switch
             && self.blue.same_as(&other.blue)
             && self.green.same_as(&other.green)
     }
@@ -405,6 +416,10 @@ struct RawModel {
     health: Option<RawHealth>,
     #[serde(default)]
     tls: Option<RawUpstreamTls>,
+    #[serde(default)]
+    validate: Vec<RawCheck>,
+    #[serde(default)]
+    validate_before_switch: Option<Spanned<bool>>,
     blue: RawPool,
     green: RawPool,
 }
@@ -842,6 +857,12 @@ fn validate_model(
     }
     let blue = validate_pool(c, i, &name, PoolName::Blue, &m.blue, m);
     let green = validate_pool(c, i, &name, PoolName::Green, &m.green, m);
+    let checks = validate::validate(
+        c,
+        &format!("models[{i}]"),
+        &m.validate,
+        m.validate_before_switch.as_ref(),
+    );
 
     (c.errors.len() == before).then(|| ModelConfig {
         name,
@@ -853,6 +874,11 @@ fn validate_model(
         preview_header: m.preview_header,
         max_body_bytes,
         max_in_flight,
+        validate: checks,
+        validate_before_switch: m
+            .validate_before_switch
+            .as_ref()
+            .is_some_and(|v| *v.get_ref()),
         blue,
         green,
     })

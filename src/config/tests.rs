@@ -757,3 +757,6 @@ fn the_preview_listener_and_header_are_read_and_checked() {
         &["proxy.preview_listen", "invalid listen address"],
     );
 }
+
+// `[[models.validate]]`: in its own file.
+mod validate;
