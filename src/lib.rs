@@ -17,6 +17,8 @@
 //! - `reload`: SIGHUP and `POST /reload`: the config applied again, or not.
 //! - `demo`: the built-in toy model servers behind `switchyard demo`.
 //! - `tls`: certificates and keys, inbound TLS with reload, upstream TLS.
+//! - `validate`: `[[models.validate]]` checks run against a pool before a
+//!   switch, and their report.
 //!
 //! [`run`] wires them: it takes a checked config, bound listeners and a
 //! shutdown future, and returns when shutdown has drained.
@@ -34,6 +36,7 @@ pub mod route;
 pub mod server;
 pub mod switch;
 pub mod tls;
+pub mod validate;
 
 use std::future::Future;
 use std::net::SocketAddr;
