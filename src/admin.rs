@@ -1,5 +1,5 @@
-//! The admin listener: status, switches, metrics, liveness and readiness, as
-//! a JSON API on its own port. Errors become `{"error": ...}` responses in
+//! The admin listener: status, switches, validation, metrics, liveness and
+//! readiness, as a JSON API on its own port. Errors become `{"error": ...}` responses in
 //! one place, [`AdminError::into_response`].
 
 use std::convert::Infallible;
@@ -24,10 +24,12 @@ use crate::reload::{ReloadError, Reloader};
 use crate::server;
 use crate::switch::{Model, ModelState, SwitchError, SwitchOp, Switchboard};
 use crate::tls::ServerTls;
+use crate::validate::{Report, ValidateError};
 use crate::ErrorChain;
 
 mod auth;
 mod events;
+mod validate;
 
 pub use auth::{Token, TokenError, TOKEN_ENV};
 
@@ -54,6 +56,8 @@ pub enum AdminError {
     BadQuery(String),
     #[error(transparent)]
     Switch(#[from] SwitchError),
+    #[error(transparent)]
+    Validate(#[from] ValidateError),
     #[error("cannot encode metrics")]
     Metrics(#[source] prometheus::Error),
     #[error(transparent)]
@@ -74,9 +78,15 @@ impl AdminError {
                 SwitchError::Unexpected { .. }
                 | SwitchError::NoHistory { .. }
                 | SwitchError::Superseded { .. }
-                | SwitchError::Unhealthy { .. } => StatusCode::CONFLICT,
+                | SwitchError::Unhealthy { .. }
+                | SwitchError::ValidationFailed { .. } => StatusCode::CONFLICT,
                 SwitchError::Persist { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             },
+            // Nothing to check, or no endpoint to check: the model's state
+            // refuses the call, as an unhealthy target refuses a switch.
+            AdminError::Validate(
+                ValidateError::NoChecks { .. } | ValidateError::NoHealthyEndpoint { .. },
+            ) => StatusCode::CONFLICT,
             AdminError::Metrics(_) => StatusCode::INTERNAL_SERVER_ERROR,
             AdminError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             AdminError::Reload(e) => match e {
@@ -111,6 +121,20 @@ impl AdminError {
         }) = &self
         {
             // The guard's reason, machine-readable: which endpoints, in what state.
+            body["pool"] = json!(pool);
+            body["endpoints"] = endpoints
+                .iter()
+                .map(|(url, state)| json!({ "url": url, "state": state }))
+                .collect();
+        }
+        if let AdminError::Switch(SwitchError::ValidationFailed { report, .. }) = &self {
+            // Every check's result: what was expected, what came back.
+            body["validation"] = json!(report);
+        }
+        if let AdminError::Validate(ValidateError::NoHealthyEndpoint {
+            pool, endpoints, ..
+        }) = &self
+        {
             body["pool"] = json!(pool);
             body["endpoints"] = endpoints
                 .iter()
@@ -349,26 +373,35 @@ impl Admin {
             }
             ["models", name, "flip"] => {
                 allow("POST")?;
-                query.only(&["expect", "force", "wait_drained"])?;
+                query.only(&["expect", "force", "wait_drained", "validate"])?;
                 let expect = query
                     .get("expect")
                     .map(str::parse::<PoolName>)
                     .transpose()?;
                 let force = query.flag("force")?;
                 let wait = query.duration("wait_drained")?;
-                self.switch(name, SwitchOp::Flip { expect }, force, wait, &actor)
-                    .await
+                let validate = query.opt_flag("validate")?;
+                let op = SwitchOp::Flip { expect };
+                let (op, report) = self.validated(name, op, validate).await?;
+                self.switch(name, op, force, wait, &actor, report).await
             }
             ["models", name, "activate", pool] => {
                 allow("POST")?;
-                query.only(&["force", "wait_drained"])?;
+                query.only(&["force", "wait_drained", "validate"])?;
                 // An unknown model is 404 whatever the pool segment says.
                 self.model(name)?;
                 let pool: PoolName = pool.parse()?;
                 let force = query.flag("force")?;
                 let wait = query.duration("wait_drained")?;
-                self.switch(name, SwitchOp::Activate(pool), force, wait, &actor)
-                    .await
+                let validate = query.opt_flag("validate")?;
+                let op = SwitchOp::Activate(pool);
+                let (op, report) = self.validated(name, op, validate).await?;
+                self.switch(name, op, force, wait, &actor, report).await
+            }
+            ["models", name, "validate"] => {
+                allow("POST")?;
+                query.only(&["pool"])?;
+                self.validate(name, query.get("pool")).await
             }
             ["reload"] => {
                 allow("POST")?;
@@ -388,7 +421,7 @@ impl Admin {
                 query.only(&["force", "wait_drained"])?;
                 let force = query.flag("force")?;
                 let wait = query.duration("wait_drained")?;
-                self.switch(name, SwitchOp::Rollback, force, wait, &actor)
+                self.switch(name, SwitchOp::Rollback, force, wait, &actor, None)
                     .await
             }
             _ => Err(AdminError::NotFound(path.to_string())),
@@ -408,6 +441,7 @@ impl Admin {
         force: bool,
         wait_drained: Option<Duration>,
         actor: &str,
+        validation: Option<Report>,
     ) -> Result<AdminResponse, AdminError> {
         let switchboard = Arc::clone(&self.switchboard);
         let (model_name, actor) = (name.to_string(), actor.to_string());
@@ -421,6 +455,9 @@ impl Admin {
             "previous": outcome.from,
             "switched": outcome.switched,
         });
+        if let Some(report) = validation {
+            body["validation"] = json!(report);
+        }
         if let Some(wait) = wait_drained {
             // The pool traffic left (or, after a no-op, the standby): drained
             // once nothing is in flight on it.
@@ -619,6 +656,14 @@ impl<'a> Query<'a> {
                 })
             })
             .transpose()
+    }
+
+    /// A boolean parameter that may be absent: `None`, or as [`Query::flag`].
+    fn opt_flag(&self, key: &str) -> Result<Option<bool>, AdminError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(_) => self.flag(key).map(Some),
+        }
     }
 
     /// A duration parameter such as `30s`, if present.

@@ -23,12 +23,15 @@ use crate::tls::{TlsError, TlsFiles};
 
 mod health;
 mod upstream_tls;
+mod validate;
 mod watch;
 
 use health::RawHealth;
 pub use health::{HealthConfig, EJECT_MAX};
 use upstream_tls::RawUpstreamTls;
 pub use upstream_tls::UpstreamTls;
+use validate::RawCheck;
+pub use validate::{CheckConfig, DEFAULT_CHECK_TIMEOUT, MAX_CHECK_BODY_BYTES};
 use watch::RawWatch;
 pub use watch::{WatchConfig, DEFAULT_MIN_REQUESTS, DEFAULT_WATCH_INTERVAL};
 
@@ -149,6 +152,12 @@ pub struct ModelConfig {
     /// `[models.watch]`: after a switch, judge the new pool and roll back
     /// on a breach; `None`: switches are not watched.
     pub watch: Option<WatchConfig>,
+    /// `[[models.validate]]`: what a pool must answer before a switch to it
+    /// (on `?validate=true`, or every switch with `validate_before_switch`).
+    pub validate: Vec<CheckConfig>,
+    /// Whether flip and activate validate the target pool unless the call
+    /// says `?validate=false`.
+    pub validate_before_switch: bool,
     pub blue: PoolConfig,
     pub green: PoolConfig,
 }
@@ -224,6 +233,8 @@ impl ModelConfig {
             && self.max_in_flight == other.max_in_flight
             && self.preview_header == other.preview_header
             && self.watch == other.watch
+            && self.validate == other.validate
+            && self.validate_before_switch == other.validate_before_switch
             && self.blue.same_as(&other.blue)
             && self.green.same_as(&other.green)
     }
@@ -414,6 +425,10 @@ struct RawModel {
     tls: Option<RawUpstreamTls>,
     #[serde(default)]
     watch: Option<RawWatch>,
+    #[serde(default)]
+    validate: Vec<RawCheck>,
+    #[serde(default)]
+    validate_before_switch: Option<Spanned<bool>>,
     blue: RawPool,
     green: RawPool,
 }
@@ -855,6 +870,12 @@ fn validate_model(
         .and_then(|w| watch::validate(c, &format!("models[{i}]"), w));
     let blue = validate_pool(c, i, &name, PoolName::Blue, &m.blue, m);
     let green = validate_pool(c, i, &name, PoolName::Green, &m.green, m);
+    let checks = validate::validate(
+        c,
+        &format!("models[{i}]"),
+        &m.validate,
+        m.validate_before_switch.as_ref(),
+    );
 
     (c.errors.len() == before).then(|| ModelConfig {
         name,
@@ -867,6 +888,11 @@ fn validate_model(
         watch,
         max_body_bytes,
         max_in_flight,
+        validate: checks,
+        validate_before_switch: m
+            .validate_before_switch
+            .as_ref()
+            .is_some_and(|v| *v.get_ref()),
         blue,
         green,
     })

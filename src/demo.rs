@@ -310,8 +310,10 @@ fn print_banner(urls: &[(PoolName, String)], proxy: SocketAddr, admin: SocketAdd
     println!("  curl -si http://{proxy}/v2/models/iris/infer -H 'content-type: application/json' -d '{body}'");
     println!("Status:");
     println!("  curl -s http://{admin}/models/iris");
-    println!("Flip to the standby pool, then infer again:");
-    println!("  curl -s -X POST http://{admin}/models/iris/flip");
+    println!("Validate the standby pool (its [[models.validate]] checks), switching nothing:");
+    println!("  curl -s -X POST http://{admin}/models/iris/validate");
+    println!("Flip to the standby pool if it passes them, then infer again:");
+    println!("  curl -s -X POST 'http://{admin}/models/iris/flip?validate=true'");
     println!("Roll back:");
     println!("  curl -s -X POST http://{admin}/models/iris/rollback");
     println!("Metrics:");
@@ -339,6 +341,28 @@ mod tests {
         for version in [1, 2] {
             let v = ToyModel { version }.infer(body).unwrap();
             assert_eq!(v["outputs"][0]["data"], json!([0, 2]));
+        }
+    }
+
+    #[test]
+    fn both_versions_pass_the_demo_checks() {
+        let config = Config::from_toml(DEMO_CONFIG, Path::new(DEMO_CONFIG_NAME)).unwrap();
+        let checks = &config.models[0].validate;
+        assert!(!checks.is_empty());
+        for pool in PoolName::ALL {
+            for check in checks {
+                let answer = crate::validate::Answer {
+                    status: StatusCode::OK,
+                    body: Bytes::from(
+                        ToyModel::for_pool(pool)
+                            .infer(&check.body)
+                            .unwrap()
+                            .to_string(),
+                    ),
+                };
+                let failures = crate::validate::judge(check, pool, &answer, None);
+                assert!(failures.is_empty(), "{pool}: {failures:?}");
+            }
         }
     }
 

@@ -18,6 +18,8 @@
 //! - `demo`: the built-in toy model servers behind `switchyard demo`.
 //! - `tls`: certificates and keys, inbound TLS with reload, upstream TLS.
 //! - `watch`: after a switch, judges the new pool and rolls back on a breach.
+//! - `validate`: `[[models.validate]]` checks run against a pool before a
+//!   switch, and their report.
 //!
 //! [`run`] wires them: it takes a checked config, bound listeners and a
 //! shutdown future, and returns when shutdown has drained.
@@ -36,6 +38,7 @@ pub mod route;
 pub mod server;
 pub mod switch;
 pub mod tls;
+pub mod validate;
 pub mod watch;
 
 use std::future::Future;

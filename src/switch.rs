@@ -26,11 +26,12 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::config::{ModelConfig, UpstreamSettings};
+use crate::config::{CheckConfig, ModelConfig, UpstreamSettings};
 use crate::events::{now_unix_ms, EventKind, Events};
 use crate::health::EndpointState;
 use crate::metrics::{Metrics, ModelMetrics};
 use crate::pool::{Pool, PoolName};
+use crate::validate::Report;
 use crate::watch::WatchReport;
 
 pub use state::StateError;
@@ -194,6 +195,16 @@ impl Model {
         self.watch.store(Some(Arc::new(report)));
     }
 
+    /// The `[[models.validate]]` checks a pool must pass before a switch to it.
+    pub fn checks(&self) -> &[CheckConfig] {
+        &self.config.validate
+    }
+
+    /// Whether flip and activate validate their target unless told not to.
+    pub fn validate_before_switch(&self) -> bool {
+        self.config.validate_before_switch
+    }
+
     /// The other pool of this model than `pool`.
     pub fn standby_of(&self, pool: &Pool) -> &Arc<Pool> {
         &self.pools[pool.name().other().index()]
@@ -336,6 +347,13 @@ pub enum SwitchError {
         /// Each endpoint's URL and state.
         endpoints: Vec<(String, EndpointState)>,
     },
+    #[error("model {model:?}: pool {pool} failed validation ({} of {} check(s) failed); nothing switched; see \"validation\", or add ?validate=false to switch anyway", .report.failed(), .report.checks.len())]
+    ValidationFailed {
+        model: String,
+        pool: PoolName,
+        /// Every check's result; rides in the 409 answer.
+        report: Box<Report>,
+    },
     #[error("model {model:?}: cannot persist the switch; nothing switched")]
     Persist {
         model: String,
@@ -344,7 +362,7 @@ pub enum SwitchError {
     },
 }
 
-fn describe_endpoints(endpoints: &[(String, EndpointState)]) -> String {
+pub(crate) fn describe_endpoints(endpoints: &[(String, EndpointState)]) -> String {
     let parts: Vec<String> = endpoints
         .iter()
         .map(|(url, state)| format!("{url} {state}"))

@@ -68,6 +68,8 @@ fn model(metrics: &Metrics, name: &str, prefix: &str) -> Arc<Model> {
         watch: None,
         max_body_bytes: switchyard::config::DEFAULT_MAX_BODY_BYTES,
         max_in_flight: switchyard::config::DEFAULT_MAX_IN_FLIGHT,
+        validate: Vec::new(),
+        validate_before_switch: false,
         blue: pool.clone(),
         green: pool,
     };

@@ -2,7 +2,10 @@
 //! arbitrary method, path, query, headers and body, driven through
 //! `Admin::handle_request` (no sockets) against a fresh admin per input, with
 //! two models whose endpoints are never probed (so no pool is healthy), a
-//! token or none, and the state file on tmpfs.
+//! token or none, and the state file on tmpfs. One model has a
+//! `[[models.validate]]` check, the other none, so validation (`validate`,
+//! `?validate=`) answers 409 for want of a healthy endpoint or of a check,
+//! and never sends a request, so never hangs.
 //!
 //! Every response must be one of the documented answers: 200 (JSON, or the
 //! Prometheus text for `GET /metrics`), 400, 401, 404, 405, 409 with a JSON
@@ -85,6 +88,7 @@ enum Route {
     Flip(ModelChoice),
     Activate(ModelChoice, PoolChoice),
     Rollback(ModelChoice),
+    Validate(ModelChoice),
     Healthz,
     Readyz,
     Metrics,
@@ -110,6 +114,8 @@ enum PoolChoice {
 struct RouteQuery {
     expect: Option<PoolChoice>,
     force: Option<Word>,
+    validate: Option<Word>,
+    pool: Option<PoolChoice>,
     other: Option<(Word, Word)>,
 }
 
@@ -127,6 +133,8 @@ enum Word {
     Flip,
     Activate,
     Rollback,
+    Validate,
+    Pool,
     Blue,
     Green,
     Healthz,
@@ -199,6 +207,7 @@ fn build(req: &AdminRequest) -> Option<(Request<Full<Bytes>>, bool)> {
                 Route::Flip(m) => format!("/models/{}/flip", model(m)),
                 Route::Activate(m, p) => format!("/models/{}/activate/{}", model(m), pool(p)),
                 Route::Rollback(m) => format!("/models/{}/rollback", model(m)),
+                Route::Validate(m) => format!("/models/{}/validate", model(m)),
                 Route::Healthz => "/healthz".to_string(),
                 Route::Readyz => "/readyz".to_string(),
                 Route::Metrics => "/metrics".to_string(),
@@ -210,6 +219,12 @@ fn build(req: &AdminRequest) -> Option<(Request<Full<Bytes>>, bool)> {
             }
             if let Some(f) = &query.force {
                 pairs.push(format!("force={}", word(f)));
+            }
+            if let Some(v) = &query.validate {
+                pairs.push(format!("validate={}", word(v)));
+            }
+            if let Some(p) = &query.pool {
+                pairs.push(format!("pool={}", pool(p)));
             }
             if let Some((k, v)) = &query.other {
                 pairs.push(format!("{}={}", word(k), word(v)));
@@ -311,6 +326,8 @@ fn word(w: &Word) -> &str {
         Word::Flip => "flip",
         Word::Activate => "activate",
         Word::Rollback => "rollback",
+        Word::Validate => "validate",
+        Word::Pool => "pool",
         Word::Blue => "blue",
         Word::Green => "green",
         Word::Healthz => "healthz",
@@ -504,6 +521,12 @@ name = "iris"
 path_prefix = "/v2/models/iris"
 blue.endpoints = ["http://127.0.0.1:1"]
 green.endpoints = ["http://127.0.0.1:2", "http://127.0.0.1:3"]
+
+[[models.validate]]
+method = "POST"
+path = "/v2/models/iris/infer"
+body = '{{"inputs": []}}'
+same_as_active = true
 
 [[models]]
 name = "chat"

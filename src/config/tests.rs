@@ -760,3 +760,5 @@ fn the_preview_listener_and_header_are_read_and_checked() {
 
 // `[models.watch]`: in its own file.
 mod watch;
+// `[[models.validate]]`: in its own file.
+mod validate;

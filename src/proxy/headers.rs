@@ -131,7 +131,7 @@ pub fn prepare_response(headers: &mut HeaderMap, pool: &HeaderValue) {
 }
 
 /// 128 random bits as 32 hex digits, formatted on the stack.
-fn new_request_id() -> HeaderValue {
+pub fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut buf = [0u8; 32];
     let mut bits = fastrand::u128(..);

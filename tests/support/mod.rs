@@ -7,12 +7,13 @@
 pub mod inbound_tls;
 pub mod tls;
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -86,6 +87,7 @@ pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
 ///   not in [`Upstream::hits`].
 /// - after [`Upstream::set_failing`]`(true)`, every other request is a 500.
 /// - after [`Upstream::set_delay`], every other request waits that long first.
+/// - a path given to [`Upstream::set_reply`]: the status and body set there.
 /// - `/grpc...` (HTTP/2): a gRPC unary answer echoing the request message,
 ///   with trailers `grpc-status: 0`, `grpc-message: ok-<name>`.
 pub struct Upstream {
@@ -108,15 +110,14 @@ struct UpstreamState {
     held: watch::Sender<usize>,
     released: watch::Sender<bool>,
     upload_started: watch::Sender<bool>,
+    /// Canned answers by exact path, from [`Upstream::set_reply`]. A test
+    /// server: a std mutex, never held across an await.
+    replies: Mutex<HashMap<String, (StatusCode, Bytes)>>,
 }
 
-impl Upstream {
-    pub async fn start(name: &'static str) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind upstream");
-        let addr = listener.local_addr().expect("upstream address");
-        let state = Arc::new(UpstreamState {
+impl UpstreamState {
+    fn new(name: &'static str) -> UpstreamState {
+        UpstreamState {
             name,
             hits: AtomicUsize::new(0),
             probes: AtomicUsize::new(0),
@@ -127,7 +128,18 @@ impl Upstream {
             held: watch::Sender::new(0),
             released: watch::Sender::new(false),
             upload_started: watch::Sender::new(false),
-        });
+            replies: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl Upstream {
+    pub async fn start(name: &'static str) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        let addr = listener.local_addr().expect("upstream address");
+        let state = Arc::new(UpstreamState::new(name));
         let token = CancellationToken::new();
         let serve_state = Arc::clone(&state);
         let serve_token = token.clone();
@@ -192,6 +204,17 @@ impl Upstream {
     pub fn set_delay(&self, delay: Duration) {
         let ms = usize::try_from(delay.as_millis()).unwrap_or(usize::MAX);
         self.state.delay_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// Makes requests for exactly `path` answer `status` with `body` (read
+    /// and discard the request body), until set again.
+    pub fn set_reply(&self, path: &str, status: u16, body: impl Into<Bytes>) {
+        let status = StatusCode::from_u16(status).expect("a status code");
+        self.state
+            .replies
+            .lock()
+            .expect("replies lock")
+            .insert(path.to_string(), (status, body.into()));
     }
 
     /// Waits until `n` requests are held on `/hold` or `/stream`.
@@ -270,6 +293,19 @@ async fn upstream_handle(state: &UpstreamState, req: Request<Incoming>) -> Respo
     }
     if state.failing.load(Ordering::SeqCst) {
         return full(StatusCode::INTERNAL_SERVER_ERROR, name);
+    }
+    let reply = state
+        .replies
+        .lock()
+        .expect("replies lock")
+        .get(&path)
+        .cloned();
+    if let Some((status, body)) = reply {
+        let _ = req.into_body().collect().await;
+        let mut resp = full(status, body);
+        resp.headers_mut()
+            .insert("content-type", "application/json".parse().unwrap());
+        return resp;
     }
     if path.starts_with("/echo") {
         let head = serde_json::json!({

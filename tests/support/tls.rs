@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -172,18 +172,7 @@ impl TlsUpstream {
             .await
             .expect("bind upstream");
         let addr = listener.local_addr().expect("upstream address");
-        let state = Arc::new(UpstreamState {
-            name,
-            hits: AtomicUsize::new(0),
-            probes: AtomicUsize::new(0),
-            connections: AtomicUsize::new(0),
-            healthy: AtomicBool::new(true),
-            failing: AtomicBool::new(false),
-            delay_ms: AtomicUsize::new(0),
-            held: watch::Sender::new(0),
-            released: watch::Sender::new(false),
-            upload_started: watch::Sender::new(false),
-        });
+        let state = Arc::new(UpstreamState::new(name));
         let shared = Arc::new(Shared {
             acceptor: Mutex::new(TlsAcceptor::from(tls)),
             generation: watch::Sender::new(0),
