@@ -314,6 +314,39 @@ async fn a_failing_validation_blocks_the_flip_and_passes_once_fixed() {
     );
     assert_eq!(body["validation"]["passed"], true, "{body}");
     assert_eq!(served_by(&proxy).await, "green");
+
+    // The event log tells the story: refused, passed, switched.
+    let events = proxy.admin_get("/events").await.json();
+    let story: Vec<(String, Value)> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "validation" || e["type"] == "switch")
+        .map(|e| {
+            let what = if e["type"] == "switch" {
+                &e["to"]
+            } else {
+                &e["passed"]
+            };
+            (e["type"].as_str().unwrap().to_string(), what.clone())
+        })
+        .collect();
+    assert_eq!(
+        story,
+        [
+            ("validation".to_string(), json!(false)),
+            ("validation".to_string(), json!(true)),
+            ("switch".to_string(), json!("green")),
+        ]
+    );
+    let refused = &events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "validation")
+        .unwrap();
+    assert_eq!(refused["pool"], "green");
+    assert_eq!(refused["report"]["passed"], false, "{refused}");
     proxy.stop().await.unwrap();
 }
 

@@ -166,6 +166,23 @@ async fn a_pool_that_starts_failing_after_a_flip_is_rolled_back_on_its_own() {
     // The rollback is persisted as any switch is.
     let saved = std::fs::read_to_string(&proxy.state_path).unwrap();
     assert!(saved.contains("auto_rollback"), "{saved}");
+    // And is an event, with its reason.
+    let events = proxy.admin_get("/events").await.json();
+    let event = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|e| e["type"] == "switch")
+        .cloned()
+        .unwrap();
+    assert_eq!(event["reason"], "auto_rollback", "{event}");
+    assert_eq!(
+        (&event["from"], &event["to"]),
+        (&"green".into(), &"blue".into())
+    );
+    assert_eq!(event["actor"], "watch");
+    assert_eq!(event["note"], note);
 }
 
 #[tokio::test]
