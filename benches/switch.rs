@@ -49,6 +49,7 @@ fn model(metrics: &Metrics, name: &str, prefix: &str) -> Arc<Model> {
         max_in_flight: switchyard::config::DEFAULT_MAX_IN_FLIGHT,
         validate: Vec::new(),
         validate_before_switch: false,
+        shadow: None,
         blue: pool.clone(),
         green: pool,
     };

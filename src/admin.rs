@@ -542,6 +542,7 @@ fn model_detail(model: &Model, state: Option<&ModelState>) -> Value {
     detail["request_timeout_ms"] = json!(model.request_timeout().as_millis() as u64);
     detail["failover"] = json!(model.failover());
     detail["pools"] = Value::Object(pools);
+    detail["shadow"] = model.shadow().map_or(Value::Null, |s| s.status());
     detail["history"] = json!(state.map(|s| &s.history));
     // The latest watch, while it runs and after it ended; `null` for a
     // model without `[models.watch]` or before its first watched switch.

@@ -22,12 +22,15 @@ use crate::pool::{PoolName, Protocol};
 use crate::tls::{TlsError, TlsFiles};
 
 mod health;
+mod shadow;
 mod upstream_tls;
 mod validate;
 mod watch;
 
 use health::RawHealth;
 pub use health::{HealthConfig, EJECT_MAX};
+use shadow::RawShadow;
+pub use shadow::ShadowConfig;
 use upstream_tls::RawUpstreamTls;
 pub use upstream_tls::UpstreamTls;
 use validate::RawCheck;
@@ -158,6 +161,8 @@ pub struct ModelConfig {
     /// Whether flip and activate validate the target pool unless the call
     /// says `?validate=false`.
     pub validate_before_switch: bool,
+    /// Mirroring a sample of live requests to the standby, if configured.
+    pub shadow: Option<ShadowConfig>,
     pub blue: PoolConfig,
     pub green: PoolConfig,
 }
@@ -235,6 +240,7 @@ impl ModelConfig {
             && self.watch == other.watch
             && self.validate == other.validate
             && self.validate_before_switch == other.validate_before_switch
+            && self.shadow == other.shadow
             && self.blue.same_as(&other.blue)
             && self.green.same_as(&other.green)
     }
@@ -429,6 +435,8 @@ struct RawModel {
     validate: Vec<RawCheck>,
     #[serde(default)]
     validate_before_switch: Option<Spanned<bool>>,
+    #[serde(default)]
+    shadow: Option<RawShadow>,
     blue: RawPool,
     green: RawPool,
 }
@@ -868,6 +876,10 @@ fn validate_model(
         .watch
         .as_ref()
         .and_then(|w| watch::validate(c, &format!("models[{i}]"), w));
+    let shadow = m
+        .shadow
+        .as_ref()
+        .map(|raw| shadow::validate(c, &format!("models[{i}]"), raw, request_timeout));
     let blue = validate_pool(c, i, &name, PoolName::Blue, &m.blue, m);
     let green = validate_pool(c, i, &name, PoolName::Green, &m.green, m);
     let checks = validate::validate(
@@ -893,6 +905,7 @@ fn validate_model(
             .validate_before_switch
             .as_ref()
             .is_some_and(|v| *v.get_ref()),
+        shadow,
         blue,
         green,
     })

@@ -20,6 +20,9 @@
 //! - `watch`: after a switch, judges the new pool and rolls back on a breach.
 //! - `validate`: `[[models.validate]]` checks run against a pool before a
 //!   switch, and their report.
+//! - `shadow`: live requests mirrored to the standby, answers compared.
+//! - `events`: the event log behind `GET /events`.
+//! - `compare`: two JSON answers compared within a tolerance.
 //!
 //! [`run`] wires them: it takes a checked config, bound listeners and a
 //! shutdown future, and returns when shutdown has drained.
@@ -36,6 +39,7 @@ pub mod proxy;
 pub mod reload;
 pub mod route;
 pub mod server;
+pub mod shadow;
 pub mod switch;
 pub mod tls;
 pub mod validate;

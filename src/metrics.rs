@@ -29,6 +29,9 @@ pub const FAILOVERS_TOTAL: &str = "switchyard_failovers_total";
 pub const ACTIVE_POOL: &str = "switchyard_active_pool";
 pub const SWITCHES_TOTAL: &str = "switchyard_switches_total";
 pub const AUTO_ROLLBACKS_TOTAL: &str = "switchyard_auto_rollbacks_total";
+// --- shadow family ---
+pub const SHADOW_TOTAL: &str = "switchyard_shadow_total";
+pub const SHADOW_SKIPPED_TOTAL: &str = "switchyard_shadow_skipped_total";
 // --- process family ---
 pub const BUILD_INFO: &str = "switchyard_build_info";
 
@@ -81,6 +84,8 @@ pub struct Metrics {
     active_pool: IntGaugeVec,
     switches: IntCounterVec,
     auto_rollbacks: IntCounterVec,
+    shadow: IntCounterVec,
+    shadow_skipped: IntCounterVec,
     unrouted: IntCounter,
     endpoint_healthy: IntGaugeVec,
     probes: IntCounterVec,
@@ -143,6 +148,22 @@ impl Metrics {
                 "1 for the pool that serves a model, 0 for its standby.",
             ),
             &["model", "pool"],
+        )
+        .expect("valid metric");
+        let shadow = IntCounterVec::new(
+            Opts::new(
+                SHADOW_TOTAL,
+                "Mirrored requests by how the standby's answer compared with the live one.",
+            ),
+            &["model", "result"],
+        )
+        .expect("valid metric");
+        let shadow_skipped = IntCounterVec::new(
+            Opts::new(
+                SHADOW_SKIPPED_TOTAL,
+                "Requests sampled for mirroring but not mirrored or not compared, by reason.",
+            ),
+            &["model", "reason"],
         )
         .expect("valid metric");
         let switches = IntCounterVec::new(
@@ -223,6 +244,8 @@ impl Metrics {
         reg(Box::new(active_pool.clone()));
         reg(Box::new(switches.clone()));
         reg(Box::new(auto_rollbacks.clone()));
+        reg(Box::new(shadow.clone()));
+        reg(Box::new(shadow_skipped.clone()));
         reg(Box::new(unrouted.clone()));
         reg(Box::new(build_info));
         reg(Box::new(endpoint_healthy.clone()));
@@ -247,7 +270,18 @@ impl Metrics {
             active_pool,
             switches,
             auto_rollbacks,
+            shadow,
+            shadow_skipped,
             unrouted,
+        }
+    }
+
+    /// Handles for one model's shadow traffic.
+    pub fn shadow(&self, model: &str) -> ShadowMetrics {
+        ShadowMetrics {
+            results: ShadowResult::ALL.map(|r| self.shadow.with_label_values(&[model, r.as_str()])),
+            skipped: ShadowSkip::ALL
+                .map(|r| self.shadow_skipped.with_label_values(&[model, r.as_str()])),
         }
     }
 
@@ -329,6 +363,14 @@ impl Metrics {
     pub fn forget_model(&self, model: &str) {
         // Absent series are fine: see `forget_pool`.
         let _ = self.auto_rollbacks.remove_label_values(&[model]);
+        for r in ShadowResult::ALL {
+            let _ = self.shadow.remove_label_values(&[model, r.as_str()]);
+        }
+        for r in ShadowSkip::ALL {
+            let _ = self
+                .shadow_skipped
+                .remove_label_values(&[model, r.as_str()]);
+        }
         for p in PoolName::ALL {
             // Absent series are fine: see `forget_pool`.
             let _ = self.switches.remove_label_values(&[model, p.as_str()]);
@@ -436,6 +478,79 @@ impl ModelMetrics {
 
     pub fn count_auto_rollback(&self) {
         self.auto_rollbacks.inc();
+    }
+}
+
+/// How a mirrored request ended: the `result` of `switchyard_shadow_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShadowResult {
+    /// Same status, and bodies equal within the tolerance.
+    Match,
+    Mismatch,
+    /// The standby gave no answer to compare: no endpoint in rotation,
+    /// connect failure, reset, timeout.
+    Error,
+}
+
+impl ShadowResult {
+    pub const ALL: [ShadowResult; 3] = [
+        ShadowResult::Match,
+        ShadowResult::Mismatch,
+        ShadowResult::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShadowResult::Match => "match",
+            ShadowResult::Mismatch => "mismatch",
+            ShadowResult::Error => "error",
+        }
+    }
+}
+
+/// Why a sampled request was not mirrored or not compared: the `reason` of
+/// `switchyard_shadow_skipped_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShadowSkip {
+    /// `max_concurrent` mirrors were already in flight.
+    Busy,
+    /// The request or an answer was larger than `max_body`.
+    TooLarge,
+    /// The live request did not complete (client went away, body broken,
+    /// upstream failed), so there was nothing to compare with.
+    Incomplete,
+}
+
+impl ShadowSkip {
+    pub const ALL: [ShadowSkip; 3] = [
+        ShadowSkip::Busy,
+        ShadowSkip::TooLarge,
+        ShadowSkip::Incomplete,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShadowSkip::Busy => "busy",
+            ShadowSkip::TooLarge => "too_large",
+            ShadowSkip::Incomplete => "incomplete",
+        }
+    }
+}
+
+/// Metric handles of one model's shadow traffic.
+#[derive(Clone)]
+pub struct ShadowMetrics {
+    results: [IntCounter; 3],
+    skipped: [IntCounter; 3],
+}
+
+impl ShadowMetrics {
+    pub fn count(&self, result: ShadowResult) {
+        self.results[result as usize].inc();
+    }
+
+    pub fn count_skip(&self, reason: ShadowSkip) {
+        self.skipped[reason as usize].inc();
     }
 }
 

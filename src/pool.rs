@@ -337,6 +337,14 @@ impl Pool {
         Some(InFlight::start(Arc::clone(self), index))
     }
 
+    /// An endpoint chosen as [`Pool::pick`] chooses, for a request that is
+    /// not traffic (a shadow mirror): not counted in flight, served or in
+    /// the pool's metrics, so it neither holds up a drain nor skews the
+    /// watch.
+    pub fn choose_endpoint(&self) -> Option<&Endpoint> {
+        self.choose(None).map(|i| &self.endpoints[i])
+    }
+
     /// [`Pool::pick`]'s choice among every endpoint but `skip`.
     fn choose(&self, skip: Option<usize>) -> Option<usize> {
         // Candidates are numbered 0..n without `skip`; `at` maps one back to

@@ -30,7 +30,12 @@
 //!    other endpoint in rotation, or the retry fails too: answered as in 6,
 //!    naming the last endpoint. Timeouts, resets and bodies already started
 //!    are never retried (see `retry.rs`).
-//! 8. **respond**: hop-by-hop headers go, `x-switchyard-pool` is added, the
+//! 8. **mirror** (models with `[models.shadow]`, live traffic only): a
+//!    sampled request's head is cloned and its body copied as it streams
+//!    upstream; the answer is copied as it streams to the client. A task of
+//!    its own sends the copy to the standby afterwards and compares the
+//!    answers (see `shadow.rs`); nothing here waits for it.
+//! 9. **respond**: hop-by-hop headers go, `x-switchyard-pool` is added, the
 //!    response is counted by class and, as a passive health check, on the
 //!    endpoint (5xx and upstream errors in a row eject it), and the upstream
 //!    body streams to the client with the in-flight guard inside it
@@ -168,7 +173,8 @@ impl Proxy {
             };
             return answer(&active, error);
         };
-        if content_length(&req).is_some_and(|len| len > model.max_body_bytes()) {
+        let declared = content_length(&req);
+        if declared.is_some_and(|len| len > model.max_body_bytes()) {
             // Refused before anything is sent; the rest of the body is never read.
             return answer(&active, ProxyError::body_too_large(&model));
         }
@@ -201,7 +207,17 @@ impl Proxy {
         // Bodies without a (truthful) length are cut at the limit mid-stream.
         let limit = usize::try_from(model.max_body_bytes()).unwrap_or(usize::MAX);
         let more_endpoints = pool.endpoints().len() > 1;
-        let (body, body_read) = ClientBody::new(body);
+        let (mut body, body_read) = ClientBody::new(body);
+        // Live traffic only: a preview or a failover is not mirrored.
+        let mirror = match model.shadow() {
+            Some(shadow) if !preview && !failover => shadow.sample(declared),
+            _ => None,
+        };
+        let answer_slot = mirror.map(|mirror| {
+            let (copy, slot) = mirror.start(&parts, Arc::clone(model.standby_of(pool)));
+            body.copy_to(copy);
+            slot
+        });
         let (body, replay) = retry::arm(&parts, Limited::new(body, limit), more_endpoints);
         let upstream = Request::from_parts(parts, Either::Left(body));
 
@@ -232,10 +248,13 @@ impl Proxy {
                 if preview {
                     mark_preview(&mut parts.headers);
                 }
-                return Response::from_parts(
-                    parts,
-                    ProxyBody::upstream(body, in_flight, admission),
-                );
+                let status = parts.status;
+                let body = ProxyBody::upstream(body, in_flight, admission);
+                let body = match answer_slot {
+                    Some(slot) => body.copy_to(slot.capture(status)),
+                    None => body,
+                };
+                return Response::from_parts(parts, body);
             }
             Ok(Err(e)) if caused_by::<LengthLimitError>(&e) => {
                 // The client's mistake, not the endpoint's: no passive failure.

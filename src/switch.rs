@@ -31,6 +31,7 @@ use crate::events::{now_unix_ms, EventKind, Events};
 use crate::health::EndpointState;
 use crate::metrics::{Metrics, ModelMetrics};
 use crate::pool::{Pool, PoolName};
+use crate::shadow::Shadow;
 use crate::validate::Report;
 use crate::watch::WatchReport;
 
@@ -56,6 +57,8 @@ pub struct Model {
     /// The watch of the last watched switch, published by the watch task
     /// for status readers; `None` until a switch of this model is watched.
     watch: ArcSwapOption<WatchReport>,
+    /// Mirroring to the standby, with what it has seen so far.
+    shadow: Option<Arc<Shadow>>,
     /// What it was built from; a reload compares against it.
     config: ModelConfig,
     upstream: UpstreamSettings,
@@ -108,6 +111,16 @@ impl Model {
                 }
             }
         });
+        // Unchanged shadow settings keep their counts across a reload.
+        let shadow = config.shadow.as_ref().map(|settings| {
+            let kept = old
+                .and_then(|old| old.shadow.as_ref())
+                .filter(|s| s.config() == settings);
+            match kept {
+                Some(shadow) => Arc::clone(shadow),
+                None => Arc::new(Shadow::new(settings.clone(), metrics.shadow(&config.name))),
+            }
+        });
         let model = Model {
             active: ArcSwap::new(Arc::clone(&pools[active.index()])),
             config: config.clone(),
@@ -123,6 +136,7 @@ impl Model {
             pools,
             metrics: metrics.model(&config.name),
             watch: ArcSwapOption::empty(),
+            shadow,
         };
         model.publish_active(active);
         (model, built)
@@ -173,6 +187,12 @@ impl Model {
     /// Whether the standby serves when the active pool has no endpoint in rotation.
     pub fn failover(&self) -> bool {
         self.failover
+    }
+
+    /// Mirroring to the standby, if configured.
+    #[inline]
+    pub fn shadow(&self) -> Option<&Arc<Shadow>> {
+        self.shadow.as_ref()
     }
 
     /// Whether `x-switchyard-pool` on the main listener picks the pool.

@@ -762,3 +762,5 @@ fn the_preview_listener_and_header_are_read_and_checked() {
 mod watch;
 // `[[models.validate]]`: in its own file.
 mod validate;
+// `[models.shadow]`: in its own file.
+mod shadow;

@@ -15,6 +15,7 @@ use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::pool::InFlight;
+use crate::shadow::Capture;
 use crate::switch::Admission;
 
 pub enum ProxyBody {
@@ -23,6 +24,8 @@ pub enum ProxyBody {
         /// Dropped with the body: ends the in-flight count and records the duration.
         _in_flight: InFlight,
         _admission: Admission,
+        /// The answer copied for a shadow mirror, if the request is mirrored.
+        copy: Option<Box<Capture>>,
     },
     Local(Full<Bytes>),
 }
@@ -33,7 +36,20 @@ impl ProxyBody {
             body,
             _in_flight: in_flight,
             _admission: admission,
+            copy: None,
         }
+    }
+
+    /// Copies the answer for a shadow mirror as it streams to the client.
+    pub fn copy_to(mut self, capture: Capture) -> ProxyBody {
+        if let ProxyBody::Upstream { body, copy, .. } = &mut self {
+            let mut capture = Box::new(capture);
+            if body.is_end_stream() {
+                capture.finish();
+            }
+            *copy = Some(capture);
+        }
+        self
     }
 
     pub fn local(bytes: impl Into<Bytes>) -> ProxyBody {
@@ -51,6 +67,15 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         // Both variants are Unpin, so projecting through `get_mut` is sound.
         match self.get_mut() {
+            ProxyBody::Upstream {
+                body,
+                copy: Some(copy),
+                ..
+            } => {
+                let polled = Pin::new(&mut *body).poll_frame(cx);
+                tap(copy, &polled, body.is_end_stream());
+                polled
+            }
             ProxyBody::Upstream { body, .. } => Pin::new(body).poll_frame(cx),
             ProxyBody::Local(full) => Pin::new(full)
                 .poll_frame(cx)
@@ -81,6 +106,8 @@ impl Body for ProxyBody {
 pub struct ClientBody {
     inner: Incoming,
     finished: Option<Arc<AtomicBool>>,
+    /// The body copied for a shadow mirror, if the request is mirrored.
+    copy: Option<Box<Capture>>,
 }
 
 /// The client's request body failed (aborted, malformed chunking).
@@ -94,7 +121,39 @@ impl ClientBody {
     pub fn new(inner: Incoming) -> (ClientBody, Option<Arc<AtomicBool>>) {
         let finished = (!inner.is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
         let flag = finished.clone();
-        (ClientBody { inner, finished }, flag)
+        let body = ClientBody {
+            inner,
+            finished,
+            copy: None,
+        };
+        (body, flag)
+    }
+
+    /// Copies the body for a shadow mirror as it streams upstream.
+    pub fn copy_to(&mut self, capture: Capture) {
+        let mut capture = Box::new(capture);
+        if self.inner.is_end_stream() {
+            capture.finish();
+        }
+        self.copy = Some(capture);
+    }
+}
+
+/// Feeds one poll's outcome to a copy: data frames are copied, and the end
+/// of the body (`None`, or the last frame when the body says it has ended)
+/// hands the copy over. An error leaves it unfinished: incomplete.
+fn tap<E>(copy: &mut Capture, polled: &Poll<Option<Result<Frame<Bytes>, E>>>, ended: bool) {
+    match polled {
+        Poll::Ready(Some(Ok(frame))) => {
+            if let Some(data) = frame.data_ref() {
+                copy.data(data);
+            }
+            if ended {
+                copy.finish();
+            }
+        }
+        Poll::Ready(None) => copy.finish(),
+        Poll::Ready(Some(Err(_))) | Poll::Pending => {}
     }
 }
 
@@ -107,7 +166,11 @@ impl Body for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Some(copy) = &mut this.copy {
+            tap(copy, &polled, this.inner.is_end_stream());
+        }
+        match polled {
             Poll::Ready(None) => {
                 if let Some(done) = &this.finished {
                     done.store(true, Ordering::Release);
