@@ -24,12 +24,14 @@ use crate::reload::{ReloadError, Reloader};
 use crate::server;
 use crate::switch::{Model, ModelState, SwitchError, SwitchOp, Switchboard};
 use crate::tls::ServerTls;
-use crate::validate::{Report, ValidateError};
+use crate::validate::ValidateError;
 use crate::ErrorChain;
 
 mod auth;
 mod events;
 mod validate;
+
+use validate::Validated;
 
 pub use auth::{Token, TokenError, TOKEN_ENV};
 
@@ -78,6 +80,7 @@ impl AdminError {
                 SwitchError::Unexpected { .. }
                 | SwitchError::NoHistory { .. }
                 | SwitchError::Superseded { .. }
+                | SwitchError::Replaced { .. }
                 | SwitchError::Unhealthy { .. }
                 | SwitchError::ValidationFailed { .. } => StatusCode::CONFLICT,
                 SwitchError::Persist { .. } => StatusCode::INTERNAL_SERVER_ERROR,
@@ -346,7 +349,8 @@ impl Admin {
                     .number("limit")?
                     .map_or(crate::events::CAPACITY, |l| l as usize);
                 if query.flag("follow")? {
-                    Ok(events::follow(self.events().clone(), since, closing))
+                    let head = method == Method::HEAD;
+                    Ok(events::follow(self.events().clone(), since, head, closing))
                 } else {
                     Ok(json(
                         StatusCode::OK,
@@ -441,13 +445,23 @@ impl Admin {
         force: bool,
         wait_drained: Option<Duration>,
         actor: &str,
-        validation: Option<Report>,
+        validation: Option<Validated>,
     ) -> Result<AdminResponse, AdminError> {
         let switchboard = Arc::clone(&self.switchboard);
         let (model_name, actor) = (name.to_string(), actor.to_string());
-        let outcome =
-            to_completion(async move { switchboard.switch(&model_name, op, force, &actor).await })
-                .await??;
+        let still = validation.as_ref().map(Validated::still);
+        let outcome = to_completion(async move {
+            match still {
+                Some(still) => {
+                    switchboard
+                        .switch_if(&model_name, op, force, &actor, still)
+                        .await
+                }
+                None => switchboard.switch(&model_name, op, force, &actor).await,
+            }
+        })
+        .await??;
+        let validation = validation.map(|v| v.report);
         let mut body = json!({
             "model": outcome.model,
             "active": outcome.active,

@@ -38,6 +38,10 @@ pub use validate::{CheckConfig, DEFAULT_CHECK_TIMEOUT, MAX_CHECK_BODY_BYTES};
 use watch::RawWatch;
 pub use watch::{WatchConfig, DEFAULT_MIN_REQUESTS, DEFAULT_WATCH_INTERVAL};
 
+/// The longest duration any setting takes: deadlines are computed as
+/// `now + setting`, which must not overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// How long the proxy waits for an upstream's response headers.
 /// Inference can be slow (large batches, long generations), hence generous.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -589,6 +593,16 @@ impl Checker<'_> {
         match parse_duration(value.get_ref()) {
             Ok(d) if d.is_zero() => {
                 self.error(value.span(), format!("{key}: must be longer than zero"));
+                default
+            }
+            Ok(d) if d > MAX_DURATION => {
+                self.error(
+                    value.span(),
+                    format!(
+                        "{key}: {:?} is longer than a year; at most \"8760h\"",
+                        value.get_ref()
+                    ),
+                );
                 default
             }
             Ok(d) => d,

@@ -10,6 +10,11 @@
 //! through a `watch` of the newest id and read the ring themselves, so a
 //! slow follower never holds back a writer and cannot lag: it is at most
 //! told that the ring moved past what it had seen.
+//!
+//! Ids start at the process's start time in microseconds, so the ids of a
+//! later run are above every id of an earlier one (fewer than a million
+//! events a second). An id the log cannot have issued (from an earlier run,
+//! or above its newest) reads as "before this run": everything held.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -26,7 +31,8 @@ pub const CAPACITY: usize = 1000;
 /// One thing that happened, as served by `GET /events`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
-    /// One above the previous event's; starts at 1.
+    /// One above the previous event's; the first is the process's start
+    /// time in microseconds since the Unix epoch.
     pub id: u64,
     /// Milliseconds since the Unix epoch.
     pub at_unix_ms: u64,
@@ -92,9 +98,11 @@ pub struct Events {
 }
 
 struct Inner {
+    /// The id of this run's first event.
+    first: u64,
     /// Oldest first; ids are consecutive.
     ring: Mutex<VecDeque<Arc<Event>>>,
-    /// The newest event's id (0: none yet).
+    /// The newest event's id (`first - 1`: none yet).
     newest: watch::Sender<u64>,
 }
 
@@ -110,10 +118,17 @@ pub struct Since {
 
 impl Events {
     pub fn new() -> Events {
+        Events::starting_at(now_unix_ms().saturating_mul(1000).max(1))
+    }
+
+    /// A log whose first event gets id `first` (at least 1).
+    fn starting_at(first: u64) -> Events {
+        let first = first.max(1);
         Events {
             inner: Arc::new(Inner {
+                first,
                 ring: Mutex::new(VecDeque::with_capacity(CAPACITY)),
-                newest: watch::Sender::new(0),
+                newest: watch::Sender::new(first - 1),
             }),
         }
     }
@@ -126,7 +141,7 @@ impl Events {
     fn record_at(&self, kind: EventKind, at_unix_ms: u64) {
         let id = {
             let mut ring = self.lock();
-            let id = ring.back().map_or(1, |e| e.id + 1);
+            let id = ring.back().map_or(self.inner.first, |e| e.id + 1);
             if ring.len() == CAPACITY {
                 ring.pop_front();
             }
@@ -142,10 +157,18 @@ impl Events {
     }
 
     /// The events with an id above `after`, oldest first, at most `limit`
-    /// of them (the newest ones).
+    /// of them (the newest ones). An `after` this log cannot have issued
+    /// (0, an earlier run's, or above the newest) means all it holds.
     pub fn since(&self, after: u64, limit: usize) -> Since {
         let ring = self.lock();
-        let oldest = ring.front().map_or(after + 1, |e| e.id);
+        let first = self.inner.first;
+        let newest = ring.back().map_or(first - 1, |e| e.id);
+        let after = if (first - 1..=newest).contains(&after) {
+            after
+        } else {
+            first - 1
+        };
+        let oldest = ring.front().map_or(newest + 1, |e| e.id);
         let missed = oldest.saturating_sub(after + 1);
         let start = ring.partition_point(|e| e.id <= after);
         let skip = (ring.len() - start).saturating_sub(limit);
@@ -202,7 +225,7 @@ mod tests {
 
     #[test]
     fn ids_are_consecutive_and_since_resumes_after_one() {
-        let events = Events::new();
+        let events = Events::starting_at(1);
         assert!(events.since(0, CAPACITY).events.is_empty());
         for n in 0..5 {
             events.record_at(reload(n), n);
@@ -210,7 +233,6 @@ mod tests {
         assert_eq!(ids(&events.since(0, CAPACITY)), [1, 2, 3, 4, 5]);
         assert_eq!(ids(&events.since(3, CAPACITY)), [4, 5]);
         assert_eq!(ids(&events.since(5, CAPACITY)), [] as [u64; 0]);
-        assert_eq!(ids(&events.since(99, CAPACITY)), [] as [u64; 0]);
         // A limit keeps the newest.
         assert_eq!(ids(&events.since(0, 2)), [4, 5]);
         assert_eq!(events.since(0, CAPACITY).missed, 0);
@@ -218,7 +240,7 @@ mod tests {
 
     #[test]
     fn the_ring_keeps_the_newest_and_says_what_was_missed() {
-        let events = Events::new();
+        let events = Events::starting_at(1);
         for n in 0..(CAPACITY as u64 + 10) {
             events.record_at(reload(n), n);
         }
@@ -230,9 +252,33 @@ mod tests {
         assert_eq!(events.since(11, usize::MAX).events[0].id, 12);
     }
 
+    #[test]
+    fn an_id_from_another_run_reads_as_before_this_run() {
+        let earlier = Events::new();
+        earlier.record(reload(0));
+        let last_seen = earlier.since(0, 1).events[0].id;
+        // A restart: the new log's ids are above the old one's.
+        let events = Events::starting_at(last_seen + 1_000_000);
+        for n in 0..3 {
+            events.record_at(reload(n), n);
+        }
+        let first = events.since(0, CAPACITY).events[0].id;
+        assert!(first > last_seen);
+        for after in [last_seen, 0, first + 99, u64::MAX] {
+            let since = events.since(after, CAPACITY);
+            assert_eq!(ids(&since), [first, first + 1, first + 2], "after {after}");
+            assert_eq!(since.missed, 0);
+        }
+        assert_eq!(ids(&events.since(first + 2, CAPACITY)), [] as [u64; 0]);
+        // An empty log asked about anything: nothing, nothing missed.
+        let empty = Events::starting_at(u64::MAX);
+        assert!(empty.since(u64::MAX, CAPACITY).events.is_empty());
+        assert_eq!(empty.since(3, CAPACITY).missed, 0);
+    }
+
     #[tokio::test]
     async fn followers_are_woken_by_a_new_event() {
-        let events = Events::new();
+        let events = Events::starting_at(1);
         let mut newest = events.subscribe();
         assert_eq!(*newest.borrow_and_update(), 0);
         let recorder = events.clone();
@@ -243,7 +289,7 @@ mod tests {
 
     #[test]
     fn events_serialize_with_their_type() {
-        let events = Events::new();
+        let events = Events::starting_at(1);
         events.record_at(
             EventKind::Switch {
                 model: "iris".into(),

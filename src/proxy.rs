@@ -250,8 +250,8 @@ impl Proxy {
                 }
                 let status = parts.status;
                 let body = ProxyBody::upstream(body, in_flight, admission);
-                let body = match answer_slot {
-                    Some(slot) => body.copy_to(slot.capture(status)),
+                let body = match answer_slot.and_then(|slot| slot.capture(status)) {
+                    Some(copy) => body.copy_to(copy),
                     None => body,
                 };
                 return Response::from_parts(parts, body);

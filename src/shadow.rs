@@ -26,6 +26,7 @@ use http_body_util::{BodyExt, Either, Full, Limited};
 use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{timeout_at, Instant};
 use tracing::debug;
 
 pub use capture::{Capture, Copied, CopyReceiver, Cut};
@@ -43,6 +44,8 @@ pub static X_SWITCHYARD_SHADOW: HeaderName = HeaderName::from_static("x-switchya
 const KEEP_LAST: usize = 10;
 /// How much of each body a kept mismatch shows.
 const SHOW_BYTES: usize = 1024;
+/// Answers larger than this together are compared on the blocking pool.
+const COMPARE_INLINE_BYTES: usize = 256 * 1024;
 
 /// One model's shadow: its settings, its permits and what it has seen.
 pub struct Shadow {
@@ -223,12 +226,15 @@ impl Mirror {
 // === impl AnswerSlot ===
 
 impl AnswerSlot {
-    /// The copy the live answer with `status` must carry.
-    pub fn capture(self, status: StatusCode) -> Capture {
+    /// The copy the live answer with `status` must carry; `None` when the
+    /// mirror has ended already (its request body was too large, or cut).
+    pub fn capture(self, status: StatusCode) -> Option<Capture> {
+        if self.tx.is_closed() {
+            return None;
+        }
         let (capture, rx) = Capture::new(self.limit, Some(status));
-        // The mirror may have ended already (request body too large).
-        let _ = self.tx.send(rx);
-        capture
+        self.tx.send(rx).ok()?;
+        Some(capture)
     }
 }
 
@@ -255,10 +261,14 @@ async fn run(
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let body = match request.await {
-        Ok(Ok(copied)) => copied.body(),
-        Ok(Err(Cut::TooLarge)) => return shadow.skip(ShadowSkip::TooLarge),
-        Err(_) => return shadow.skip(ShadowSkip::Incomplete),
+    // A mirror ends within twice its timeout, waits for the live request
+    // and its answer included: a client that stalls its body, or an answer
+    // that streams for long, does not hold a permit for ever.
+    let deadline = Instant::now() + shadow.config.timeout.saturating_mul(2);
+    let body = match timeout_at(deadline, request).await {
+        Ok(Ok(Ok(copied))) => copied.body,
+        Ok(Ok(Err(Cut::TooLarge))) => return shadow.skip(ShadowSkip::TooLarge),
+        Ok(Err(_)) | Err(_) => return shadow.skip(ShadowSkip::Incomplete),
     };
     let (endpoint, mirrored) = match standby.choose_endpoint() {
         None => (
@@ -270,16 +280,20 @@ async fn run(
             send(&shadow, &standby, e, head, body).await,
         ),
     };
-    let live = match answer.await {
-        Ok(rx) => match rx.await {
-            Ok(Ok(copied)) => copied,
-            Ok(Err(Cut::TooLarge)) => return shadow.skip(ShadowSkip::TooLarge),
-            Err(_) => return shadow.skip(ShadowSkip::Incomplete),
-        },
-        Err(_) => return shadow.skip(ShadowSkip::Incomplete),
+    let live = timeout_at(deadline, async {
+        match answer.await {
+            Ok(rx) => rx.await.ok(),
+            Err(_) => None,
+        }
+    })
+    .await;
+    let live = match live {
+        Ok(Some(Ok(copied))) => copied,
+        Ok(Some(Err(Cut::TooLarge))) => return shadow.skip(ShadowSkip::TooLarge),
+        Ok(None) | Err(_) => return shadow.skip(ShadowSkip::Incomplete),
     };
     let live_status = live.status.unwrap_or(StatusCode::OK);
-    let live_body = live.body();
+    let live_body = live.body;
     let disagreement =
         |result: &'static str, difference: String, shadow: Option<Answer>| Disagreement {
             at_unix_ms: now_unix_ms(),
@@ -295,7 +309,20 @@ async fn run(
         Err(why) => shadow.count(ShadowResult::Error, Some(disagreement("error", why, None))),
         Ok(Mirrored::TooLarge) => shadow.skip(ShadowSkip::TooLarge),
         Ok(Mirrored::Answered(status, body)) => {
-            match compare(&shadow.config, live_status, &live_body, status, &body) {
+            let verdict = if live_body.len() + body.len() > COMPARE_INLINE_BYTES {
+                // Parsing large answers would hold a runtime thread that
+                // live requests need.
+                let (config, live, mirrored) =
+                    (shadow.config.clone(), live_body.clone(), body.clone());
+                tokio::task::spawn_blocking(move || {
+                    compare(&config, live_status, &live, status, &mirrored)
+                })
+                .await
+                .unwrap_or_else(|e| Err(format!("comparison failed: {e}")))
+            } else {
+                compare(&shadow.config, live_status, &live_body, status, &body)
+            };
+            match verdict {
                 Ok(()) => shadow.count(ShadowResult::Match, None),
                 Err(difference) => shadow.count(
                     ShadowResult::Mismatch,

@@ -360,6 +360,14 @@ pub enum SwitchError {
     /// longer the last one: someone switched since.
     #[error("model {model:?}: the switch to undo is no longer the last one; nothing switched")]
     Superseded { model: String },
+    /// A reload replaced a pool between the decision and the switch.
+    #[error("model {model:?}: a reload replaced pool {pool} since it was {what}; nothing switched; {what} it again")]
+    Replaced {
+        model: String,
+        pool: PoolName,
+        /// `validated` or `judged`.
+        what: &'static str,
+    },
     #[error("model {model:?}: pool {pool} has no healthy endpoint ({}); nothing switched; add ?force=true to switch anyway", describe_endpoints(.endpoints))]
     Unhealthy {
         model: String,
@@ -605,11 +613,27 @@ impl Switchboard {
         force: bool,
         actor: &str,
     ) -> Result<SwitchOutcome, SwitchError> {
+        self.switch_if(name, op, force, actor, |_| Ok(())).await
+    }
+
+    /// [`Switchboard::switch`], only if `still(model)` holds of the model as
+    /// it is under the writers' lock: for a switch decided on what a model
+    /// looked like earlier (a validated pool, a judged pool), which a reload
+    /// since may have replaced.
+    pub async fn switch_if(
+        &self,
+        name: &str,
+        op: SwitchOp,
+        force: bool,
+        actor: &str,
+        still: impl FnOnce(&Model) -> Result<(), SwitchError>,
+    ) -> Result<SwitchOutcome, SwitchError> {
         let mut control = self.control.lock().await;
         // Looked up under the lock: a reload cannot replace it meanwhile.
         let model = self
             .model(name)
             .ok_or_else(|| SwitchError::UnknownModel(name.to_string()))?;
+        still(&model)?;
         let current = control
             .get(name)
             .ok_or_else(|| SwitchError::UnknownModel(name.to_string()))?;

@@ -251,18 +251,42 @@ impl Watcher {
             "watch limit breached; rolling back"
         );
         let switchboard = Arc::clone(&self.switchboard);
+        let (undo_to, undo_from) = (undo.to, undo.from);
         let op = SwitchOp::AutoRollback {
             undo,
             note: reason.clone(),
         };
+        // The pools judged must still be the model's when the lock is
+        // taken: a reload waiting on its probes may install new ones first.
+        let judged = [
+            Arc::clone(model.pool(undo_to)),
+            Arc::clone(model.pool(undo_from)),
+        ];
+        let still = move |m: &Model| {
+            for pool in &judged {
+                if !Arc::ptr_eq(m.pool(pool.name()), pool) {
+                    return Err(SwitchError::Replaced {
+                        model: m.name().to_string(),
+                        pool: pool.name(),
+                        what: "judged",
+                    });
+                }
+            }
+            Ok(())
+        };
         let result =
-            tokio::spawn(async move { switchboard.switch(&name, op, false, ACTOR).await }).await;
+            tokio::spawn(
+                async move { switchboard.switch_if(&name, op, false, ACTOR, still).await },
+            )
+            .await;
         let (state, why) = match result {
             Ok(Ok(_)) => (WatchState::RolledBack, reason),
             Ok(Err(SwitchError::Superseded { .. })) => (
                 WatchState::Cancelled,
                 format!("{reason}; not rolled back: another switch came first"),
             ),
+            // The next sync watches what the reload installed.
+            Ok(Err(SwitchError::Replaced { .. })) => return,
             Ok(Err(e)) => {
                 error!(model = model.name(), error = %ErrorChain(&e), "automatic rollback failed");
                 (

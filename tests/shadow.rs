@@ -108,6 +108,7 @@ async fn different_answers_are_reported_with_both_bodies() {
     // Beyond it: a mismatch, named by its pointer.
     green.set_reply(INFER, 200, answer("g", 0.7));
     post(&proxy.url(INFER), REQUEST).await;
+    settled(&proxy, 2).await;
     // Another status: a mismatch too.
     green.set_reply(INFER, 503, r#"{"error":"not loaded"}"#);
     let live = post(&proxy.url(INFER), REQUEST).await;
@@ -266,17 +267,21 @@ async fn the_live_answer_does_not_wait_for_the_mirror() {
 }
 
 #[tokio::test]
-async fn preview_and_unsampled_requests_are_not_mirrored() {
+async fn previews_are_not_mirrored() {
     let blue = Upstream::start("blue").await;
     let green = Upstream::start("green").await;
     let models = format!(
-        "{}preview_header = true\n[models.shadow]\npercent = 0.0001\n",
+        "{}preview_header = true\n[models.shadow]\npercent = 100\n",
         model("iris", "/", &blue.url(), &green.url())
     );
     let proxy = Proxy::start(&models).await;
-    for _ in 0..50 {
-        get(&proxy.url("/x")).await;
-    }
+    // A live request is mirrored (to green) ...
+    get(&proxy.url("/x")).await;
+    let s = settled(&proxy, 1).await;
+    assert_eq!(s["compared"], 1, "{s}");
+    let (blue_hits, green_hits) = (blue.hits(), green.hits());
+    assert_eq!((blue_hits, green_hits), (1, 1));
+    // ... a preview of green is not (it would be mirrored to blue).
     let req = http::Request::builder()
         .uri(proxy.url("/x"))
         .header("x-switchyard-pool", "green")
@@ -284,12 +289,47 @@ async fn preview_and_unsampled_requests_are_not_mirrored() {
         .unwrap();
     let r = within("preview", client().request(req)).await.unwrap();
     assert_eq!(r.headers()["x-switchyard-pool"], "green");
-    // Green saw the preview only; one in a million would be a mirror.
-    assert_eq!(green.hits(), 1);
+    let _ = read_body(r.into_body()).await;
+    // One more live request, to know the preview's mirror (if any) would
+    // have been counted before this one settled.
+    get(&proxy.url("/x")).await;
+    let s = settled(&proxy, 2).await;
+    assert_eq!(s["compared"], 2, "{s}");
+    assert_eq!((blue.hits(), green.hits()), (blue_hits + 1, green_hits + 2));
+}
+
+#[tokio::test]
+async fn requests_not_sampled_are_not_mirrored() {
+    let (_blue, green, proxy) = iris("percent = 0.0001").await;
+    for _ in 0..50 {
+        get(&proxy.url("/x")).await;
+    }
+    // One in a million would be a mirror.
+    assert_eq!(green.hits(), 0);
     let s = shadow_status(&proxy).await;
     assert_eq!(
         (&s["compared"], &s["in_flight"]),
         (&json!(0), &json!(0)),
+        "{s}"
+    );
+}
+
+#[tokio::test]
+async fn http2_clients_are_mirrored_too() {
+    // An HTTP/2 body with a length may only say it has ended on a later,
+    // empty frame; the copy must still be complete once all of it is in.
+    let (blue, green, proxy) = iris("percent = 100\nignore = [\"/id\"]").await;
+    blue.set_reply(INFER, 200, answer("b", 0.9));
+    green.set_reply(INFER, 200, answer("g", 0.9));
+    let h2 = h2_client();
+    for _ in 0..5 {
+        let r = send(&h2, Method::POST, &proxy.url(INFER), full_body(REQUEST)).await;
+        assert_eq!((r.status, r.pool()), (StatusCode::OK, "blue"));
+    }
+    let s = settled(&proxy, 5).await;
+    assert_eq!(
+        (&s["match"], &s["skipped"]["incomplete"]),
+        (&json!(5), &json!(0)),
         "{s}"
     );
 }

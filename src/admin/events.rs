@@ -52,18 +52,25 @@ pub(super) fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, AdminErr
 
 /// The event stream: the events after `since` (none if `None`: only what
 /// happens from now on), then each new one as it is recorded, until the
-/// client goes away or `closing` is cancelled.
+/// client goes away or `closing` is cancelled. For `HEAD`, the headers only.
 pub(super) fn follow(
     events: Events,
     since: Option<u64>,
+    head: bool,
     closing: CancellationToken,
 ) -> AdminResponse {
     // Where to start is fixed now, before the response goes out: whatever
     // is recorded after the client sees the headers is delivered.
     let after = since.unwrap_or_else(|| *events.subscribe().borrow());
-    let (tx, rx) = mpsc::channel(16);
-    tokio::spawn(feed(events, after, tx, closing));
-    let mut response = Response::new(EventStream { rx }.boxed_unsync());
+    let body = if head {
+        // The headers are the whole answer: nothing to feed.
+        http_body_util::Empty::new().boxed_unsync()
+    } else {
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(feed(events, after, tx, closing));
+        EventStream { rx }.boxed_unsync()
+    };
+    let mut response = Response::new(body);
     *response.status_mut() = StatusCode::OK;
     let headers = response.headers_mut();
     headers.insert(
@@ -76,16 +83,24 @@ pub(super) fn follow(
 
 /// Copies events from the log into the stream. Reads the log itself on each
 /// wake-up, so a burst of events is never lost to a full channel: the
-/// stream only falls behind, and the log holds the rest.
+/// stream only falls behind, and the log holds the rest. Every wait also
+/// watches `closing`, so a client that stopped reading cannot hold the
+/// drain open.
 async fn feed(events: Events, mut after: u64, tx: mpsc::Sender<Bytes>, closing: CancellationToken) {
+    let send = |bytes: Bytes| {
+        let (tx, closing) = (&tx, &closing);
+        async move {
+            tokio::select! {
+                biased;
+                () = closing.cancelled() => false,
+                sent = tx.send(bytes) => sent.is_ok(),
+            }
+        }
+    };
     let mut newest = events.subscribe();
     let mut keepalive = tokio::time::interval(KEEPALIVE);
     keepalive.reset();
-    if tx
-        .send(Bytes::from_static(b"retry: 1000\n\n"))
-        .await
-        .is_err()
-    {
+    if !send(Bytes::from_static(b"retry: 1000\n\n")).await {
         return;
     }
     loop {
@@ -97,13 +112,13 @@ async fn feed(events: Events, mut after: u64, tx: mpsc::Sender<Bytes>, closing: 
                 ": {} event(s) left the log before they could be sent\n\n",
                 read.missed
             );
-            if tx.send(Bytes::from(note)).await.is_err() {
+            if !send(Bytes::from(note)).await {
                 return;
             }
         }
         for event in read.events {
             after = event.id;
-            if tx.send(frame(&event)).await.is_err() {
+            if !send(frame(&event)).await {
                 return;
             }
         }
@@ -116,7 +131,7 @@ async fn feed(events: Events, mut after: u64, tx: mpsc::Sender<Bytes>, closing: 
                 }
             }
             _ = keepalive.tick() => {
-                if tx.send(Bytes::from_static(b": keepalive\n\n")).await.is_err() {
+                if !send(Bytes::from_static(b": keepalive\n\n")).await {
                     return;
                 }
             }

@@ -13,9 +13,37 @@ use http::StatusCode;
 
 use super::{json, Admin, AdminError, AdminResponse};
 use crate::events::EventKind;
-use crate::pool::PoolName;
+use std::sync::Arc;
+
+use crate::pool::{Pool, PoolName};
 use crate::switch::{Model, SwitchError, SwitchOp};
 use crate::validate::{self, Report};
+
+/// A pool that passed validation, and the report.
+pub(super) struct Validated {
+    pub report: Report,
+    /// The pool the checks ran against: the switch goes ahead only if the
+    /// model still has this very pool (a reload may have replaced it).
+    pub pool: Arc<Pool>,
+}
+
+impl Validated {
+    /// The switch's condition: the validated pool is still the model's.
+    pub fn still(&self) -> impl FnOnce(&Model) -> Result<(), SwitchError> + Send + 'static {
+        let pool = Arc::clone(&self.pool);
+        move |m: &Model| {
+            if Arc::ptr_eq(m.pool(pool.name()), &pool) {
+                Ok(())
+            } else {
+                Err(SwitchError::Replaced {
+                    model: m.name().to_string(),
+                    pool: pool.name(),
+                    what: "validated",
+                })
+            }
+        }
+    }
+}
 
 // === impl Admin ===
 
@@ -46,23 +74,31 @@ impl Admin {
         name: &str,
         op: SwitchOp,
         asked: Option<bool>,
-    ) -> Result<(SwitchOp, Option<Report>), AdminError> {
+    ) -> Result<(SwitchOp, Option<Validated>), AdminError> {
         let model = self.model(name)?;
         if !asked.unwrap_or_else(|| model.validate_before_switch()) {
             return Ok((op, None));
         }
         let active = model.active_name();
         let (target, op) = match op {
-            // Refused by the switch as it is (409): nothing to validate.
-            SwitchOp::Flip { expect: Some(e) } if e != active => return Ok((op, None)),
+            // Refused as it is: answered now, not passed on unvalidated
+            // (a switch meanwhile could make it go through).
+            SwitchOp::Flip { expect: Some(e) } if e != active => {
+                return Err(SwitchError::Unexpected {
+                    model: name.to_string(),
+                    expected: e,
+                    active,
+                }
+                .into())
+            }
             SwitchOp::Flip { .. } => (
                 active.other(),
                 SwitchOp::Flip {
                     expect: Some(active),
                 },
             ),
-            // A no-op: nothing becomes active that was not.
-            SwitchOp::Activate(pool) if pool == active => return Ok((op, None)),
+            // Validated even when it is active now: a switch before the
+            // lock is taken would make this activate move traffic.
             SwitchOp::Activate(pool) => (pool, op),
             SwitchOp::Rollback | SwitchOp::AutoRollback { .. } => return Ok((op, None)),
         };
@@ -75,7 +111,8 @@ impl Admin {
             }
             .into());
         }
-        Ok((op, Some(report)))
+        let pool = Arc::clone(model.pool(target));
+        Ok((op, Some(Validated { report, pool })))
     }
 
     /// Runs the model's checks against `pool` and records the verdict in

@@ -417,6 +417,18 @@ fn a_bad_model_duration_is_blamed_on_its_line() {
 }
 
 #[test]
+fn a_duration_longer_than_a_year_is_refused() {
+    // `now + request_timeout` must not overflow a deadline on the request path.
+    let src = model_with("request_timeout = \"3000000000000000h\"");
+    assert_blames(
+        &src,
+        "3000000000000000h",
+        &["models[0].request_timeout", "at most \"8760h\""],
+    );
+    assert!(parse(&model_with("request_timeout = \"8760h\"")).is_ok());
+}
+
+#[test]
 fn an_unknown_active_pool_is_blamed_on_its_line() {
     let src = MINIMAL.replace("active = \"blue\"", "active = \"red\"");
     assert_blames(&src, "\"red\"", &["\"red\"", "blue", "green"]);

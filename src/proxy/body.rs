@@ -44,7 +44,7 @@ impl ProxyBody {
     pub fn copy_to(mut self, capture: Capture) -> ProxyBody {
         if let ProxyBody::Upstream { body, copy, .. } = &mut self {
             let mut capture = Box::new(capture);
-            if body.is_end_stream() {
+            if ended(body) {
                 capture.finish();
             }
             *copy = Some(capture);
@@ -73,7 +73,7 @@ impl Body for ProxyBody {
                 ..
             } => {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
-                tap(copy, &polled, body.is_end_stream());
+                tap(copy, &polled, ended(body));
                 polled
             }
             ProxyBody::Upstream { body, .. } => Pin::new(body).poll_frame(cx),
@@ -132,11 +132,18 @@ impl ClientBody {
     /// Copies the body for a shadow mirror as it streams upstream.
     pub fn copy_to(&mut self, capture: Capture) {
         let mut capture = Box::new(capture);
-        if self.inner.is_end_stream() {
+        if ended(&self.inner) {
             capture.finish();
         }
         self.copy = Some(capture);
     }
+}
+
+/// Whether a body has nothing more to send. Also true once a body with a
+/// length has sent all of it: hyper stops polling there, and an HTTP/2
+/// body may only say `is_end_stream` on a later, empty frame.
+fn ended(body: &Incoming) -> bool {
+    body.is_end_stream() || body.size_hint().exact() == Some(0)
 }
 
 /// Feeds one poll's outcome to a copy: data frames are copied, and the end
@@ -168,7 +175,7 @@ impl Body for ClientBody {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         if let Some(copy) = &mut this.copy {
-            tap(copy, &polled, this.inner.is_end_stream());
+            tap(copy, &polled, ended(&this.inner));
         }
         match polled {
             Poll::Ready(None) => {

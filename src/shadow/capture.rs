@@ -1,32 +1,23 @@
 //! A copy of a body as it streams past, for the shadow: the request body on
 //! its way to the live pool, the live answer on its way to the client.
 //!
-//! The copy keeps the frames' `Bytes` (a reference count each, no memcpy)
-//! up to a limit; beyond it the copy is given up and its memory freed at
-//! once. It is handed over through a oneshot when the body ends. A body cut
-//! off (client gone, upstream reset) drops the sender, which the mirror
-//! reads as "incomplete".
+//! The copy is made into a buffer of its own, up to a limit: keeping the
+//! frames' `Bytes` instead would pin hyper's whole read buffers, so the
+//! memory held would not be bounded by the limit. Beyond the limit, or once
+//! the mirror has gone, the copy is given up and its memory freed at once.
+//! It is handed over through a oneshot when the body ends. A body cut off
+//! (client gone, upstream reset) drops the sender, which the mirror reads
+//! as "incomplete".
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use tokio::sync::oneshot;
 
-/// A complete copy: the status (answers only) and the body's chunks.
+/// A complete copy: the status (answers only) and the body.
 #[derive(Debug)]
 pub struct Copied {
     pub status: Option<StatusCode>,
-    pub chunks: Vec<Bytes>,
-}
-
-impl Copied {
-    /// The body in one piece.
-    pub fn body(&self) -> Bytes {
-        match self.chunks.as_slice() {
-            [] => Bytes::new(),
-            [one] => one.clone(),
-            many => many.concat().into(),
-        }
-    }
+    pub body: Bytes,
 }
 
 /// Why there is no copy.
@@ -44,8 +35,7 @@ pub type CopyReceiver = oneshot::Receiver<Result<Copied, Cut>>;
 #[derive(Debug)]
 pub struct Capture {
     status: Option<StatusCode>,
-    chunks: Vec<Bytes>,
-    len: usize,
+    copy: BytesMut,
     limit: usize,
     /// `None` once the copy was handed over or given up.
     tx: Option<oneshot::Sender<Result<Copied, Cut>>>,
@@ -59,8 +49,7 @@ impl Capture {
         let (tx, rx) = oneshot::channel();
         let capture = Capture {
             status,
-            chunks: Vec::new(),
-            len: 0,
+            copy: BytesMut::new(),
             limit,
             tx: Some(tx),
         };
@@ -68,17 +57,19 @@ impl Capture {
     }
 
     /// Copies one data frame's bytes.
-    pub fn data(&mut self, bytes: &Bytes) {
+    pub fn data(&mut self, bytes: &[u8]) {
         let Some(tx) = self.tx.take() else { return };
-        self.len += bytes.len();
-        if self.len > self.limit {
-            self.chunks = Vec::new();
+        if tx.is_closed() {
+            // The mirror has gone: nobody will read the copy.
+            self.copy = BytesMut::new();
+            return;
+        }
+        if self.copy.len() + bytes.len() > self.limit {
+            self.copy = BytesMut::new();
             let _ = tx.send(Err(Cut::TooLarge));
             return;
         }
-        if !bytes.is_empty() {
-            self.chunks.push(bytes.clone());
-        }
+        self.copy.extend_from_slice(bytes);
         self.tx = Some(tx);
     }
 
@@ -87,7 +78,7 @@ impl Capture {
         if let Some(tx) = self.tx.take() {
             let copied = Copied {
                 status: self.status,
-                chunks: std::mem::take(&mut self.chunks),
+                body: std::mem::take(&mut self.copy).freeze(),
             };
             // The mirror may have given up already; nothing to do then.
             let _ = tx.send(Ok(copied));
@@ -107,34 +98,44 @@ mod tests {
     #[test]
     fn a_finished_body_is_handed_over_whole() {
         let (mut c, mut rx) = Capture::new(10, Some(StatusCode::OK));
-        c.data(&Bytes::from_static(b"abc"));
-        c.data(&Bytes::new());
-        c.data(&Bytes::from_static(b"defg"));
+        c.data(b"abc");
+        c.data(b"");
+        c.data(b"defg");
         assert!(rx.try_recv().is_err(), "not before the end");
         c.finish();
         c.finish();
         assert!(!c.is_open());
         let copied = rx.try_recv().unwrap().unwrap();
         assert_eq!(copied.status, Some(StatusCode::OK));
-        assert_eq!(copied.body(), Bytes::from_static(b"abcdefg"));
+        assert_eq!(copied.body, Bytes::from_static(b"abcdefg"));
     }
 
     #[test]
     fn a_body_past_the_limit_is_given_up() {
         let (mut c, mut rx) = Capture::new(4, None);
-        c.data(&Bytes::from_static(b"abcd"));
+        c.data(b"abcd");
         assert!(c.is_open(), "at the limit is within it");
-        c.data(&Bytes::from_static(b"e"));
+        c.data(b"e");
         assert!(!c.is_open());
-        assert!(c.chunks.is_empty(), "memory freed at once");
+        assert_eq!(c.copy.capacity(), 0, "memory freed at once");
         c.finish();
         assert_eq!(rx.try_recv().unwrap().unwrap_err(), Cut::TooLarge);
     }
 
     #[test]
+    fn a_copy_nobody_waits_for_is_given_up() {
+        let (mut c, rx) = Capture::new(1024, None);
+        c.data(b"ab");
+        drop(rx);
+        c.data(b"cd");
+        assert!(!c.is_open());
+        assert_eq!(c.copy.capacity(), 0);
+    }
+
+    #[test]
     fn a_body_cut_off_is_incomplete() {
         let (mut c, mut rx) = Capture::new(4, None);
-        c.data(&Bytes::from_static(b"ab"));
+        c.data(b"ab");
         drop(c);
         assert!(matches!(
             rx.try_recv(),
