@@ -580,3 +580,35 @@ async fn a_reload_applies_changed_checks_and_keeps_the_pools() {
     );
     proxy.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_reload_that_replaces_the_validated_pool_makes_the_validating_flip_a_conflict() {
+    let (blue, green, proxy, flipping) = flip_held_in_validation().await;
+    // While the old green is being validated, a reload points green at a
+    // new server: the validated pool is gone, the flip must not go to the
+    // one nobody validated.
+    let new_green = Upstream::start("green-2").await;
+    let models = format!(
+        "{}\n[[models.validate]]\npath = \"/hold/check\"\n",
+        model("iris", "/", &blue.url(), &new_green.url())
+    );
+    let text = config_text(&proxy.state_path, "", &models);
+    std::fs::write(proxy.dir.path().join("switchyard.toml"), text).expect("rewrite config");
+    let r = proxy.admin_post("/reload").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+
+    green.release();
+    let r = within("the validating flip", flipping).await.expect("task");
+    let body = assert_error(&r, StatusCode::CONFLICT);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("a reload replaced pool green since it was validated"),
+        "{body}"
+    );
+    assert_eq!(served_by(&proxy).await, "blue");
+    assert_eq!(new_green.hits(), 0, "nothing validated or served on the new green");
+    let proxy = std::sync::Arc::try_unwrap(proxy).ok().expect("one owner");
+    proxy.stop().await.unwrap();
+}
