@@ -608,7 +608,11 @@ async fn a_reload_that_replaces_the_validated_pool_makes_the_validating_flip_a_c
         "{body}"
     );
     assert_eq!(served_by(&proxy).await, "blue");
-    assert_eq!(new_green.hits(), 0, "nothing validated or served on the new green");
+    assert_eq!(
+        new_green.hits(),
+        0,
+        "nothing validated or served on the new green"
+    );
     let proxy = std::sync::Arc::try_unwrap(proxy).ok().expect("one owner");
     proxy.stop().await.unwrap();
 }
