@@ -289,7 +289,8 @@ impl Admin {
         // Authenticate before routing: without the token, no route, not even
         // a 404 or 405, says what exists.
         let open = match segments.as_slice() {
-            ["healthz"] | ["readyz"] => true,
+            // The dashboard's page holds no data: its calls carry the token.
+            [""] | ["healthz"] | ["readyz"] => true,
             ["metrics"] => !self.metrics_require_token,
             _ => false,
         };
@@ -317,6 +318,11 @@ impl Admin {
         };
 
         match segments.as_slice() {
+            [""] => {
+                allow("GET, HEAD")?;
+                query.only(&[])?;
+                Ok(dashboard())
+            }
             ["healthz"] => {
                 allow("GET, HEAD")?;
                 query.only(&[])?;
@@ -602,6 +608,28 @@ fn pool_detail(pool: &Pool, active: bool) -> Value {
         "served": pool.served(),
         "endpoints": endpoints,
     })
+}
+
+/// The dashboard: one page built into the binary, no external asset. Its
+/// script polls the API above; the policy lets it reach nothing else, and
+/// no other site may frame it (its buttons flip models).
+fn dashboard() -> AdminResponse {
+    const PAGE: &str = include_str!("admin/dashboard.html");
+    let mut response = Response::new(Full::new(Bytes::from_static(PAGE.as_bytes())).boxed_unsync());
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:; form-action 'none'; frame-ancestors 'none'",
+        ),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
 }
 
 fn json(status: StatusCode, value: &Value) -> AdminResponse {

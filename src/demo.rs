@@ -305,7 +305,8 @@ fn print_banner(urls: &[(PoolName, String)], proxy: SocketAddr, admin: SocketAdd
         println!("  {pool:<6} iris v{version}  {url}");
     }
     println!("  proxy           http://{proxy}");
-    println!("  admin           http://{admin}\n");
+    println!("  admin           http://{admin}");
+    println!("  dashboard       http://{admin}/\n");
     println!("Infer through the proxy (see x-switchyard-pool and model_version):");
     println!("  curl -si http://{proxy}/v2/models/iris/infer -H 'content-type: application/json' -d '{body}'");
     println!("Status:");

@@ -7,8 +7,9 @@
 //! `?validate=`) answers 409 for want of a healthy endpoint or of a check,
 //! and never sends a request, so never hangs.
 //!
-//! Every response must be one of the documented answers: 200 (JSON, or the
-//! Prometheus text for `GET /metrics`), 400, 401, 404, 405, 409 with a JSON
+//! Every response must be one of the documented answers: 200 (JSON, the
+//! Prometheus text for `GET /metrics`, the event stream, or the dashboard's
+//! page for `GET /`), 400, 401, 404, 405, 409 with a JSON
 //! `{"error": "..."}` body, or 503 from `/readyz` with its JSON report; never
 //! a panic and never a 500 (nothing here can fail to write the state file).
 
@@ -379,7 +380,7 @@ async fn check(
     }
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let open = match segments.as_slice() {
-        ["healthz"] | ["readyz"] => true,
+        [""] | ["healthz"] | ["readyz"] => true,
         ["metrics"] => !metrics_require_token,
         _ => false,
     };
@@ -402,6 +403,11 @@ async fn check(
     if status == 200 && content_type.starts_with("text/plain") {
         assert_eq!(segments.as_slice(), ["metrics"], "{}", context());
         std::str::from_utf8(&body).expect("metrics are UTF-8");
+        return;
+    }
+    if status == 200 && content_type.starts_with("text/html") {
+        // The dashboard's page, and only at the root.
+        assert_eq!(segments.as_slice(), [""], "{}", context());
         return;
     }
     if status == 200 && content_type == "text/event-stream" {
