@@ -225,7 +225,11 @@ fn switch_path(
         query.push(format!("validate={v}"));
     }
     if let Some(wait) = wait_drained {
-        query.push(format!("wait_drained={}ms", wait.as_millis()));
+        let ms = wait.as_millis();
+        query.push(match ms % 1000 {
+            0 => format!("wait_drained={}s", ms / 1000),
+            _ => format!("wait_drained={ms}ms"),
+        });
     }
     if !query.is_empty() {
         path.push('?');
@@ -428,7 +432,7 @@ mod tests {
                 Some(false),
                 Some(Duration::from_secs(10)),
             ),
-            "/models/iris/activate/green?force=true&validate=false&wait_drained=10000ms"
+            "/models/iris/activate/green?force=true&validate=false&wait_drained=10s"
         );
         assert_eq!(
             switch_path("a b", SwitchKind::Rollback, false, None, None),

@@ -82,7 +82,7 @@ enum Command {
         #[arg(long)]
         force: bool,
         /// Then wait until nothing is in flight on the pool traffic left.
-        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        #[arg(long, value_name = "DURATION", value_parser = wait_duration)]
         wait_drained: Option<Duration>,
         #[command(flatten)]
         admin: AdminArgs,
@@ -151,7 +151,7 @@ struct SwitchArgs {
     #[arg(long)]
     no_validate: bool,
     /// Then wait until nothing is in flight on the pool traffic left.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = wait_duration)]
     wait_drained: Option<Duration>,
 }
 
@@ -176,6 +176,18 @@ impl SwitchArgs {
 enum LogFormat {
     Text,
     Json,
+}
+
+/// A `--wait-drained` value: a duration of at most an hour, the admin
+/// API's bound.
+fn wait_duration(s: &str) -> Result<Duration, String> {
+    const MAX: Duration = Duration::from_secs(3600);
+    match parse_duration(s)? {
+        d if d <= MAX => Ok(d),
+        _ => Err(format!(
+            "{s:?} is longer than the 1h the admin API waits at most"
+        )),
+    }
 }
 
 const EXIT_RUNTIME: u8 = 1;

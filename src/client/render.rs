@@ -196,8 +196,9 @@ fn str_of(v: &Value) -> &str {
     v.as_str().unwrap_or("-")
 }
 
-/// `flip blue->green, 3m ago`, or `-` before the first switch.
-fn last_switch(record: &Value, now_ms: u64) -> String {
+/// `flip blue->green, 3m ago` (with `by ACTOR` after the pools when
+/// `actor`), or `-` before the first switch.
+fn last_switch(record: &Value, now_ms: u64, actor: bool) -> String {
     if record.is_null() {
         return "-".to_string();
     }
@@ -207,6 +208,9 @@ fn last_switch(record: &Value, now_ms: u64) -> String {
         str_of(&record["from"]),
         str_of(&record["to"])
     );
+    if let (true, Some(by)) = (actor, record["actor"].as_str()) {
+        let _ = write!(s, " by {by}");
+    }
     if record["forced"] == true {
         s.push_str(" (forced)");
     }
@@ -250,7 +254,7 @@ pub(super) fn models(details: &[Value], now_ms: u64, paint: Paint) -> String {
             styled(active, pool_style(active)),
             styled(standby, pool_style(standby)),
             cell(text(&d["in_flight"])),
-            cell(last_switch(&d["last_switch"], now_ms)),
+            cell(last_switch(&d["last_switch"], now_ms, false)),
         ];
         if watch {
             let state = str_of(&d["watch"]["state"]);
@@ -284,10 +288,7 @@ pub(super) fn model(d: &Value, now_ms: u64, paint: Paint) -> String {
         None => str_of(&d["path_prefix"]).to_string(),
     };
     about.row(vec![cell("route"), cell(route)]);
-    let mut last = last_switch(&d["last_switch"], now_ms);
-    if let Some(actor) = d["last_switch"]["actor"].as_str() {
-        let _ = write!(last, " by {actor}");
-    }
+    let last = last_switch(&d["last_switch"], now_ms, true);
     about.row(vec![cell("last switch"), cell(last)]);
     let watch = &d["watch"];
     if !watch.is_null() {
@@ -454,12 +455,13 @@ pub(super) fn drain_progress(detail: &Value) -> Option<String> {
 /// A refusal for stderr: the API's reason, then what it names (the
 /// endpoints the guard saw, the checks that failed).
 pub(super) fn refusal(body: &Value) -> String {
-    let mut out = format!(
-        "refused: {}\n",
-        body["error"]
-            .as_str()
-            .unwrap_or("the admin API refused the call")
-    );
+    let reason = body["error"]
+        .as_str()
+        .unwrap_or("the admin API refused the call")
+        // The API's hints, in the command line's words.
+        .replace("?force=true", "--force")
+        .replace("?validate=true", "--validate");
+    let mut out = format!("refused: {reason}\n");
     for e in body["endpoints"].as_array().into_iter().flatten() {
         let _ = writeln!(
             out,
