@@ -434,6 +434,46 @@ async fn the_token_file_is_sent_and_a_missing_or_wrong_one_is_exit_2() {
     );
 }
 
+// === https ===
+
+#[tokio::test]
+async fn an_https_admin_api_is_verified_against_the_ca_file() {
+    use support::inbound_tls::{start_with_tls_admin, TestCa};
+    let ca = TestCa::new();
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+    let files = ca.issue("switchyard test admin").write(dir.path(), "admin");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.ca_pem).expect("write ca.pem");
+    let proxy = start_with_tls_admin(
+        Arc::clone(&dir),
+        "",
+        &files.config_lines(),
+        &model("iris", "/", &blue.url(), &green.url()),
+        &ca,
+    )
+    .await;
+    let admin = format!("https://{}", proxy.admin);
+
+    let out = switchyard(&[
+        "flip",
+        "iris",
+        "--admin",
+        &admin,
+        "--ca-file",
+        ca_file.to_str().unwrap(),
+    ])
+    .await;
+    assert_code(&out, 0);
+    assert_eq!(out.stdout, "iris: green is active (was blue)\n", "{out:#?}");
+
+    // Without the CA: the certificate is not trusted, nothing is sent.
+    let out = switchyard(&["flip", "iris", "--admin", &admin]).await;
+    assert_code(&out, 2);
+    assert!(out.stderr.contains("certificate"), "{out:#?}");
+}
+
 // === events ===
 
 #[tokio::test]
