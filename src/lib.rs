@@ -12,6 +12,8 @@
 //! - `health`: active probes, passive ejection, warm standby connections.
 //! - `proxy`: the inbound listener and the forwarding of one request.
 //! - `admin`: the admin listener and its JSON handlers.
+//! - `client`: the command-line client of the admin API (`switchyard status`,
+//!   `flip`, ...).
 //! - `metrics`: metric names, the registry, per-pool handles.
 //! - `server`: the accept loop and graceful drain every listener shares.
 //! - `reload`: SIGHUP and `POST /reload`: the config applied again, or not.
@@ -28,6 +30,7 @@
 //! shutdown future, and returns when shutdown has drained.
 
 pub mod admin;
+pub mod client;
 pub mod compare;
 pub mod config;
 pub mod demo;

@@ -1,15 +1,24 @@
 //! The command line: parses arguments, sets up logging, picks exit codes.
 //!
-//! Exit codes: 0 done; 1 runtime failure (bind, state file, crash);
-//! 2 bad configuration or usage.
+//! Exit codes of `serve`, `check` and `demo`: 0 done; 1 runtime failure
+//! (bind, state file, crash); 2 bad configuration or usage.
+//!
+//! Exit codes of the admin client (`status`, `flip`, `activate`,
+//! `rollback`, `validate`, `events`): 0 done; 1 refused (409: guard,
+//! expectation, validation; a validation report that did not pass; a
+//! switch whose old pool was not drained within `--wait-drained`); 2 usage,
+//! connection, token or any other error; the reason on stderr.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand, ValueEnum};
-use switchyard::config::{Config, LoadError};
-use switchyard::{Listeners, RunError};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use switchyard::client::{self, Call, Outcome, SwitchKind, Target};
+use switchyard::config::{parse_duration, Config, LoadError};
+use switchyard::pool::PoolName;
+use switchyard::{ErrorChain, Listeners, RunError};
 
 #[derive(Parser)]
 #[command(
@@ -39,6 +48,128 @@ enum Command {
     },
     /// Run two toy model servers and the proxy in front of them; needs no files.
     Demo,
+    /// Show every model, or one model's pools and endpoints.
+    Status {
+        /// The model to show in full; every model when absent.
+        model: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Make the standby pool of MODEL active.
+    Flip {
+        model: String,
+        /// Flip only if this pool is active now (else refused, exit 1).
+        #[arg(long, value_name = "POOL")]
+        expect: Option<PoolName>,
+        #[command(flatten)]
+        switch: SwitchArgs,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Make POOL (blue or green) of MODEL active; a no-op if it already is.
+    Activate {
+        model: String,
+        pool: PoolName,
+        #[command(flatten)]
+        switch: SwitchArgs,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Return MODEL to the pool active before its last switch.
+    Rollback {
+        model: String,
+        /// Switch even if the target pool has no healthy endpoint.
+        #[arg(long)]
+        force: bool,
+        /// Then wait until nothing is in flight on the pool traffic left.
+        #[arg(long, value_name = "DURATION", value_parser = wait_duration)]
+        wait_drained: Option<Duration>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Run MODEL's validation checks against a pool without switching (exit
+    /// 1 if any fails).
+    Validate {
+        model: String,
+        /// The pool to check (default: the standby).
+        #[arg(long)]
+        pool: Option<PoolName>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List the recent events (switches, validations, health, reloads), or
+    /// follow them as they happen.
+    Events {
+        /// Keep printing events as they happen, until interrupted.
+        #[arg(long)]
+        follow: bool,
+        /// Only events after this id (with --follow: first those).
+        #[arg(long, value_name = "ID")]
+        since: Option<u64>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// How the client reaches the admin API.
+#[derive(Args)]
+struct AdminArgs {
+    /// Base URL of the admin API.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "SWITCHYARD_ADMIN",
+        default_value = "http://127.0.0.1:9901"
+    )]
+    admin: String,
+    /// File holding the admin token, sent as `Authorization: Bearer`
+    /// (without one: SWITCHYARD_ADMIN_TOKEN, if set).
+    #[arg(long, value_name = "FILE", env = "SWITCHYARD_ADMIN_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// PEM file of CAs to trust for an https:// admin URL (default: the
+    /// webpki roots).
+    #[arg(long, value_name = "FILE", env = "SWITCHYARD_ADMIN_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// How long to wait for an answer (a --wait-drained wait comes on top).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Print the API's JSON (one object per line) instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The flags of `flip` and `activate`.
+#[derive(Args)]
+struct SwitchArgs {
+    /// Switch even if the target pool has no healthy endpoint.
+    #[arg(long)]
+    force: bool,
+    /// Run the model's validation checks against the target first.
+    #[arg(long, conflicts_with = "no_validate")]
+    validate: bool,
+    /// Skip the checks of a model with `validate_before_switch = true`.
+    #[arg(long)]
+    no_validate: bool,
+    /// Then wait until nothing is in flight on the pool traffic left.
+    #[arg(long, value_name = "DURATION", value_parser = wait_duration)]
+    wait_drained: Option<Duration>,
+}
+
+impl SwitchArgs {
+    fn into_call(self, model: String, kind: SwitchKind) -> Call {
+        let validate = match (self.validate, self.no_validate) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        };
+        Call::Switch {
+            model,
+            kind,
+            force: self.force,
+            validate,
+            wait_drained: self.wait_drained,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -47,8 +178,22 @@ enum LogFormat {
     Json,
 }
 
+/// A `--wait-drained` value: a duration of at most an hour, the admin
+/// API's bound.
+fn wait_duration(s: &str) -> Result<Duration, String> {
+    const MAX: Duration = Duration::from_secs(3600);
+    match parse_duration(s)? {
+        d if d <= MAX => Ok(d),
+        _ => Err(format!(
+            "{s:?} is longer than the 1h the admin API waits at most"
+        )),
+    }
+}
+
 const EXIT_RUNTIME: u8 = 1;
 const EXIT_CONFIG: u8 = 2;
+const EXIT_REFUSED: u8 = 1;
+const EXIT_CLIENT: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -67,6 +212,71 @@ fn main() -> ExitCode {
                 .await
                 .map_err(Into::into)
         }),
+        Command::Status { model, admin } => admin_call(admin, Call::Status { model }),
+        Command::Flip {
+            model,
+            expect,
+            switch,
+            admin,
+        } => admin_call(admin, switch.into_call(model, SwitchKind::Flip { expect })),
+        Command::Activate {
+            model,
+            pool,
+            switch,
+            admin,
+        } => admin_call(admin, switch.into_call(model, SwitchKind::Activate(pool))),
+        Command::Rollback {
+            model,
+            force,
+            wait_drained,
+            admin,
+        } => admin_call(
+            admin,
+            Call::Switch {
+                model,
+                kind: SwitchKind::Rollback,
+                force,
+                validate: None,
+                wait_drained,
+            },
+        ),
+        Command::Validate { model, pool, admin } => {
+            admin_call(admin, Call::Validate { model, pool })
+        }
+        Command::Events {
+            follow,
+            since,
+            admin,
+        } => admin_call(admin, Call::Events { follow, since }),
+    }
+}
+
+/// Runs one admin client command on a single-threaded runtime.
+fn admin_call(args: AdminArgs, call: Call) -> ExitCode {
+    let target = Target {
+        admin: args.admin,
+        token_file: args.token_file,
+        ca_file: args.ca_file,
+        timeout: args.timeout,
+        json: args.json,
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_CLIENT);
+        }
+    };
+    match rt.block_on(client::run(&target, call)) {
+        Ok(Outcome::Done) => ExitCode::SUCCESS,
+        Ok(Outcome::Refused) => ExitCode::from(EXIT_REFUSED),
+        Err(e) => {
+            eprintln!("error: {}", ErrorChain(&e));
+            ExitCode::from(EXIT_CLIENT)
+        }
     }
 }
 

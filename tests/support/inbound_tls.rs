@@ -34,6 +34,9 @@ pub const ALPN_H2: &[&[u8]] = &[b"h2"];
 
 /// A certificate authority that exists for one test only.
 pub struct TestCa {
+    /// The CA's certificate, PEM encoded: what a client told to trust
+    /// this CA reads (e.g. `switchyard status --ca-file`).
+    pub ca_pem: String,
     issuer: Issuer<'static, KeyPair>,
     roots: Arc<rustls::RootCertStore>,
 }
@@ -70,6 +73,7 @@ impl TestCa {
             .add(cert.der().clone())
             .expect("the CA is a usable trust anchor");
         TestCa {
+            ca_pem: cert.pem(),
             issuer: Issuer::new(params, key),
             roots: Arc::new(roots),
         }
