@@ -419,9 +419,10 @@ async fn a_wrong_method_is_405_with_allow() {
 #[tokio::test]
 async fn an_unknown_route_is_404_json() {
     let (_blue, _green, proxy) = iris().await;
+    // `/` is the dashboard's page (tests/dashboard.rs).
     for path in [
-        "/",
         "/nope",
+        "/index.html",
         "/model",
         "/models/iris/flop",
         "/models/iris/activate",
