@@ -119,30 +119,26 @@ impl AdminError {
             // Each as `switchyard check` prints it: FILE:LINE:COL: message.
             body["errors"] = errors.iter().map(ToString::to_string).collect();
         }
-        if let AdminError::Switch(SwitchError::Unhealthy {
-            pool, endpoints, ..
-        }) = &self
-        {
-            // The guard's reason, machine-readable: which endpoints, in what state.
-            body["pool"] = json!(pool);
-            body["endpoints"] = endpoints
-                .iter()
-                .map(|(url, state)| json!({ "url": url, "state": state }))
-                .collect();
-        }
-        if let AdminError::Switch(SwitchError::ValidationFailed { report, .. }) = &self {
+        match &self {
+            // The health guard's reason, machine-readable: which endpoints,
+            // in what state.
+            AdminError::Switch(SwitchError::Unhealthy {
+                pool, endpoints, ..
+            })
+            | AdminError::Validate(ValidateError::NoHealthyEndpoint {
+                pool, endpoints, ..
+            }) => {
+                body["pool"] = json!(pool);
+                body["endpoints"] = endpoints
+                    .iter()
+                    .map(|(url, state)| json!({ "url": url, "state": state }))
+                    .collect();
+            }
             // Every check's result: what was expected, what came back.
-            body["validation"] = json!(report);
-        }
-        if let AdminError::Validate(ValidateError::NoHealthyEndpoint {
-            pool, endpoints, ..
-        }) = &self
-        {
-            body["pool"] = json!(pool);
-            body["endpoints"] = endpoints
-                .iter()
-                .map(|(url, state)| json!({ "url": url, "state": state }))
-                .collect();
+            AdminError::Switch(SwitchError::ValidationFailed { report, .. }) => {
+                body["validation"] = json!(report);
+            }
+            _ => {}
         }
         let mut response = json(status, &body);
         match self {
