@@ -66,6 +66,8 @@ pub enum AdminError {
     Reload(#[from] ReloadError),
     #[error("switchyard is shutting down")]
     ShuttingDown,
+    #[error("cross-origin POST refused: a web page from {origin} may not change switchyard; call the admin API from a script, the CLI or the dashboard it serves")]
+    CrossOrigin { origin: String },
 }
 
 impl AdminError {
@@ -92,6 +94,7 @@ impl AdminError {
             ) => StatusCode::CONFLICT,
             AdminError::Metrics(_) => StatusCode::INTERNAL_SERVER_ERROR,
             AdminError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            AdminError::CrossOrigin { .. } => StatusCode::FORBIDDEN,
             AdminError::Reload(e) => match e {
                 ReloadError::Invalid(_) => StatusCode::BAD_REQUEST,
                 ReloadError::RestartNeeded(_)
@@ -296,6 +299,15 @@ impl Admin {
             }
         }
 
+        // A browser lets any page send a simple POST anywhere, the admin
+        // listener on loopback included: a POST from another origin is
+        // refused, token or not. Scripts and the CLI send no Origin.
+        if method == Method::POST {
+            if let Some(origin) = foreign_origin(req) {
+                return Err(AdminError::CrossOrigin { origin });
+            }
+        }
+
         // `allow` is the Allow header's value: "GET, HEAD" or "POST".
         let allow = |allow: &'static str| -> Result<(), AdminError> {
             let ok = match allow {
@@ -414,7 +426,7 @@ impl Admin {
                 query.only(&[])?;
                 let reloader = Arc::clone(&self.reloader);
                 let outcome = to_completion(async move {
-                    reloader.reload_certificates();
+                    reloader.reload_certificates().await;
                     reloader.reload(&actor).await
                 })
                 .await??;
@@ -604,6 +616,39 @@ fn pool_detail(pool: &Pool, active: bool) -> Value {
         "served": pool.served(),
         "endpoints": endpoints,
     })
+}
+
+/// The origin of a browser request from another origin than the admin
+/// listener's own, if it is one: `Sec-Fetch-Site` says so, or `Origin`
+/// names another host and port than `Host`.
+fn foreign_origin<B>(req: &Request<B>) -> Option<String> {
+    let headers = req.headers();
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    };
+    let origin = text("origin");
+    let site = text("sec-fetch-site");
+    if site
+        .as_deref()
+        .is_some_and(|s| s != "same-origin" && s != "none")
+    {
+        return Some(origin.unwrap_or_else(|| format!("a {} site", site.unwrap_or_default())));
+    }
+    let origin = origin?;
+    let authority = origin
+        .split_once("://")
+        .map(|(_, rest)| rest.trim_end_matches('/'));
+    // HTTP/2 carries the host in the URI's authority.
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    match (authority, host) {
+        (Some(a), Some(h)) if a.eq_ignore_ascii_case(h) => None,
+        _ => Some(origin),
+    }
 }
 
 /// The dashboard: one page built into the binary, no external asset. Its

@@ -334,7 +334,7 @@ async fn on_hangup(
         // logged by the reloader either way.
         let reloader = Arc::clone(&reloader);
         tokio::spawn(async move {
-            reloader.reload_certificates();
+            reloader.reload_certificates().await;
             let _ = reloader.reload("SIGHUP").await;
         });
     }

@@ -119,15 +119,23 @@ impl Reloader {
 
     /// Re-reads the listeners' certificates: new handshakes get the new
     /// ones, open connections keep theirs. One that fails to load is logged
-    /// and the old one stays.
-    pub fn reload_certificates(&self) {
-        for tls in &self.certificates {
-            match tls.reload() {
-                Ok(()) => info!(cert = %tls.files().cert.display(), "certificate reloaded"),
-                Err(e) => {
-                    error!(error = %ErrorChain(&e), "certificate not reloaded; serving the previous one")
+    /// and the old one stays. The files are read on the blocking pool: with
+    /// one worker thread, a read there would stall every request.
+    pub async fn reload_certificates(&self) {
+        let certificates = self.certificates.clone();
+        let reloaded = tokio::task::spawn_blocking(move || {
+            for tls in &certificates {
+                match tls.reload() {
+                    Ok(()) => info!(cert = %tls.files().cert.display(), "certificate reloaded"),
+                    Err(e) => {
+                        error!(error = %ErrorChain(&e), "certificate not reloaded; serving the previous one")
+                    }
                 }
             }
+        })
+        .await;
+        if let Err(e) = reloaded {
+            error!(error = %e, "certificate reload did not run; serving the previous ones");
         }
     }
 
@@ -173,7 +181,15 @@ impl Reloader {
     }
 
     async fn apply(&self, current: &Config) -> Result<(Config, ReloadOutcome), ReloadError> {
-        let new = Config::load(&current.file)?;
+        // Read and checked on the blocking pool (check files up to 16 MiB
+        // each): with one worker thread, the runtime would stall meanwhile.
+        let file = current.file.clone();
+        let new = tokio::task::spawn_blocking(move || Config::load(&file))
+            .await
+            .map_err(|e| ReloadError::Read {
+                path: current.file.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })??;
         let restart = current.restart_needed(&new);
         if !restart.is_empty() {
             return Err(ReloadError::RestartNeeded(restart));

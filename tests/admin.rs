@@ -713,3 +713,66 @@ async fn concurrent_flips_with_the_same_expectation_switch_once() {
     assert_eq!(detail["history"].as_array().map(Vec::len), Some(1));
     proxy.stop().await.unwrap();
 }
+
+/// Sends `POST path` to the admin listener with the given extra headers.
+async fn post_with(proxy: &Proxy, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut req = http::Request::builder()
+        .method(Method::POST)
+        .uri(proxy.admin_url(path));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = within(
+        "admin POST",
+        client().request(req.body(full_body("")).unwrap()),
+    )
+    .await
+    .unwrap();
+    let (parts, body) = resp.into_parts();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: read_body(body).await,
+    }
+}
+
+#[tokio::test]
+async fn a_post_from_another_origin_is_refused_and_switches_nothing() {
+    let (_blue, _green, proxy) = iris().await;
+    // What a page on another site (or on the proxy's own port) can make a
+    // browser send to a loopback admin listener without a token.
+    for headers in [
+        &[("origin", "http://evil.example")][..],
+        &[("origin", "http://127.0.0.1:8080")][..],
+        &[("origin", "null")][..],
+        &[("sec-fetch-site", "cross-site")][..],
+        &[("sec-fetch-site", "same-site")][..],
+    ] {
+        let r = post_with(&proxy, "/models/iris/flip", headers).await;
+        let message = assert_error(&r, 403);
+        assert!(message.contains("cross-origin POST refused"), "{message}");
+    }
+    assert_eq!(
+        proxy.admin_get("/models/iris").await.json()["active"],
+        "blue"
+    );
+    // The dashboard's own calls come from the admin listener's origin.
+    let own = format!(
+        "http://{}",
+        proxy
+            .admin_url("")
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+    );
+    let r = post_with(
+        &proxy,
+        "/models/iris/flip",
+        &[("origin", own.as_str()), ("sec-fetch-site", "same-origin")],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Reading is not refused: a cross-origin page cannot read the answer anyway.
+    let r = proxy.admin_get("/models").await;
+    assert_eq!(r.status, 200);
+    proxy.stop().await.unwrap();
+}

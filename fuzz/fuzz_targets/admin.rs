@@ -9,7 +9,7 @@
 //!
 //! Every response must be one of the documented answers: 200 (JSON, the
 //! Prometheus text for `GET /metrics`, the event stream, or the dashboard's
-//! page for `GET /`), 400, 401, 404, 405, 409 with a JSON
+//! page for `GET /`), 400, 403 (a POST from another origin), 401, 404, 405, 409 with a JSON
 //! `{"error": "..."}` body, or 503 from `/readyz` with its JSON report; never
 //! a panic and never a 500 (nothing here can fail to write the state file).
 
@@ -440,6 +440,16 @@ async fn check(
             assert_eq!(
                 object.get("ready"),
                 Some(&Value::Bool(false)),
+                "{}",
+                context()
+            );
+        }
+        403 => {
+            // Only a POST from another origin (Origin, Sec-Fetch-Site).
+            assert_eq!(method, Method::POST, "{}", context());
+            let message = object.get("error").and_then(Value::as_str);
+            assert!(
+                message.is_some_and(|m| m.contains("cross-origin POST refused")),
                 "{}",
                 context()
             );
