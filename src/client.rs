@@ -102,6 +102,8 @@ pub enum ClientError {
     },
     #[error("admin token file {} is empty; put the token in it", path.display())]
     EmptyToken { path: PathBuf },
+    #[error("admin token file {} is longer than 4 KiB; is it the right file?", path.display())]
+    TokenTooLong { path: PathBuf },
     #[error("cannot set up TLS for the admin API")]
     Tls(#[source] crate::tls::TlsError),
     #[error("cannot reach the admin API at {url}; is switchyard running there? (set --admin or SWITCHYARD_ADMIN)")]
@@ -134,6 +136,10 @@ pub enum ClientError {
         status: StatusCode,
         snippet: String,
     },
+    #[error("the admin API's answer to {url} is too large: answer larger than {limit}")]
+    TooLarge { url: String, limit: &'static str },
+    #[error("no event or keepalive from {url} in {after:?}; the connection is likely dead")]
+    StreamSilent { url: String, after: Duration },
     #[error("the event stream ended: switchyard closed the connection")]
     StreamEnded,
     #[error("cannot write the output")]

@@ -605,3 +605,34 @@ async fn events_follow_prints_a_flip_as_it_happens() {
         .await;
     assert!(line.contains("rollback green->blue"), "{line}");
 }
+
+// === bad input caught before any connection ===
+
+#[tokio::test]
+async fn a_port_out_of_range_is_exit_2_without_a_connection() {
+    // Were the port dropped, the client would try port 80 and hang or be
+    // refused; either way its message would not name the port.
+    let out = switchyard(&["status", "--admin", "http://127.0.0.1:99999"]).await;
+    assert_code(&out, 2);
+    assert!(out.stderr.contains("port out of range"), "{out:#?}");
+    assert!(!out.stderr.contains("cannot reach"), "{out:#?}");
+}
+
+#[tokio::test]
+async fn a_token_file_longer_than_4_kib_is_exit_2() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let big = dir.path().join("big.token");
+    std::fs::write(&big, "t".repeat(5 << 10)).unwrap();
+    let dead = Refusing::bind();
+    let out = switchyard(&[
+        "status",
+        "--token-file",
+        big.to_str().unwrap(),
+        "--admin",
+        &dead.url(),
+    ])
+    .await;
+    assert_code(&out, 2);
+    assert!(out.stderr.contains("longer than 4 KiB"), "{out:#?}");
+    assert!(!out.stderr.contains("cannot reach"), "{out:#?}");
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -175,7 +175,7 @@ impl AdminClient {
         }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
@@ -212,13 +212,26 @@ impl Answer {
     }
 }
 
+/// The most of an answer the client reads: the largest the API sends (a
+/// full event log) is well under it.
+const MAX_ANSWER: usize = 4 << 20;
+
 async fn read_text(url: &str, body: Incoming) -> Result<String, ClientError> {
-    let bytes = body
+    let bytes = Limited::new(body, MAX_ANSWER)
         .collect()
         .await
-        .map_err(|e| ClientError::Request {
-            url: url.to_string(),
-            source: e.into(),
+        .map_err(|e| {
+            if e.is::<LengthLimitError>() {
+                ClientError::TooLarge {
+                    url: url.to_string(),
+                    limit: "4 MiB",
+                }
+            } else {
+                ClientError::Request {
+                    url: url.to_string(),
+                    source: e,
+                }
+            }
         })?
         .to_bytes();
     Ok(String::from_utf8_lossy(&bytes).into_owned())
@@ -243,8 +256,19 @@ fn base_url(admin: &str) -> Result<String, ClientError> {
         Some("http") | Some("https") => {}
         _ => return Err(bad("expected http://HOST:PORT or https://HOST:PORT")),
     }
-    if uri.authority().is_none() {
+    let Some(authority) = uri.authority() else {
         return Err(bad("it names no host"));
+    };
+    // `http::Uri` takes `host:99999` and then has no port, which
+    // hyper-util would read as the scheme's default (80 or 443) and send
+    // the token there.
+    let host_port = authority.as_str().rsplit('@').next().unwrap_or_default();
+    let after_host = match host_port.rfind(']') {
+        Some(i) => &host_port[i + 1..],
+        None => host_port,
+    };
+    if after_host.contains(':') && uri.port_u16().is_none() {
+        return Err(bad("port out of range"));
     }
     if uri.query().is_some() {
         return Err(bad("a query has no place in the base URL"));
@@ -256,10 +280,7 @@ fn base_url(admin: &str) -> Result<String, ClientError> {
 /// `SWITCHYARD_ADMIN_TOKEN_FILE`), else `SWITCHYARD_ADMIN_TOKEN`, else none.
 fn token(file: Option<&Path>) -> Result<Option<(String, String)>, ClientError> {
     if let Some(path) = file {
-        let text = std::fs::read_to_string(path).map_err(|source| ClientError::TokenFile {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = read_token_file(path)?;
         let token = text.trim();
         if token.is_empty() {
             return Err(ClientError::EmptyToken {
@@ -273,6 +294,29 @@ fn token(file: Option<&Path>) -> Result<Option<(String, String)>, ClientError> {
         .map(|v| v.trim().to_string())
         .filter(|v| !v.is_empty())
         .map(|v| (v, TOKEN_ENV.to_string())))
+}
+
+/// The longest token file read: a token is tens of bytes, and a wrong path
+/// (`/dev/zero`, a log) must not block or fill memory.
+const MAX_TOKEN_FILE: u64 = 4 << 10;
+
+fn read_token_file(path: &Path) -> Result<String, ClientError> {
+    use std::io::Read;
+    let io = |source| ClientError::TokenFile {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_TOKEN_FILE + 1).read_to_end(&mut bytes))
+        .map_err(io)?;
+    if bytes.len() as u64 > MAX_TOKEN_FILE {
+        return Err(ClientError::TokenTooLong {
+            path: path.to_path_buf(),
+        });
+    }
+    String::from_utf8(bytes)
+        .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
 }
 
 /// `name` as one path segment: unreserved characters as they are, every
@@ -307,6 +351,16 @@ mod tests {
         assert!(base_url("ftp://x").is_err());
         assert!(base_url("http://x/?a=b").is_err());
         assert!(base_url("http://").is_err());
+        assert_eq!(base_url("http://[::1]:9901").unwrap(), "http://[::1]:9901");
+        assert_eq!(base_url("http://u:p@x").unwrap(), "http://u:p@x");
+        for out_of_range in [
+            "http://127.0.0.1:99999",
+            "127.0.0.1:65536",
+            "http://[::1]:70000",
+        ] {
+            let err = base_url(out_of_range).unwrap_err().to_string();
+            assert!(err.contains("port out of range"), "{out_of_range}: {err}");
+        }
     }
 
     #[test]
