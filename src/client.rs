@@ -119,9 +119,16 @@ pub enum ClientError {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error(
-        "no answer from the admin API at {url} within {after:?}; raise --timeout if it is busy"
+        "no answer from the admin API at {url} within {after:?}; raise --timeout if it is busy{}",
+        if *.changes { "; the call may have been carried out anyway (a switch runs to its end once begun): check with `switchyard status`" } else { "" }
     )]
-    Timeout { url: String, after: Duration },
+    Timeout {
+        url: String,
+        /// The deadline that ran out (`--timeout`, plus any wait asked for).
+        after: Duration,
+        /// A POST: the server may have done it.
+        changes: bool,
+    },
     #[error("{}", unauthorized(.token))]
     Unauthorized {
         /// Where the token sent came from, `None` if none was sent.

@@ -636,3 +636,24 @@ async fn a_token_file_longer_than_4_kib_is_exit_2() {
     assert!(out.stderr.contains("longer than 4 KiB"), "{out:#?}");
     assert!(!out.stderr.contains("cannot reach"), "{out:#?}");
 }
+
+#[tokio::test]
+async fn a_switch_not_answered_in_time_says_it_may_have_happened() {
+    // The check holds green's answer, so the validating flip outlasts the
+    // client's --timeout.
+    let s = start("\n[[models.validate]]\npath = \"/hold/check\"\n", "").await;
+    let out = client(
+        &s.proxy,
+        &["flip", "iris", "--validate", "--timeout", "300ms"],
+    )
+    .await;
+    assert_code(&out, 2);
+    assert!(
+        out.stderr.contains("within 300ms")
+            && out.stderr.contains("may have been carried out")
+            && out.stderr.contains("switchyard status"),
+        "{}",
+        out.stderr
+    );
+    s.green.release();
+}

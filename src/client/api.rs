@@ -109,15 +109,22 @@ impl AdminClient {
         extra: Duration,
     ) -> Result<Answer, ClientError> {
         let url = self.url(path);
+        let method_changes = method == Method::POST;
         let exchange = async {
             let response = self.send(method, &url).await?;
             let (parts, body) = response.into_parts();
             let text = read_text(&url, body).await?;
             self.answer(&url, parts.status, &text)
         };
-        tokio::time::timeout(self.timeout.saturating_add(extra), exchange)
+        let changes = method_changes;
+        let after = self.timeout.saturating_add(extra);
+        tokio::time::timeout(after, exchange)
             .await
-            .map_err(|_| self.timed_out(&url))?
+            .map_err(|_| ClientError::Timeout {
+                url: url.clone(),
+                after,
+                changes,
+            })?
     }
 
     async fn send(
@@ -183,6 +190,7 @@ impl AdminClient {
         ClientError::Timeout {
             url: url.to_string(),
             after: self.timeout,
+            changes: false,
         }
     }
 }
