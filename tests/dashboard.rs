@@ -21,10 +21,14 @@ async fn the_page_is_served_whole_with_a_strict_policy() {
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.headers["content-type"], "text/html; charset=utf-8");
     let csp = r.headers["content-security-policy"].to_str().unwrap();
+    // Only the page's own script runs: by its hash, never 'unsafe-inline'.
+    assert!(csp.contains("script-src 'sha256-"), "{csp}");
+    assert!(!csp.contains("script-src 'unsafe-inline'"), "{csp}");
     for directive in [
         "default-src 'none'",
         "connect-src 'self'",
         "frame-ancestors 'none'",
+        "base-uri 'none'",
     ] {
         assert!(csp.contains(directive), "{csp}");
     }
