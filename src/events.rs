@@ -178,6 +178,11 @@ impl Events {
         }
     }
 
+    /// The newest event's id (one below the first while there is none).
+    pub fn newest(&self) -> u64 {
+        *self.inner.newest.borrow()
+    }
+
     /// The newest id, and a receiver that changes whenever a new event is
     /// recorded.
     pub fn subscribe(&self) -> watch::Receiver<u64> {

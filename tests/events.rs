@@ -249,3 +249,18 @@ async fn an_open_event_stream_ends_when_the_proxy_stops() {
         assert_ne!(event, "switch", "no switch happened after the flip");
     }
 }
+
+#[tokio::test]
+async fn head_of_a_followed_stream_is_its_headers_only() {
+    let (_blue, _green, proxy) = iris().await;
+    let r = send(
+        &client(),
+        Method::HEAD,
+        &proxy.admin_url("/events?follow=true"),
+        full_body(""),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["content-type"], "text/event-stream");
+    assert!(r.body.is_empty());
+}

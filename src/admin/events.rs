@@ -24,12 +24,12 @@ const KEEPALIVE: Duration = Duration::from_secs(15);
 pub(super) fn list(events: &Events, since: u64, limit: usize) -> Value {
     let read = events.since(since, limit);
     let listed: Vec<&Event> = read.events.iter().map(|e| &**e).collect();
-    let newest = listed.last().map_or(0, |e| e.id);
     json!({
         "events": listed,
         // Events after `since` that the log had already dropped.
         "missed": read.missed,
-        "newest_id": newest.max(*events.subscribe().borrow()),
+        // The watch is set just after the ring: never below the last listed.
+        "newest_id": events.newest().max(listed.last().map_or(0, |e| e.id)),
     })
 }
 
@@ -61,7 +61,7 @@ pub(super) fn follow(
 ) -> AdminResponse {
     // Where to start is fixed now, before the response goes out: whatever
     // is recorded after the client sees the headers is delivered.
-    let after = since.unwrap_or_else(|| *events.subscribe().borrow());
+    let after = since.unwrap_or_else(|| events.newest());
     let body = if head {
         // The headers are the whole answer: nothing to feed.
         http_body_util::Empty::new().boxed_unsync()

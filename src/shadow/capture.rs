@@ -86,7 +86,8 @@ impl Capture {
     }
 
     /// Whether the copy is still being made.
-    pub fn is_open(&self) -> bool {
+    #[cfg(test)]
+    fn is_open(&self) -> bool {
         self.tx.is_some()
     }
 }
