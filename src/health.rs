@@ -372,7 +372,9 @@ fn http_probe(uri: http::Uri, keep: bool) -> Result<Request<UpstreamBody>, http:
     builder.body(Either::Right(Full::new(Bytes::new())))
 }
 
-async fn check_http(response: http::Response<hyper::body::Incoming>) -> Result<String, String> {
+async fn check_http(
+    response: http::Response<crate::pool::UpstreamIncoming>,
+) -> Result<String, String> {
     let status = response.status();
     // Read the body so the connection goes back to the pool, warm.
     let _ = read_bounded(response.into_body()).await;
@@ -414,7 +416,9 @@ fn put_varint(buf: &mut BytesMut, mut v: u64) {
 }
 
 /// Passes on `grpc-status: 0` with `HealthCheckResponse.status == SERVING`.
-async fn check_grpc(response: http::Response<hyper::body::Incoming>) -> Result<String, String> {
+async fn check_grpc(
+    response: http::Response<crate::pool::UpstreamIncoming>,
+) -> Result<String, String> {
     if !response.status().is_success() {
         return Err(format!("status {}", response.status().as_u16()));
     }
@@ -483,7 +487,7 @@ fn read_varint(buf: &mut &[u8]) -> Option<u64> {
     None
 }
 
-async fn read_bounded(mut body: hyper::body::Incoming) -> usize {
+async fn read_bounded(mut body: crate::pool::UpstreamIncoming) -> usize {
     let mut read = 0;
     while read <= MAX_PROBE_BODY {
         match body.frame().await {

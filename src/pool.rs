@@ -15,8 +15,6 @@ use http::uri::Scheme;
 use http::HeaderValue;
 use http_body_util::{Either, Full, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -26,15 +24,13 @@ use crate::health::EndpointState;
 use crate::metrics::{Metrics, PoolMetrics};
 use crate::proxy::{ClientBody, RetryBody};
 
+mod client;
 mod connector;
 mod endpoint;
 
+pub use client::{UpstreamClient, UpstreamError, UpstreamIncoming};
 pub use connector::CountingConnector;
 pub use endpoint::Endpoint;
-
-/// How long an idle upstream connection stays in the pool. Longer than any
-/// sensible probe interval, so a probed standby stays warm.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// The two pools of every model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -122,7 +118,6 @@ impl Protocol {
 /// Body of a request sent upstream: the client's streamed body (which a
 /// failed connect hands back for a retry), or a body switchyard made itself.
 pub type UpstreamBody = Either<RetryBody<Limited<ClientBody>>, Full<Bytes>>;
-pub type UpstreamClient = Client<CountingConnector, UpstreamBody>;
 
 /// A pool of endpoints for one model.
 pub struct Pool {
@@ -192,15 +187,24 @@ impl Pool {
             counters,
             pool_metrics.connections.clone(),
         );
+        let targets: Vec<_> = endpoints
+            .iter()
+            .map(|e| (scheme.clone(), e.authority().clone()))
+            .collect();
         let cold_probes = (config.protocol == Protocol::Http1
             && config.health.warm_connections == 0)
-            .then(|| build_unpooled_client(connector.clone()));
+            .then(|| UpstreamClient::new(config.protocol, connector.clone(), &targets, 0));
         Pool {
             name,
             model,
             protocol: config.protocol,
             endpoints,
-            client: build_client(config.protocol, upstream.max_idle_per_endpoint, connector),
+            client: UpstreamClient::new(
+                config.protocol,
+                connector,
+                &targets,
+                upstream.max_idle_per_endpoint,
+            ),
             cold_probes,
             health: config.health.clone(),
             probed: AtomicBool::new(false),
@@ -407,34 +411,6 @@ fn http_connector(connect_timeout: Duration) -> HttpConnector {
     // https:// endpoints connect through it too, TLS on top.
     connector.enforce_http(false);
     connector
-}
-
-fn build_client(
-    protocol: Protocol,
-    max_idle: usize,
-    connector: CountingConnector,
-) -> UpstreamClient {
-    let mut builder = Client::builder(TokioExecutor::new());
-    // Without a pool timer idle connections never expire and the pool keeps
-    // dead sockets; with it, connections idle longer than the timeout close.
-    // The idle cap bounds what a burst leaves behind: every concurrent
-    // request opens its own connection, and without a cap all of them would
-    // stay open (and hold their buffers) after the burst.
-    builder
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .pool_max_idle_per_host(max_idle)
-        .http2_only(protocol.is_http2());
-    builder.build(connector)
-}
-
-/// An HTTP/1.1 client that pools nothing: each request gets a connection of
-/// its own, closed once the response is read.
-fn build_unpooled_client(connector: CountingConnector) -> UpstreamClient {
-    let mut builder = Client::builder(TokioExecutor::new());
-    builder.timer(TokioTimer::new()).pool_max_idle_per_host(0);
-    builder.build(connector)
 }
 
 /// One request counted on one endpoint of a pool. Holds the pool alive, so a

@@ -61,13 +61,13 @@ use tokio::time::error::Elapsed;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use body::{ClientBody, ClientBodyError, ProxyBody};
+pub use body::{ended, ClientBody, ClientBodyError, ProxyBody};
 pub use error::{json_response, ProxyError};
 use headers::{ClientInfo, X_SWITCHYARD_FAILOVER, X_SWITCHYARD_PREVIEW};
 pub use retry::RetryBody;
 
 use crate::metrics::UpstreamErrorKind;
-use crate::pool::{Pool, PoolName, Protocol, UpstreamBody};
+use crate::pool::{Pool, PoolName, Protocol, UpstreamBody, UpstreamError, UpstreamIncoming};
 use crate::route::RouteTable;
 use crate::server::{self, Limits};
 use crate::switch::Model;
@@ -303,7 +303,7 @@ async fn send(
     pool: &Pool,
     request: Request<UpstreamBody>,
     deadline: Instant,
-) -> Result<Result<Response<Incoming>, hyper_util::client::legacy::Error>, Elapsed> {
+) -> Result<Result<Response<UpstreamIncoming>, UpstreamError>, Elapsed> {
     tokio::time::timeout_at(deadline, pool.client().request(request)).await
 }
 

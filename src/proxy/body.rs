@@ -14,13 +14,15 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use crate::pool::UpstreamIncoming;
+
 use crate::pool::InFlight;
 use crate::shadow::Capture;
 use crate::switch::Admission;
 
 pub enum ProxyBody {
     Upstream {
-        body: Incoming,
+        body: UpstreamIncoming,
         /// Dropped with the body: ends the in-flight count and records the duration.
         _in_flight: InFlight,
         _admission: Admission,
@@ -31,7 +33,11 @@ pub enum ProxyBody {
 }
 
 impl ProxyBody {
-    pub fn upstream(body: Incoming, in_flight: InFlight, admission: Admission) -> ProxyBody {
+    pub fn upstream(
+        body: UpstreamIncoming,
+        in_flight: InFlight,
+        admission: Admission,
+    ) -> ProxyBody {
         ProxyBody::Upstream {
             body,
             _in_flight: in_flight,
@@ -142,7 +148,7 @@ impl ClientBody {
 /// Whether a body has nothing more to send. Also true once a body with a
 /// length has sent all of it: hyper stops polling there, and an HTTP/2
 /// body may only say `is_end_stream` on a later, empty frame.
-fn ended(body: &Incoming) -> bool {
+pub fn ended<B: Body>(body: &B) -> bool {
     body.is_end_stream() || body.size_hint().exact() == Some(0)
 }
 

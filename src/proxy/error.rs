@@ -59,7 +59,7 @@ pub enum ProxyError {
         kind: UpstreamErrorKind,
         timeout: Duration,
         #[source]
-        source: Option<hyper_util::client::legacy::Error>,
+        source: Option<crate::pool::UpstreamError>,
     },
 }
 
@@ -78,7 +78,7 @@ impl ProxyError {
         in_flight: &InFlight,
         kind: UpstreamErrorKind,
         timeout: Duration,
-        source: Option<hyper_util::client::legacy::Error>,
+        source: Option<crate::pool::UpstreamError>,
     ) -> ProxyError {
         let pool = in_flight.pool();
         ProxyError::Upstream {

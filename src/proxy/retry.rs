@@ -31,12 +31,11 @@ use http::request::Parts;
 use http::Request;
 use http_body_util::{Either, Limited};
 use hyper::body::{Body, Frame, SizeHint};
-use hyper_util::client::legacy;
 use tokio::sync::oneshot;
 use tracing::debug;
 
 use crate::metrics::UpstreamErrorKind;
-use crate::pool::{InFlight, UpstreamBody};
+use crate::pool::{InFlight, UpstreamBody, UpstreamError};
 use crate::proxy::ClientBody;
 use crate::ErrorChain;
 
@@ -85,7 +84,7 @@ pub fn arm<B>(head: &Parts, body: B, retry: bool) -> (RetryBody<B>, Option<Repla
 /// one: a passive failure of its endpoint and a connect error of the pool.
 pub fn retry(
     replay: Replay<Limited<ClientBody>>,
-    error: &legacy::Error,
+    error: &UpstreamError,
     in_flight: &mut InFlight,
 ) -> Option<Request<UpstreamBody>> {
     if !error.is_connect() {

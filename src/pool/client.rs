@@ -1,0 +1,598 @@
+//! The upstream client of a pool, on hyper's `client::conn`: per endpoint, a
+//! lock-free queue of idle HTTP/1.1 connections, or one shared HTTP/2
+//! connection.
+//!
+//! Why not hyper-util's pooled client: it serialises every checkout and
+//! checkin on a mutex, hashes the request's scheme and authority into a map
+//! to find the pool, and spawns a task per HTTP/1.1 request only to wait
+//! until the connection is free again. Here the pool knows its endpoints:
+//! a request finds its endpoint by comparing authorities among the pool's
+//! few, pops an idle connection (one atomic queue operation), and its
+//! response body pushes the connection back the moment it has read the
+//! last byte, in the task that read it.
+//!
+//! Behaviour kept from hyper-util's client, on which the proxy relies:
+//! - HTTP/1.1 requests go out in origin form with a `Host` header (the
+//!   client's own if it sent one); HTTP/2 requests keep the absolute URI,
+//!   from which hyper takes `:scheme` and `:authority`.
+//! - A request that a reused connection could not take (it closed while
+//!   idle, before any of the request was written) goes on the next idle
+//!   connection or a new one: the race of an idle connection closing is
+//!   invisible to the caller. On a new connection it is an error.
+//! - Connect failures (TCP, TLS, the HTTP/2 handshake) are
+//!   [`UpstreamError::is_connect`]: nothing reached the endpoint, and the
+//!   request was dropped untouched, which the retry relies on.
+//! - Idle connections close after [`IDLE_TIMEOUT`], and at most
+//!   `max_idle` stay per endpoint.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use std::{fmt, future, pin::Pin};
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use crossbeam_queue::SegQueue;
+use http::uri::{Authority, Scheme};
+use http::{header, HeaderValue, Request, Response, Uri};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::time::Instant;
+use tower_service::Service;
+use tracing::debug;
+
+use super::connector::CountingConnector;
+use super::{Protocol, UpstreamBody};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How long an idle upstream connection stays open. Longer than any
+/// sensible probe interval, so a probed standby stays warm.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Why a request got no response.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection: TCP connect, TLS or the HTTP/2 handshake failed.
+    /// Nothing of the request was sent.
+    #[error("connect to {authority} failed")]
+    Connect {
+        authority: Authority,
+        #[source]
+        source: BoxError,
+    },
+    /// The connection failed while the request was on it, or before a new
+    /// connection could take it.
+    #[error("request failed")]
+    Request(#[source] hyper::Error),
+    /// The request names no endpoint of the pool: a bug, never traffic.
+    #[error("{0} is not an endpoint of this pool")]
+    UnknownEndpoint(String),
+}
+
+impl UpstreamError {
+    /// Whether nothing reached the endpoint because no connection to it
+    /// could be made.
+    pub fn is_connect(&self) -> bool {
+        matches!(self, UpstreamError::Connect { .. })
+    }
+}
+
+/// The client of one pool.
+pub struct UpstreamClient {
+    protocol: Protocol,
+    connector: CountingConnector,
+    /// Indexed like the pool's endpoints.
+    slots: Box<[Arc<Slot>]>,
+}
+
+/// The connections of one endpoint.
+struct Slot {
+    authority: Authority,
+    /// `scheme://authority/`, what the connector connects to.
+    target: Uri,
+    /// `Host` for HTTP/1.1 requests that bring none.
+    host: HeaderValue,
+    /// HTTP/1.1: the idle connections; `None` keeps none (each request
+    /// connects, and its connection closes after it). Unbounded as a
+    /// queue (it allocates as it grows, not `max_idle` up front), bounded
+    /// by `idle_count`.
+    idle: Option<SegQueue<Conn>>,
+    idle_count: AtomicUsize,
+    max_idle: usize,
+    /// HTTP/2: the connection every request shares.
+    shared: ArcSwapOption<http2::SendRequest<UpstreamBody>>,
+    /// HTTP/2: held while connecting, so that a burst of requests finding
+    /// no connection opens one, not one each. Never taken on a request
+    /// that finds the connection up.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+/// An idle HTTP/1.1 connection, or one a request holds.
+struct Conn {
+    sender: http1::SendRequest<UpstreamBody>,
+    /// Shared with the connection's task, which closes it when idle too long.
+    state: Arc<ConnState>,
+}
+
+impl UpstreamClient {
+    /// A client for `endpoints` (scheme and authority each), keeping up to
+    /// `max_idle` idle HTTP/1.1 connections per endpoint (0: none).
+    pub fn new(
+        protocol: Protocol,
+        connector: CountingConnector,
+        endpoints: &[(Scheme, Authority)],
+        max_idle: usize,
+    ) -> UpstreamClient {
+        let slots = endpoints
+            .iter()
+            .map(|(scheme, authority)| {
+                let target = Uri::builder()
+                    .scheme(scheme.clone())
+                    .authority(authority.clone())
+                    .path_and_query("/")
+                    .build()
+                    .unwrap_or_default();
+                let host = host_header(scheme, authority);
+                Arc::new(Slot {
+                    authority: authority.clone(),
+                    target,
+                    host,
+                    idle: (max_idle > 0 && protocol == Protocol::Http1).then(SegQueue::new),
+                    idle_count: AtomicUsize::new(0),
+                    max_idle,
+                    shared: ArcSwapOption::empty(),
+                    connecting: tokio::sync::Mutex::new(()),
+                })
+            })
+            .collect();
+        UpstreamClient {
+            protocol,
+            connector,
+            slots,
+        }
+    }
+
+    /// Sends `request`, whose URI is absolute and names one of the pool's
+    /// endpoints, and returns the response head; its body streams.
+    pub async fn request(
+        &self,
+        request: Request<UpstreamBody>,
+    ) -> Result<Response<UpstreamIncoming>, UpstreamError> {
+        let Some(slot) = self.slot(request.uri()) else {
+            return Err(UpstreamError::UnknownEndpoint(request.uri().to_string()));
+        };
+        match self.protocol {
+            Protocol::Http1 => self.http1(slot, request).await,
+            Protocol::H2c | Protocol::H2 => self.http2(slot, request).await,
+        }
+    }
+
+    /// Open idle HTTP/1.1 connections of the endpoint at `index`, for tests.
+    #[cfg(test)]
+    pub fn idle_count(&self, index: usize) -> usize {
+        self.slots[index].idle.as_ref().map_or(0, SegQueue::len)
+    }
+
+    fn slot(&self, uri: &Uri) -> Option<&Arc<Slot>> {
+        let authority = uri.authority()?;
+        self.slots.iter().find(|s| s.authority == *authority)
+    }
+
+    async fn http1(
+        &self,
+        slot: &Arc<Slot>,
+        mut request: Request<UpstreamBody>,
+    ) -> Result<Response<UpstreamIncoming>, UpstreamError> {
+        request
+            .headers_mut()
+            .entry(header::HOST)
+            .or_insert_with(|| slot.host.clone());
+        *request.version_mut() = http::Version::HTTP_11;
+        origin_form(request.uri_mut());
+        loop {
+            let (mut conn, reused) = match slot.checkout() {
+                Some(conn) => (conn, true),
+                None => (self.connect_http1(slot).await?, false),
+            };
+            if let Err(e) = conn.sender.ready().await {
+                // It closed while idle: the next one. A new one that
+                // closes before its first request is the endpoint's doing.
+                if reused {
+                    debug!(endpoint = %slot.authority, error = %e, "idle upstream connection closed; taking another");
+                    continue;
+                }
+                return Err(UpstreamError::Request(e));
+            }
+            match conn.sender.try_send_request(request).await {
+                Ok(response) => {
+                    let checkin = slot.idle.is_some().then(|| Checkin {
+                        conn,
+                        slot: Arc::clone(slot),
+                    });
+                    return Ok(response.map(|body| UpstreamIncoming::new(body, checkin)));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if reused => {
+                        debug!(endpoint = %slot.authority, error = %e.error(), "idle upstream connection closed before the request; taking another");
+                        request = unsent;
+                    }
+                    _ => return Err(UpstreamError::Request(e.into_error())),
+                },
+            }
+        }
+    }
+
+    async fn http2(
+        &self,
+        slot: &Arc<Slot>,
+        mut request: Request<UpstreamBody>,
+    ) -> Result<Response<UpstreamIncoming>, UpstreamError> {
+        *request.version_mut() = http::Version::HTTP_2;
+        loop {
+            let (shared, reused) = match slot.shared.load_full() {
+                Some(shared) if !shared.is_closed() => (shared, true),
+                _ => self.connect_http2(slot).await?,
+            };
+            let mut sender = (*shared).clone();
+            if let Err(e) = sender.ready().await {
+                slot.forget(&shared);
+                if reused {
+                    continue;
+                }
+                return Err(UpstreamError::Request(e));
+            }
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok(response.map(|body| UpstreamIncoming::new(body, None))),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if reused => {
+                        slot.forget(&shared);
+                        request = unsent;
+                    }
+                    _ => return Err(UpstreamError::Request(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// Connects to the endpoint of `slot`: TCP, and TLS for https.
+    async fn connect(
+        &self,
+        slot: &Slot,
+    ) -> Result<<CountingConnector as Service<Uri>>::Response, UpstreamError> {
+        let failed = |source| UpstreamError::Connect {
+            authority: slot.authority.clone(),
+            source,
+        };
+        let mut connector = self.connector.clone();
+        future::poll_fn(|cx| connector.poll_ready(cx))
+            .await
+            .map_err(failed)?;
+        connector.call(slot.target.clone()).await.map_err(failed)
+    }
+
+    async fn connect_http1(&self, slot: &Slot) -> Result<Conn, UpstreamError> {
+        let io = self.connect(slot).await?;
+        let (sender, connection) =
+            http1::Builder::new()
+                .handshake(io)
+                .await
+                .map_err(|e| UpstreamError::Connect {
+                    authority: slot.authority.clone(),
+                    source: e.into(),
+                })?;
+        let state = Arc::new(ConnState::busy());
+        let closer = Arc::clone(&state);
+        let authority = slot.authority.clone();
+        tokio::spawn(async move {
+            let mut connection = std::pin::pin!(connection);
+            loop {
+                tokio::select! {
+                    done = &mut connection => {
+                        if let Err(e) = done {
+                            debug!(endpoint = %authority, error = %e, "upstream connection ended");
+                        }
+                        return;
+                    }
+                    () = tokio::time::sleep(closer.until_idle_check(now_ms())) => {
+                        if closer.close_if_idle(now_ms()) {
+                            debug!(endpoint = %authority, "closing idle upstream connection");
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Conn { sender, state })
+    }
+
+    /// The endpoint's shared HTTP/2 connection, made now unless another
+    /// request made it meanwhile (then reused: true).
+    async fn connect_http2(
+        &self,
+        slot: &Slot,
+    ) -> Result<(Arc<http2::SendRequest<UpstreamBody>>, bool), UpstreamError> {
+        let _connecting = slot.connecting.lock().await;
+        if let Some(shared) = slot.shared.load_full() {
+            if !shared.is_closed() {
+                return Ok((shared, true));
+            }
+        }
+        let io = self.connect(slot).await?;
+        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(io)
+            .await
+            .map_err(|e| UpstreamError::Connect {
+                authority: slot.authority.clone(),
+                source: e.into(),
+            })?;
+        let authority = slot.authority.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                debug!(endpoint = %authority, error = %e, "upstream HTTP/2 connection ended");
+            }
+        });
+        let shared = Arc::new(sender);
+        slot.shared.store(Some(Arc::clone(&shared)));
+        Ok((shared, false))
+    }
+}
+
+impl fmt::Debug for UpstreamClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamClient")
+            .field("protocol", &self.protocol)
+            .field("endpoints", &self.slots.len())
+            .finish()
+    }
+}
+
+// === impl Slot ===
+
+impl Slot {
+    /// An idle connection that its task has not closed, if any.
+    fn checkout(&self) -> Option<Conn> {
+        let idle = self.idle.as_ref()?;
+        while let Some(conn) = idle.pop() {
+            self.idle_count.fetch_sub(1, Ordering::Relaxed);
+            if conn.state.take() && !conn.sender.is_closed() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Puts a connection whose response has been read back in the queue;
+    /// when the queue is full, drops it, which closes it.
+    fn checkin(&self, conn: Conn) {
+        if conn.sender.is_closed() {
+            return;
+        }
+        let Some(idle) = &self.idle else { return };
+        if self.idle_count.fetch_add(1, Ordering::Relaxed) >= self.max_idle {
+            // Full: this one closes as it drops.
+            self.idle_count.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        conn.state.release(now_ms());
+        idle.push(conn);
+    }
+
+    /// Drops the shared HTTP/2 connection if it is still `dead`.
+    fn forget(&self, dead: &Arc<http2::SendRequest<UpstreamBody>>) {
+        self.shared
+            .compare_and_swap(dead, None::<Arc<http2::SendRequest<UpstreamBody>>>);
+    }
+}
+
+/// Whether a connection is in use, idle (since when) or closed by its task.
+/// Checkout and the task's idle check race for an idle connection through
+/// one compare-and-swap each: exactly one wins.
+struct ConnState(AtomicU64);
+
+const BUSY: u64 = 0;
+const CLOSED: u64 = u64::MAX;
+
+impl ConnState {
+    fn busy() -> ConnState {
+        ConnState(AtomicU64::new(BUSY))
+    }
+
+    /// Marks it idle from `now` (see [`now_ms`]).
+    fn release(&self, now: u64) {
+        self.0.store(now.clamp(1, CLOSED - 1), Ordering::Release);
+    }
+
+    /// Takes an idle connection for a request; false if its task closed it.
+    fn take(&self) -> bool {
+        self.0.swap(BUSY, Ordering::AcqRel) != CLOSED
+    }
+
+    /// How long the task sleeps, from `now`, before looking again.
+    fn until_idle_check(&self, now: u64) -> Duration {
+        match self.0.load(Ordering::Acquire) {
+            BUSY | CLOSED => IDLE_TIMEOUT,
+            since => {
+                let idle = Duration::from_millis(now.saturating_sub(since));
+                IDLE_TIMEOUT
+                    .saturating_sub(idle)
+                    .max(Duration::from_millis(10))
+            }
+        }
+    }
+
+    /// Marks the connection closed if, at `now`, it has been idle for
+    /// [`IDLE_TIMEOUT`]; true when it did, and the task then closes it.
+    fn close_if_idle(&self, now: u64) -> bool {
+        let since = self.0.load(Ordering::Acquire);
+        if since == BUSY || since == CLOSED {
+            return false;
+        }
+        let idle = Duration::from_millis(now.saturating_sub(since));
+        idle >= IDLE_TIMEOUT
+            && self
+                .0
+                .compare_exchange(since, CLOSED, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
+}
+
+/// Milliseconds since the first call.
+fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
+}
+
+/// What a response body needs to hand its connection back.
+struct Checkin {
+    conn: Conn,
+    slot: Arc<Slot>,
+}
+
+/// A response body from an upstream: hyper's, which returns its HTTP/1.1
+/// connection to the idle queue once it has been read to the end. A body
+/// dropped before its end takes the connection with it (hyper closes it:
+/// the rest of the response is still on it).
+pub struct UpstreamIncoming {
+    body: Incoming,
+    checkin: Option<Checkin>,
+}
+
+impl UpstreamIncoming {
+    fn new(body: Incoming, checkin: Option<Checkin>) -> UpstreamIncoming {
+        let mut body = UpstreamIncoming { body, checkin };
+        body.check_in_if_ended();
+        body
+    }
+
+    fn check_in_if_ended(&mut self) {
+        if self.checkin.is_some() && crate::proxy::ended(self) {
+            self.check_in();
+        }
+    }
+
+    fn check_in(&mut self) {
+        if let Some(Checkin { conn, slot }) = self.checkin.take() {
+            slot.checkin(conn);
+        }
+    }
+}
+
+impl Body for UpstreamIncoming {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => this.check_in(),
+            Poll::Ready(Some(Ok(_))) => this.check_in_if_ended(),
+            // The connection is broken: it goes with the body.
+            Poll::Ready(Some(Err(_))) => this.checkin = None,
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl fmt::Debug for UpstreamIncoming {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamIncoming")
+            .field("pooled", &self.checkin.is_some())
+            .finish()
+    }
+}
+
+/// The `Host` header for an endpoint: its authority, without the scheme's
+/// default port (as hyper-util's client writes it).
+fn host_header(scheme: &Scheme, authority: &Authority) -> HeaderValue {
+    let default_port = if *scheme == Scheme::HTTPS { 443 } else { 80 };
+    let host = match authority.port_u16() {
+        Some(port) if port == default_port => authority.host(),
+        _ => authority.as_str(),
+    };
+    HeaderValue::from_str(host).unwrap_or_else(|_| HeaderValue::from_static("localhost"))
+}
+
+/// `scheme://authority/path?query` to `/path?query`, for HTTP/1.1.
+fn origin_form(uri: &mut Uri) {
+    let origin = match uri.path_and_query() {
+        Some(path) if path.as_str() != "/" => {
+            let mut parts = http::uri::Parts::default();
+            parts.path_and_query = Some(path.clone());
+            Uri::from_parts(parts).unwrap_or_default()
+        }
+        _ => Uri::default(),
+    };
+    *uri = origin;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origin_form_keeps_path_and_query_only() {
+        let mut uri: Uri = "http://10.0.0.1:8000/v2/models/iris/infer?x=1"
+            .parse()
+            .unwrap();
+        origin_form(&mut uri);
+        assert_eq!(uri, "/v2/models/iris/infer?x=1");
+        let mut root: Uri = "http://10.0.0.1:8000".parse().unwrap();
+        origin_form(&mut root);
+        assert_eq!(root, "/");
+    }
+
+    #[test]
+    fn host_omits_the_default_port_only() {
+        let a: Authority = "models.internal:80".parse().unwrap();
+        assert_eq!(host_header(&Scheme::HTTP, &a), "models.internal");
+        assert_eq!(host_header(&Scheme::HTTPS, &a), "models.internal:80");
+        let b: Authority = "10.0.0.1:8000".parse().unwrap();
+        assert_eq!(host_header(&Scheme::HTTP, &b), "10.0.0.1:8000");
+    }
+
+    const IDLE_MS: u64 = IDLE_TIMEOUT.as_millis() as u64;
+
+    #[test]
+    fn only_a_connection_idle_for_the_timeout_is_closed() {
+        let state = ConnState::busy();
+        assert!(!state.close_if_idle(10 * IDLE_MS), "busy: never closed");
+        state.release(1_000);
+        assert!(!state.close_if_idle(1_000 + IDLE_MS - 1));
+        assert_eq!(
+            state.until_idle_check(1_000 + IDLE_MS - 1),
+            Duration::from_millis(10)
+        );
+        assert_eq!(state.until_idle_check(1_000), IDLE_TIMEOUT);
+        assert!(state.close_if_idle(1_000 + IDLE_MS));
+        assert!(!state.take(), "a closed connection is never taken");
+    }
+
+    #[test]
+    fn a_connection_taken_first_is_not_closed_under_the_request() {
+        let state = ConnState::busy();
+        state.release(1_000);
+        assert!(state.take());
+        assert!(!state.close_if_idle(1_000 + 2 * IDLE_MS));
+        state.release(5_000);
+        assert!(!state.close_if_idle(5_000 + IDLE_MS / 2));
+        assert!(state.take(), "idle but not yet too long: taken");
+    }
+}

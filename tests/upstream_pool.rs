@@ -1,0 +1,241 @@
+//! The upstream connection pool over real sockets, against a raw HTTP/1.1
+//! upstream that shows exactly what arrives on the wire: requests go in
+//! origin form with the client's `Host`; sequential requests ride one
+//! keep-alive connection; a connection the upstream closed while idle is
+//! never used again; a response the client abandoned mid-body takes its
+//! connection with it, so the next request never reads its leftovers.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+
+use http::StatusCode;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use support::*;
+
+/// How the raw upstream treats a connection after answering.
+#[derive(Clone, Copy, PartialEq)]
+enum After {
+    /// Keeps it open for the next request.
+    KeepAlive,
+    /// Closes it, without having said `Connection: close`: to the proxy it
+    /// looked reusable.
+    Close,
+}
+
+/// An HTTP/1.1 upstream on a raw socket. Answers `GET /big` with 1 MiB of
+/// `a`, anything else with its own name; records each request's head.
+struct RawUpstream {
+    addr: std::net::SocketAddr,
+    /// Connections accepted.
+    accepted: Arc<AtomicUsize>,
+    /// Request heads received, in order, as text.
+    heads: Arc<Mutex<Vec<String>>>,
+}
+
+const BIG: usize = 1 << 20;
+
+impl RawUpstream {
+    async fn start(name: &'static str, after: After) -> RawUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let (a, h) = (Arc::clone(&accepted), Arc::clone(&heads));
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                a.fetch_add(1, SeqCst);
+                tokio::spawn(serve(socket, name, after, Arc::clone(&h)));
+            }
+        });
+        RawUpstream {
+            addr,
+            accepted,
+            heads,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Heads of the requests for `path_start` (not the health probes).
+    fn heads_for(&self, path_start: &str) -> Vec<String> {
+        let line = format!(" {path_start}");
+        self.heads
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|h| h.lines().next().is_some_and(|l| l.contains(&line)))
+            .cloned()
+            .collect()
+    }
+}
+
+async fn serve(mut socket: TcpStream, name: &str, after: After, heads: Arc<Mutex<Vec<String>>>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        // The requests here have no body: a head is a request.
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            match socket.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        buf.drain(..end);
+        let big = head.starts_with("GET /big ");
+        heads.lock().unwrap().push(head);
+        let written = if big {
+            let mut answer =
+                format!("HTTP/1.1 200 OK\r\ncontent-length: {BIG}\r\n\r\n").into_bytes();
+            answer.resize(answer.len() + BIG, b'a');
+            socket.write_all(&answer).await
+        } else {
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{name}",
+                name.len()
+            );
+            socket.write_all(answer.as_bytes()).await
+        };
+        if written.is_err() || after == After::Close {
+            return;
+        }
+    }
+}
+
+/// One model on `blue` (green elsewhere), probed once at start over one
+/// warm connection.
+async fn proxy_for(blue: &RawUpstream, green: &RawUpstream) -> Proxy {
+    let models = format!(
+        "[[models]]\nname = \"iris\"\npath_prefix = \"/\"\nblue.endpoints = [{:?}]\ngreen.endpoints = [{:?}]\nhealth.interval = \"1h\"\nhealth.path = \"/ready\"\nhealth.warm_connections = 1\n",
+        blue.url(),
+        green.url()
+    );
+    Proxy::start(&models).await
+}
+
+async fn open_connections(proxy: &Proxy, upstream: &RawUpstream) -> u64 {
+    endpoint_detail(proxy, "iris", "blue", &upstream.url()).await["open_connections"]
+        .as_u64()
+        .expect("open_connections in the status")
+}
+
+#[tokio::test]
+async fn http1_requests_go_in_origin_form_with_the_clients_host() {
+    let blue = RawUpstream::start("blue", After::KeepAlive).await;
+    let green = RawUpstream::start("green", After::KeepAlive).await;
+    let proxy = proxy_for(&blue, &green).await;
+
+    let reply = get(&proxy.url("/v2/models/iris/infer?trace=1")).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.text(), "blue");
+
+    let heads = blue.heads_for("/v2/");
+    assert_eq!(heads.len(), 1, "{heads:?}");
+    let mut lines = heads[0].lines();
+    assert_eq!(
+        lines.next(),
+        Some("GET /v2/models/iris/infer?trace=1 HTTP/1.1"),
+        "origin form, not the endpoint's absolute URI"
+    );
+    let hosts: Vec<_> = lines
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| k.eq_ignore_ascii_case("host"))
+        .map(|(_, v)| v.trim().to_string())
+        .collect();
+    assert_eq!(
+        hosts,
+        [proxy.addr.to_string()],
+        "exactly one Host: the one the client sent"
+    );
+    proxy.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn sequential_requests_ride_one_keep_alive_connection() {
+    let blue = RawUpstream::start("blue", After::KeepAlive).await;
+    let green = RawUpstream::start("green", After::KeepAlive).await;
+    let proxy = proxy_for(&blue, &green).await;
+
+    for _ in 0..20 {
+        let reply = get(&proxy.url("/v2/models/iris/infer")).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.text(), "blue");
+    }
+    assert_eq!(blue.heads_for("/v2/").len(), 20);
+    // The probe's connection, reused by every request after it.
+    assert_eq!(
+        blue.accepted.load(SeqCst),
+        1,
+        "connections accepted by blue"
+    );
+    assert_eq!(open_connections(&proxy, &blue).await, 1);
+    proxy.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_connection_the_upstream_closed_while_idle_is_never_used() {
+    let blue = RawUpstream::start("blue", After::Close).await;
+    let green = RawUpstream::start("green", After::KeepAlive).await;
+    let proxy = proxy_for(&blue, &green).await;
+
+    for round in 1..=5 {
+        // The upstream has closed the last connection; once the proxy has
+        // seen it go, a request must take a new one, not fail on the old.
+        eventually("blue's closed connection to be noticed", || async {
+            open_connections(&proxy, &blue).await == 0
+        })
+        .await;
+        let reply = get(&proxy.url("/v2/models/iris/infer")).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "round {round}: {}",
+            reply.text()
+        );
+        assert_eq!(reply.text(), "blue");
+    }
+    // The probe's connection and one per request.
+    assert_eq!(blue.accepted.load(SeqCst), 6);
+    proxy.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_response_abandoned_mid_body_does_not_leave_its_rest_for_the_next_request() {
+    let blue = RawUpstream::start("blue", After::KeepAlive).await;
+    let green = RawUpstream::start("green", After::KeepAlive).await;
+    let proxy = proxy_for(&blue, &green).await;
+
+    // Read the head and the first bytes of a 1 MiB answer, then hang up.
+    let mut conn = h1_connection(proxy.addr).await;
+    let request = http::Request::get("/big")
+        .header("host", proxy.addr.to_string())
+        .body(full_body(""))
+        .unwrap();
+    let response = within("the big answer's head", conn.send_request(request))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let first = within("the first bytes", body.frame()).await;
+    assert!(first.is_some_and(|f| f.is_ok()));
+    drop(body);
+    drop(conn);
+
+    // Every later request gets its own answer, never the rest of "aaa...".
+    for _ in 0..10 {
+        let reply = get(&proxy.url("/v2/models/iris/infer")).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.text(), "blue");
+    }
+    proxy.stop().await.unwrap();
+}
