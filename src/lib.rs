@@ -67,8 +67,8 @@ use crate::proxy::Proxy;
 use crate::switch::{Model, StateError, Switchboard};
 
 /// Displays an error with its sources, `a: b: c`: one line for a log field
-/// or a status message, with the cause that says why (hyper-util's errors
-/// wrap the io error that does).
+/// or a status message, with the cause that says why (hyper's and the
+/// connector's errors wrap the io error that does).
 pub struct ErrorChain<'a>(pub &'a dyn std::error::Error);
 
 impl std::fmt::Display for ErrorChain<'_> {

@@ -3,12 +3,11 @@
 //! to the other pool, never after the body started, never after a timeout
 //! or a reset: then the upstream may have seen, and acted on, the request.
 //!
-//! How the request comes back. hyper-util's legacy client takes the request
-//! by value. It gets a connection first (`Client::connection_for`, the only
-//! source of errors for which `Error::is_connect` is true) and only then
-//! hands the request to it; when that fails, it drops the request untouched
-//! (hyper-util 0.1, `client/legacy/client.rs`, `try_send_request`). So the
-//! head is kept as a copy, and the body rides in a [`RetryBody`] that, when
+//! How the request comes back. The pool's client (`pool/client.rs`) takes
+//! the request by value. It gets a connection first (the only source of
+//! errors for which `UpstreamError::is_connect` is true) and only then hands
+//! the request to it; when that fails, it drops the request untouched. So
+//! the head is kept as a copy, and the body rides in a [`RetryBody`] that, when
 //! dropped without ever having been polled, hands its inner body back
 //! through a oneshot. From its first poll on it never does: some of it may
 //! be on the wire.
