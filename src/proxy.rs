@@ -125,7 +125,11 @@ impl Proxy {
             hyper::service::service_fn(move |req| {
                 let proxy = Arc::clone(&proxy);
                 let client = Arc::clone(&client);
-                async move { Ok::<_, Infallible>(proxy.forward(&client, req).await) }
+                // Boxed: hyper keeps room for the service's future in every
+                // connection for the connection's life, and this one is
+                // kilobytes; boxed, an idle keep-alive connection holds a
+                // pointer instead, and a request pays one allocation.
+                Box::pin(async move { Ok::<_, Infallible>(proxy.forward(&client, req).await) })
             })
         };
         let name = if preview { "preview" } else { "proxy" };

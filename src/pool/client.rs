@@ -195,7 +195,10 @@ impl UpstreamClient {
         loop {
             let (mut conn, reused) = match slot.checkout() {
                 Some(conn) => (conn, true),
-                None => (self.connect_http1(slot).await?, false),
+                // Boxed: connecting is rare, and inline its state would
+                // make every request's future (and so every client
+                // connection, which keeps room for one) kilobytes larger.
+                None => (Box::pin(self.connect_http1(slot)).await?, false),
             };
             if let Err(e) = conn.sender.ready().await {
                 // It closed while idle: the next one. A new one that
@@ -234,7 +237,7 @@ impl UpstreamClient {
         loop {
             let (shared, reused) = match slot.shared.load_full() {
                 Some(shared) if !shared.is_closed() => (shared, true),
-                _ => self.connect_http2(slot).await?,
+                _ => Box::pin(self.connect_http2(slot)).await?,
             };
             let mut sender = (*shared).clone();
             if let Err(e) = sender.ready().await {
