@@ -18,6 +18,9 @@ pub const IN_FLIGHT: &str = "switchyard_in_flight";
 pub const UPSTREAM_ERRORS_TOTAL: &str = "switchyard_upstream_errors_total";
 pub const UPSTREAM_RETRIES_TOTAL: &str = "switchyard_upstream_retries_total";
 pub const UNROUTED_REQUESTS_TOTAL: &str = "switchyard_unrouted_requests_total";
+pub const FIRST_BYTE_SECONDS: &str = "switchyard_response_first_byte_seconds";
+pub const STREAM_EVENTS_TOTAL: &str = "switchyard_stream_events_total";
+pub const STREAM_EVENT_GAP_SECONDS: &str = "switchyard_stream_event_gap_seconds";
 // --- health family ---
 pub const ENDPOINT_HEALTHY: &str = "switchyard_endpoint_healthy";
 pub const PROBES_TOTAL: &str = "switchyard_probes_total";
@@ -78,6 +81,9 @@ pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     duration: HistogramVec,
+    first_byte: HistogramVec,
+    stream_events: IntCounterVec,
+    stream_event_gap: HistogramVec,
     in_flight: IntGaugeVec,
     upstream_errors: IntCounterVec,
     retries: IntCounterVec,
@@ -116,6 +122,35 @@ impl Metrics {
             HistogramOpts::new(
                 REQUEST_DURATION_SECONDS,
                 "Time from request to the end of the response body.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["model", "pool"],
+        )
+        .expect("valid metric");
+        let first_byte = HistogramVec::new(
+            HistogramOpts::new(
+                FIRST_BYTE_SECONDS,
+                "Time from request to the first byte of the response body (for an \
+                 OpenAI-style stream, the first token); a response without a body \
+                 counts at its end.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["model", "pool"],
+        )
+        .expect("valid metric");
+        let stream_events = IntCounterVec::new(
+            Opts::new(
+                STREAM_EVENTS_TOTAL,
+                "Server-sent events relayed in text/event-stream responses.",
+            ),
+            &["model", "pool"],
+        )
+        .expect("valid metric");
+        let stream_event_gap = HistogramVec::new(
+            HistogramOpts::new(
+                STREAM_EVENT_GAP_SECONDS,
+                "Time between consecutive server-sent events of one text/event-stream \
+                 response, as relayed (events that arrive together are 0 apart).",
             )
             .buckets(DURATION_BUCKETS.to_vec()),
             &["model", "pool"],
@@ -238,6 +273,9 @@ impl Metrics {
 
         reg(Box::new(requests.clone()));
         reg(Box::new(duration.clone()));
+        reg(Box::new(first_byte.clone()));
+        reg(Box::new(stream_events.clone()));
+        reg(Box::new(stream_event_gap.clone()));
         reg(Box::new(in_flight.clone()));
         reg(Box::new(upstream_errors.clone()));
         reg(Box::new(retries.clone()));
@@ -264,6 +302,9 @@ impl Metrics {
             registry,
             requests,
             duration,
+            first_byte,
+            stream_events,
+            stream_event_gap,
             in_flight,
             upstream_errors,
             retries,
@@ -291,6 +332,9 @@ impl Metrics {
         PoolMetrics {
             requests: CODE_CLASSES.map(|c| self.requests.with_label_values(&[model, p, c])),
             duration: self.duration.with_label_values(&[model, p]),
+            first_byte: self.first_byte.with_label_values(&[model, p]),
+            stream_events: self.stream_events.with_label_values(&[model, p]),
+            stream_event_gap: self.stream_event_gap.with_label_values(&[model, p]),
             in_flight: self.in_flight.with_label_values(&[model, p]),
             upstream_errors: UpstreamErrorKind::ALL.map(|k| {
                 self.upstream_errors
@@ -341,7 +385,10 @@ impl Metrics {
         for r in ["ok", "fail"] {
             let _ = self.probes.remove_label_values(&[model, p, r]);
         }
-        let _ = self.duration.remove_label_values(&[model, p]);
+        for histogram in [&self.duration, &self.first_byte, &self.stream_event_gap] {
+            let _ = histogram.remove_label_values(&[model, p]);
+        }
+        let _ = self.stream_events.remove_label_values(&[model, p]);
         let _ = self.probe_duration.remove_label_values(&[model, p]);
         for gauge in [&self.in_flight, &self.active_pool, &self.connections] {
             let _ = gauge.remove_label_values(&[model, p]);
@@ -401,6 +448,10 @@ impl Default for Metrics {
 pub struct PoolMetrics {
     requests: [IntCounter; 5],
     pub duration: Histogram,
+    /// Request to first body byte: `switchyard_response_first_byte_seconds`.
+    pub first_byte: Histogram,
+    pub stream_events: IntCounter,
+    pub stream_event_gap: Histogram,
     pub in_flight: IntGauge,
     upstream_errors: [IntCounter; 3],
     /// Requests retried on another endpoint after a connect failure.

@@ -441,6 +441,11 @@ impl InFlight {
         &self.pool
     }
 
+    /// When the request was sent to its pool.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
     pub fn endpoint(&self) -> &Endpoint {
         &self.pool.endpoints[self.endpoint]
     }

@@ -45,6 +45,7 @@ mod body;
 mod error;
 pub mod headers;
 mod retry;
+mod stream;
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
@@ -253,7 +254,8 @@ impl Proxy {
                     mark_preview(&mut parts.headers);
                 }
                 let status = parts.status;
-                let body = ProxyBody::upstream(body, in_flight, admission);
+                let event_stream = is_event_stream(&parts.headers);
+                let body = ProxyBody::upstream(body, in_flight, admission, event_stream);
                 let body = match answer_slot.and_then(|slot| slot.capture(status)) {
                     Some(copy) => body.copy_to(copy),
                     None => body,
@@ -309,6 +311,15 @@ async fn send(
     deadline: Instant,
 ) -> Result<Result<Response<UpstreamIncoming>, UpstreamError>, Elapsed> {
     tokio::time::timeout_at(deadline, pool.client().request(request)).await
+}
+
+/// Whether a response is a stream of server-sent events.
+fn is_event_stream(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("text/event-stream"))
 }
 
 /// The response for a request `pool` answers itself, counted on the pool.

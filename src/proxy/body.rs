@@ -14,17 +14,18 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
-use crate::pool::UpstreamIncoming;
-
-use crate::pool::InFlight;
+use super::stream::Figures;
+use crate::pool::{InFlight, UpstreamIncoming};
 use crate::shadow::Capture;
 use crate::switch::Admission;
 
 pub enum ProxyBody {
     Upstream {
         body: UpstreamIncoming,
-        /// Dropped with the body: ends the in-flight count and records the duration.
-        _in_flight: InFlight,
+        /// Dropped with the body: ends the in-flight count and records the
+        /// duration. Its pool's metrics take the streaming figures.
+        in_flight: InFlight,
+        figures: Figures,
         _admission: Admission,
         /// The answer copied for a shadow mirror, if the request is mirrored.
         copy: Option<Box<Capture>>,
@@ -33,14 +34,23 @@ pub enum ProxyBody {
 }
 
 impl ProxyBody {
+    /// The upstream's `body`, streamed; `event_stream` when it is
+    /// `text/event-stream`, whose events are counted and timed.
     pub fn upstream(
         body: UpstreamIncoming,
         in_flight: InFlight,
         admission: Admission,
+        event_stream: bool,
     ) -> ProxyBody {
+        let mut figures = Figures::new(in_flight.started(), event_stream);
+        if ended(&body) {
+            // hyper will not poll it: the head was the whole answer.
+            figures.end(in_flight.pool().metrics());
+        }
         ProxyBody::Upstream {
             body,
-            _in_flight: in_flight,
+            in_flight,
+            figures,
             _admission: admission,
             copy: None,
         }
@@ -75,14 +85,31 @@ impl Body for ProxyBody {
         match self.get_mut() {
             ProxyBody::Upstream {
                 body,
-                copy: Some(copy),
+                in_flight,
+                figures,
+                copy,
                 ..
             } => {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
-                tap(copy, &polled, ended(body));
+                let done = ended(body);
+                if let Some(copy) = copy {
+                    tap(copy, &polled, done);
+                }
+                let metrics = in_flight.pool().metrics();
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(data) = frame.data_ref() {
+                            figures.data(data, metrics);
+                        }
+                        if done {
+                            figures.end(metrics);
+                        }
+                    }
+                    Poll::Ready(None) => figures.end(metrics),
+                    Poll::Ready(Some(Err(_))) | Poll::Pending => {}
+                }
                 polled
             }
-            ProxyBody::Upstream { body, .. } => Pin::new(body).poll_frame(cx),
             ProxyBody::Local(full) => Pin::new(full)
                 .poll_frame(cx)
                 .map_err(|never| match never {}),
