@@ -27,6 +27,7 @@ use crate::proxy::{ClientBody, RetryBody};
 mod client;
 mod connector;
 mod endpoint;
+mod stack;
 
 pub use client::{UpstreamClient, UpstreamError, UpstreamIncoming};
 pub use connector::CountingConnector;

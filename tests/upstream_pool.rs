@@ -1,9 +1,12 @@
 //! The upstream connection pool over real sockets, against a raw HTTP/1.1
 //! upstream that shows exactly what arrives on the wire: requests go in
 //! origin form with the client's `Host`; sequential requests ride one
-//! keep-alive connection; a connection the upstream closed while idle is
-//! never used again; a response the client abandoned mid-body takes its
-//! connection with it, so the next request never reads its leftovers.
+//! keep-alive connection, and after a burst the connection used last is
+//! reused first; a connection the upstream closed while idle is never used
+//! again; a response the client abandoned mid-body takes its connection
+//! with it, so the next request never reads its leftovers; a connection
+//! still carrying an upload the upstream answered early is not handed to
+//! the next request.
 
 mod support;
 
@@ -27,14 +30,18 @@ enum After {
     Close,
 }
 
-/// An HTTP/1.1 upstream on a raw socket. Answers `GET /big` with 1 MiB of
-/// `a`, anything else with its own name; records each request's head.
+/// An HTTP/1.1 upstream on a raw socket; records each request's head with
+/// the number of the connection it came on. Answers `GET /big` with 1 MiB
+/// of `a`; `GET /hold` once [`RawUpstream::release`] is called; `POST
+/// /early` at once, without reading the body, and then reads nothing more
+/// from that connection; anything else with its own name.
 struct RawUpstream {
     addr: std::net::SocketAddr,
     /// Connections accepted.
     accepted: Arc<AtomicUsize>,
-    /// Request heads received, in order, as text.
-    heads: Arc<Mutex<Vec<String>>>,
+    /// Request heads received, in order, with their connection's number.
+    heads: Arc<Mutex<Vec<(usize, String)>>>,
+    released: tokio::sync::watch::Sender<bool>,
 }
 
 const BIG: usize = 1 << 20;
@@ -45,18 +52,29 @@ impl RawUpstream {
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
         let heads = Arc::new(Mutex::new(Vec::new()));
-        let (a, h) = (Arc::clone(&accepted), Arc::clone(&heads));
+        let released = tokio::sync::watch::Sender::new(false);
+        let (a, h, r) = (Arc::clone(&accepted), Arc::clone(&heads), released.clone());
         tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
-                a.fetch_add(1, SeqCst);
-                tokio::spawn(serve(socket, name, after, Arc::clone(&h)));
+                let conn = a.fetch_add(1, SeqCst);
+                let seen = Seen {
+                    conn,
+                    heads: Arc::clone(&h),
+                    released: r.subscribe(),
+                };
+                tokio::spawn(serve(socket, name, after, seen));
             }
         });
         RawUpstream {
             addr,
             accepted,
             heads,
+            released,
         }
+    }
+
+    fn release(&self) {
+        self.released.send_replace(true);
     }
 
     fn url(&self) -> String {
@@ -65,18 +83,33 @@ impl RawUpstream {
 
     /// Heads of the requests for `path_start` (not the health probes).
     fn heads_for(&self, path_start: &str) -> Vec<String> {
+        self.requests_for(path_start)
+            .into_iter()
+            .map(|(_, h)| h)
+            .collect()
+    }
+
+    /// Requests for `path_start`: the connection each came on, and its head.
+    fn requests_for(&self, path_start: &str) -> Vec<(usize, String)> {
         let line = format!(" {path_start}");
         self.heads
             .lock()
             .unwrap()
             .iter()
-            .filter(|h| h.lines().next().is_some_and(|l| l.contains(&line)))
+            .filter(|(_, h)| h.lines().next().is_some_and(|l| l.contains(&line)))
             .cloned()
             .collect()
     }
 }
 
-async fn serve(mut socket: TcpStream, name: &str, after: After, heads: Arc<Mutex<Vec<String>>>) {
+/// What a connection of the raw upstream records, and what it waits on.
+struct Seen {
+    conn: usize,
+    heads: Arc<Mutex<Vec<(usize, String)>>>,
+    released: tokio::sync::watch::Receiver<bool>,
+}
+
+async fn serve(mut socket: TcpStream, name: &str, after: After, mut seen: Seen) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -93,7 +126,20 @@ async fn serve(mut socket: TcpStream, name: &str, after: After, heads: Arc<Mutex
         let head = String::from_utf8_lossy(&buf[..end]).into_owned();
         buf.drain(..end);
         let big = head.starts_with("GET /big ");
-        heads.lock().unwrap().push(head);
+        let hold = head.starts_with("GET /hold ");
+        let early = head.starts_with("POST /early ");
+        seen.heads.lock().unwrap().push((seen.conn, head));
+        if hold {
+            let _ = seen.released.wait_for(|r| *r).await;
+        }
+        if early {
+            let answer = "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nearly";
+            if socket.write_all(answer.as_bytes()).await.is_ok() {
+                // Whatever else comes on this connection is the body.
+                while matches!(socket.read(&mut chunk).await, Ok(n) if n > 0) {}
+            }
+            return;
+        }
         let written = if big {
             let mut answer =
                 format!("HTTP/1.1 200 OK\r\ncontent-length: {BIG}\r\n\r\n").into_bytes();
@@ -237,5 +283,97 @@ async fn a_response_abandoned_mid_body_does_not_leave_its_rest_for_the_next_requ
         assert_eq!(reply.status, StatusCode::OK);
         assert_eq!(reply.text(), "blue");
     }
+    proxy.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn after_a_burst_the_connection_used_last_is_reused_first() {
+    let blue = RawUpstream::start("blue", After::KeepAlive).await;
+    let green = RawUpstream::start("green", After::KeepAlive).await;
+    let proxy = proxy_for(&blue, &green).await;
+
+    // Four requests at once: four connections.
+    let held: Vec<_> = (0..4)
+        .map(|_| {
+            let url = proxy.url("/hold");
+            tokio::spawn(async move { get(&url).await })
+        })
+        .collect();
+    eventually("four requests held at blue", || async {
+        blue.requests_for("/hold").len() == 4
+    })
+    .await;
+    blue.release();
+    for h in held {
+        assert_eq!(h.await.unwrap().status, StatusCode::OK);
+    }
+    assert!(blue.accepted.load(SeqCst) >= 4);
+
+    // One at a time now: every one on the same connection, not a round of
+    // all the idle ones (which would keep the burst's surplus alive).
+    for _ in 0..8 {
+        assert_eq!(
+            get(&proxy.url("/v2/models/iris/infer")).await.text(),
+            "blue"
+        );
+    }
+    let conns: Vec<usize> = blue
+        .requests_for("/v2/")
+        .into_iter()
+        .map(|(conn, _)| conn)
+        .collect();
+    assert_eq!(conns.len(), 8);
+    assert!(
+        conns.iter().all(|c| *c == conns[0]),
+        "connections used, in order: {conns:?}"
+    );
+    proxy.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_connection_still_carrying_an_upload_answered_early_is_not_reused_meanwhile() {
+    let blue = RawUpstream::start("blue", After::KeepAlive).await;
+    let green = RawUpstream::start("green", After::KeepAlive).await;
+    let models = format!(
+        "[[models]]\nname = \"iris\"\npath_prefix = \"/\"\nblue.endpoints = [{:?}]\ngreen.endpoints = [{:?}]\nhealth.interval = \"1h\"\nhealth.path = \"/ready\"\nhealth.warm_connections = 1\n",
+        blue.url(),
+        green.url()
+    );
+    let proxy = Proxy::start_with("request_timeout = \"3s\"", &models).await;
+
+    // An upload that stalls after its first chunk; the upstream answers it
+    // at once without reading it.
+    let (tx, body) = channel_body();
+    tx.send(Ok(hyper::body::Frame::data(bytes::Bytes::from_static(
+        b"first chunk",
+    ))))
+    .await
+    .unwrap();
+    let client = client();
+    let request = http::Request::post(proxy.url("/early")).body(body).unwrap();
+    let response = within("the early answer", client.request(request))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let answer = within("the early answer's body", response.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(&answer[..], b"early");
+
+    // The upload goes on (tx is alive); other requests must not wait for it.
+    for _ in 0..3 {
+        let reply = get(&proxy.url("/v2/models/iris/infer")).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        assert_eq!(reply.text(), "blue");
+    }
+    let early_conn = blue.requests_for("/early")[0].0;
+    assert!(
+        blue.requests_for("/v2/")
+            .iter()
+            .all(|(c, _)| *c != early_conn),
+        "a request went on the connection still carrying the upload"
+    );
+    drop(tx);
     proxy.stop().await.unwrap();
 }

@@ -1,5 +1,5 @@
 //! The upstream client of a pool, on hyper's `client::conn`: per endpoint, a
-//! lock-free queue of idle HTTP/1.1 connections, or one shared HTTP/2
+//! lock-free stack of idle HTTP/1.1 connections, or one shared HTTP/2
 //! connection.
 //!
 //! Why not hyper-util's pooled client: it serialises every checkout and
@@ -7,9 +7,12 @@
 //! to find the pool, and spawns a task per HTTP/1.1 request only to wait
 //! until the connection is free again. Here the pool knows its endpoints:
 //! a request finds its endpoint by comparing authorities among the pool's
-//! few, pops an idle connection (one atomic queue operation), and its
-//! response body pushes the connection back the moment it has read the
-//! last byte, in the task that read it.
+//! few, pops an idle connection (one compare-and-swap), and its response
+//! body pushes the connection back the moment it has read the last byte, in
+//! the task that read it. Only a connection still sending its request's
+//! body then (the upstream answered before reading all of it) waits in a
+//! task of its own until it is free: a request never waits on another's
+//! upload.
 //!
 //! Behaviour kept from hyper-util's client, on which the proxy relies:
 //! - HTTP/1.1 requests go out in origin form with a `Host` header (the
@@ -22,8 +25,11 @@
 //! - Connect failures (TCP, TLS, the HTTP/2 handshake) are
 //!   [`UpstreamError::is_connect`]: nothing reached the endpoint, and the
 //!   request was dropped untouched, which the retry relies on.
-//! - Idle connections close after [`IDLE_TIMEOUT`], and at most
-//!   `max_idle` stay per endpoint.
+//! - Idle HTTP/1.1 connections close after [`IDLE_TIMEOUT`], and at most
+//!   `max_idle` stay per endpoint; the one used last is reused first, so
+//!   those a burst left behind idle out. The HTTP/2 connection stays open,
+//!   pinged every [`H2_PING_INTERVAL`] and closed if a ping goes unanswered
+//!   (a half-open connection would otherwise time every request out).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -33,7 +39,6 @@ use std::{fmt, future, pin::Pin};
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
-use crossbeam_queue::SegQueue;
 use http::uri::{Authority, Scheme};
 use http::{header, HeaderValue, Request, Response, Uri};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -44,6 +49,7 @@ use tower_service::Service;
 use tracing::debug;
 
 use super::connector::CountingConnector;
+use super::stack::Stack;
 use super::{Protocol, UpstreamBody};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -51,6 +57,10 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// How long an idle upstream connection stays open. Longer than any
 /// sensible probe interval, so a probed standby stays warm.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// How often an HTTP/2 connection is pinged, and how long an answer may take.
+pub const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a request got no response.
 #[derive(Debug, thiserror::Error)]
@@ -95,11 +105,10 @@ struct Slot {
     target: Uri,
     /// `Host` for HTTP/1.1 requests that bring none.
     host: HeaderValue,
-    /// HTTP/1.1: the idle connections; `None` keeps none (each request
-    /// connects, and its connection closes after it). Unbounded as a
-    /// queue (it allocates as it grows, not `max_idle` up front), bounded
-    /// by `idle_count`.
-    idle: Option<SegQueue<Conn>>,
+    /// HTTP/1.1: the idle connections, the last used on top; `None` keeps
+    /// none (each request connects, and its connection closes after it).
+    /// Bounded by `idle_count`.
+    idle: Option<Stack<Conn>>,
     idle_count: AtomicUsize,
     max_idle: usize,
     /// HTTP/2: the connection every request shares.
@@ -140,7 +149,7 @@ impl UpstreamClient {
                     authority: authority.clone(),
                     target,
                     host,
-                    idle: (max_idle > 0 && protocol == Protocol::Http1).then(SegQueue::new),
+                    idle: (max_idle > 0 && protocol == Protocol::Http1).then(Stack::new),
                     idle_count: AtomicUsize::new(0),
                     max_idle,
                     shared: ArcSwapOption::empty(),
@@ -168,12 +177,6 @@ impl UpstreamClient {
             Protocol::Http1 => self.http1(slot, request).await,
             Protocol::H2c | Protocol::H2 => self.http2(slot, request).await,
         }
-    }
-
-    /// Open idle HTTP/1.1 connections of the endpoint at `index`, for tests.
-    #[cfg(test)]
-    pub fn idle_count(&self, index: usize) -> usize {
-        self.slots[index].idle.as_ref().map_or(0, SegQueue::len)
     }
 
     fn slot(&self, uri: &Uri) -> Option<&Arc<Slot>> {
@@ -326,6 +329,9 @@ impl UpstreamClient {
         let io = self.connect(slot).await?;
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
+            .keep_alive_interval(H2_PING_INTERVAL)
+            .keep_alive_timeout(H2_PING_TIMEOUT)
+            .keep_alive_while_idle(true)
             .handshake(io)
             .await
             .map_err(|e| UpstreamError::Connect {
@@ -368,12 +374,30 @@ impl Slot {
         None
     }
 
-    /// Puts a connection whose response has been read back in the queue;
-    /// when the queue is full, drops it, which closes it.
-    fn checkin(&self, conn: Conn) {
-        if conn.sender.is_closed() {
+    /// Takes back a connection whose response has been read. It is idle
+    /// once its request has been sent whole too: at once, as a rule; if the
+    /// upstream answered before reading all of the body, a task waits until
+    /// it has, so no request ever pops a connection busy with another's
+    /// upload.
+    fn checkin(self: &Arc<Self>, mut conn: Conn) {
+        if self.idle.is_none() || conn.sender.is_closed() {
             return;
         }
+        if conn.sender.is_ready() {
+            self.put(conn);
+            return;
+        }
+        let slot = Arc::clone(self);
+        tokio::spawn(async move {
+            if conn.sender.ready().await.is_ok() {
+                slot.put(conn);
+            }
+        });
+    }
+
+    /// Pushes an idle connection; when `max_idle` are idle already, drops
+    /// it, which closes it.
+    fn put(&self, conn: Conn) {
         let Some(idle) = &self.idle else { return };
         if self.idle_count.fetch_add(1, Ordering::Relaxed) >= self.max_idle {
             // Full: this one closes as it drops.
@@ -457,7 +481,7 @@ struct Checkin {
 }
 
 /// A response body from an upstream: hyper's, which returns its HTTP/1.1
-/// connection to the idle queue once it has been read to the end. A body
+/// connection to the idle stack once it has been read to the end. A body
 /// dropped before its end takes the connection with it (hyper closes it:
 /// the rest of the response is still on it).
 pub struct UpstreamIncoming {
@@ -497,6 +521,8 @@ impl Body for UpstreamIncoming {
         let polled = Pin::new(&mut this.body).poll_frame(cx);
         match &polled {
             Poll::Ready(None) => this.check_in(),
+            // Trailers are the last frame, and hyper's server stops there.
+            Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => this.check_in(),
             Poll::Ready(Some(Ok(_))) => this.check_in_if_ended(),
             // The connection is broken: it goes with the body.
             Poll::Ready(Some(Err(_))) => this.checkin = None,
