@@ -337,6 +337,13 @@ async fn etcd_down_traffic_still_served_switches_503_then_resynchronised() {
         assert!(r.text().contains("state store unavailable"), "{}", r.text());
         assert_eq!(get(&i.url("/")).await.pool(), "green");
     }
+    // The command-line client says so under its table.
+    let status = cli_status(&a).await;
+    assert!(
+        status.contains("state store: etcd disconnected"),
+        "{status}"
+    );
+    assert!(status.contains("last error: "), "{status}");
     let errors = metric_value(&a, r#"switchyard_state_store_errors_total{op="watch"}"#)
         .await
         .unwrap_or(0.0)
@@ -349,11 +356,29 @@ async fn etcd_down_traffic_still_served_switches_503_then_resynchronised() {
     for i in [&a, &b] {
         wait_connected(i, true).await;
     }
+    let status = cli_status(&a).await;
+    assert!(status.contains("state store: etcd connected"), "{status}");
     let r = b.admin_post("/models/iris/flip?expect=green").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     for i in [&a, &b] {
         wait_serving(i, "blue").await;
     }
+}
+
+/// What `switchyard status` prints for `proxy`.
+async fn cli_status(proxy: &Proxy) -> String {
+    let admin = format!("http://{}", proxy.admin);
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["status", "--admin", &admin])
+            .env_remove("SWITCHYARD_ADMIN_TOKEN_FILE")
+            .output()
+            .expect("run switchyard status")
+    })
+    .await
+    .expect("switchyard status ran");
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 #[tokio::test]
