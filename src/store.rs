@@ -120,6 +120,8 @@ pub enum StateError {
     },
     #[error("state.password_file: {0}")]
     Password(String),
+    #[error("cannot set up TLS to etcd")]
+    Tls(#[source] Box<crate::tls::TlsError>),
 }
 
 /// How the store stands, as `GET /models` shows it under `state_store`.

@@ -72,9 +72,11 @@ pub struct EtcdStore {
 }
 
 /// Why a session ended.
-struct Broken {
-    op: StoreOp,
-    reason: String,
+enum Broken {
+    /// Something failed: counted, logged and shown in the status.
+    Failed { op: StoreOp, reason: String },
+    /// A switch's transaction failed, and said so itself: read again.
+    Resync,
 }
 
 impl From<(StoreOp, GatewayError)> for Broken {
@@ -84,7 +86,7 @@ impl From<(StoreOp, GatewayError)> for Broken {
         } else {
             op
         };
-        Broken {
+        Broken::Failed {
             op,
             reason: e.to_string(),
         }
@@ -122,7 +124,7 @@ impl EtcdStore {
         };
         metrics.up.set(0);
         Ok(EtcdStore {
-            gateway: Gateway::new(config, password),
+            gateway: Gateway::new(config, password).map_err(|e| StateError::Tls(Box::new(e)))?,
             prefix: config.prefix.clone(),
             cache: config
                 .cache_path
@@ -282,12 +284,7 @@ impl EtcdStore {
         loop {
             tokio::select! {
                 () = token.cancelled() => return Ok(()),
-                _ = resync.changed() => {
-                    return Err(Broken {
-                        op: StoreOp::Write,
-                        reason: "a switch's transaction failed; reading the state again".to_string(),
-                    });
-                }
+                _ = resync.changed() => return Err(Broken::Resync),
                 message = watch.next() => self.follow_batch(board, message).await?,
                 _ = probe.tick() => {
                     let revision = self
@@ -345,7 +342,7 @@ impl EtcdStore {
         if reason.contains("Unauthenticated") || reason.contains("invalid auth token") {
             self.gateway.forget_token();
         }
-        Broken {
+        Broken::Failed {
             op: StoreOp::Watch,
             reason: format!("the watch was cancelled: {reason}"),
         }
@@ -358,7 +355,10 @@ impl EtcdStore {
             let started = tokio::time::Instant::now();
             match self.session(&board, &token).await {
                 Ok(()) => return,
-                Err(broken) => self.set_disconnected(broken.op, &broken.reason),
+                Err(Broken::Failed { op, reason }) => self.set_disconnected(op, &reason),
+                Err(Broken::Resync) => {
+                    debug!("reading the state store again after a failed switch")
+                }
             }
             // A session that lasted resets the back-off: this is a new outage.
             if started.elapsed() > BACKOFF_MAX {
@@ -375,7 +375,7 @@ impl EtcdStore {
 }
 
 fn ended() -> Broken {
-    Broken {
+    Broken::Failed {
         op: StoreOp::Watch,
         reason: "etcd ended the watch".to_string(),
     }
@@ -405,6 +405,12 @@ impl StateStore for EtcdStore {
                     } else {
                         StoreOp::Read
                     };
+                    let fix = match e {
+                        GatewayError::Refused { .. } | GatewayError::AuthFailed { .. } => {
+                            "fix what etcd refused (state.username, state.password_file, the user's role)"
+                        }
+                        _ => "start etcd or check state.endpoints",
+                    };
                     let reason = e.to_string();
                     self.set_disconnected(op, &reason);
                     let endpoints = self.endpoints.join(", ");
@@ -412,7 +418,7 @@ impl StateStore for EtcdStore {
                         return Err(StateError::Unreachable {
                             endpoints,
                             reason,
-                            hint: "switchyard does not start without knowing the active pools; start etcd, or set state.cache_path so an instance can start from the last state it saw".to_string(),
+                            hint: format!("switchyard does not start without knowing the active pools: {fix}, or set state.cache_path so an instance can start from the last state it saw"),
                         });
                     };
                     match cache.load()? {

@@ -35,6 +35,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
 
 use crate::config::EtcdConfig;
+use crate::tls::TlsError;
 use crate::ErrorChain;
 
 /// An answer or a watch line longer than this is refused: a model's state
@@ -144,28 +145,20 @@ pub struct Gateway {
 
 impl Gateway {
     /// A client of the members `config` names, authenticating with
-    /// `password` when it names a user.
-    pub fn new(config: &EtcdConfig, password: Option<String>) -> Gateway {
+    /// `password` when it names a user. `https://` members are verified
+    /// against `[state.tls]`'s CA, or the webpki roots without one.
+    pub fn new(config: &EtcdConfig, password: Option<String>) -> Result<Gateway, TlsError> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(config.timeout));
         let tls = match &config.tls {
             Some(tls) => Arc::clone(&tls.client),
-            // Only http:// members: the TLS side is never used.
-            None => Arc::new(
-                rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-                    .with_safe_default_protocol_versions()
-                    .map(|b| {
-                        b.with_root_certificates(rustls::RootCertStore::empty())
-                            .with_no_client_auth()
-                    })
-                    .unwrap_or_else(|_| {
-                        rustls::ClientConfig::builder()
-                            .with_root_certificates(rustls::RootCertStore::empty())
-                            .with_no_client_auth()
-                    }),
-            ),
+            None => {
+                let mut client = crate::tls::client_config(None, None)?;
+                client.alpn_protocols = vec![b"http/1.1".to_vec()];
+                Arc::new(client)
+            }
         };
         let connector = HttpsConnector::from((http, tls));
         let client = Client::builder(TokioExecutor::new())
@@ -180,14 +173,14 @@ impl Gateway {
                 user: c.username.clone(),
                 password,
             });
-        Gateway {
+        Ok(Gateway {
             client,
             endpoints: config.endpoints.clone(),
             preferred: AtomicUsize::new(0),
             timeout: config.timeout,
             credentials,
             token: ArcSwapOption::empty(),
-        }
+        })
     }
 
     /// Every key under `prefix`, at one revision.
@@ -296,7 +289,18 @@ impl Gateway {
             if response.status() != StatusCode::OK {
                 let status = response.status();
                 let bytes = self.collect(at, response.into_body()).await?;
-                return Err(refusal(&endpoint, status, &bytes));
+                let refused = refusal(&endpoint, status, &bytes);
+                if matches!(
+                    refused,
+                    GatewayError::Refused {
+                        code: UNAUTHENTICATED,
+                        ..
+                    }
+                ) {
+                    // A new token for the next attempt.
+                    self.forget_token();
+                }
+                return Err(refused);
             }
             self.preferred.store(at, Ordering::Relaxed);
             return Ok(WatchStream {
