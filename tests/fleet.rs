@@ -600,3 +600,41 @@ async fn credentials_authenticate_and_a_wrong_password_is_named() {
     let message = switchyard::ErrorChain(&e).to_string();
     assert!(message.contains("refused the request"), "{message}");
 }
+
+#[tokio::test]
+async fn what_another_writer_puts_in_etcd_is_followed_and_garbage_is_ignored() {
+    let etcd = Etcd::start().await;
+    let pools = Pools::start().await;
+    let a = instance(&fleet_config(&[etcd.url()], "", &pools.model())).await;
+    let key = format!("{PREFIX}iris");
+
+    // Not a state: logged, counted, and the instance keeps its pool.
+    etcd.put(&key, b"{\"active\": \"red\"}").await;
+    eventually("the bad value to be counted", || async {
+        metric_value(&a, r#"switchyard_state_store_errors_total{op="decode"}"#)
+            .await
+            .is_some_and(|n| n >= 1.0)
+    })
+    .await;
+    assert_eq!(get(&a.url("/")).await.pool(), "blue");
+    assert_eq!(store_status(&a).await["connected"], true);
+
+    // A state written by hand (etcdctl put): followed like a switch.
+    etcd.put(&key, br#"{"active":"green","history":[]}"#).await;
+    wait_serving(&a, "green").await;
+
+    // The key deleted: the instance keeps green, and its next switch
+    // writes the key anew.
+    let deleted = etcd.delete(&key).await;
+    eventually("the deletion to be seen", || async {
+        store_status(&a).await["revision"]
+            .as_u64()
+            .is_some_and(|r| r >= deleted)
+    })
+    .await;
+    assert_eq!(get(&a.url("/")).await.pool(), "green");
+    let r = a.admin_post("/models/iris/flip?expect=green").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(stored_state(&etcd).await.0["active"], "blue");
+    wait_serving(&a, "blue").await;
+}

@@ -294,6 +294,17 @@ impl Etcd {
         .await;
     }
 
+    /// Deletes `key`; the store's revision after it.
+    pub async fn delete(&self, key: &str) -> u64 {
+        let answer = self
+            .call("/v3/kv/deleterange", json!({ "key": BASE64.encode(key) }))
+            .await;
+        answer["header"]["revision"]
+            .as_str()
+            .and_then(|r| r.parse().ok())
+            .expect("a revision")
+    }
+
     /// Adds `user` with `password` and the root role, and turns
     /// authentication on; the test's own requests use the user from then on.
     pub async fn enable_auth(&self, user: &str, password: &str) {
