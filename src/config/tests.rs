@@ -207,7 +207,7 @@ fn an_absolute_state_path_is_kept() {
 #[test]
 fn the_shipped_configs_are_valid() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
-    for name in ["sidecar.toml", "gateway.toml", "demo.toml"] {
+    for name in ["sidecar.toml", "gateway.toml", "demo.toml", "fleet.toml"] {
         let path = dir.join(name);
         if let Err(e) = Config::load(&path) {
             panic!("{}: {e}", path.display());
