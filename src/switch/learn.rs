@@ -189,3 +189,168 @@ impl Switchboard {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::events::Events;
+    use crate::metrics::Metrics;
+    use crate::store::{BoxFuture, Commit, CommitError, StateError, StateStore, StoreStatus};
+    use crate::switch::{Model, ModelState, SwitchOp};
+
+    /// A shared store that keeps nothing: what `learn` does is all there is.
+    struct Shared;
+
+    impl StateStore for Shared {
+        fn is_shared(&self) -> bool {
+            true
+        }
+        fn load(&self) -> BoxFuture<'_, Result<BTreeMap<String, Stored>, StateError>> {
+            Box::pin(async { Ok(BTreeMap::new()) })
+        }
+        fn save_all<'a>(
+            &'a self,
+            _all: &'a BTreeMap<String, Stored>,
+        ) -> BoxFuture<'a, Result<(), StateError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn commit<'a>(&'a self, _c: Commit<'a>) -> BoxFuture<'a, Result<u64, CommitError>> {
+            Box::pin(async { Err(CommitError::Unavailable("test".into())) })
+        }
+        fn learned(&self, _all: &BTreeMap<String, Stored>) {}
+        fn check_available(&self) -> Result<(), String> {
+            Ok(())
+        }
+        fn status(&self) -> StoreStatus {
+            unimplemented!("not asked in these tests")
+        }
+        fn follow(
+            self: Arc<Self>,
+            _board: Arc<Switchboard>,
+            _token: CancellationToken,
+        ) -> BoxFuture<'static, ()> {
+            Box::pin(async {})
+        }
+    }
+
+    async fn board() -> Switchboard {
+        let text = "[proxy]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[state]\npath = \"s.json\"\n[[models]]\nname = \"iris\"\nblue.endpoints = [\"http://127.0.0.1:1\"]\ngreen.endpoints = [\"http://127.0.0.1:2\"]\n";
+        let config = crate::Config::from_toml(text, Path::new("t.toml")).unwrap();
+        let model = Arc::new(Model::new(
+            &config.models[0],
+            PoolName::Blue,
+            &config.proxy.upstream(),
+            &Metrics::new(),
+        ));
+        let control = Control::starting(
+            BTreeMap::new(),
+            &[("iris".to_string(), PoolName::Blue)],
+            true,
+        );
+        Switchboard::start(vec![model], control, Arc::new(Shared), Events::new())
+            .await
+            .unwrap()
+    }
+
+    fn green(at: u64) -> ModelState {
+        ModelState::new(PoolName::Blue)
+            .apply("iris", SwitchOp::Flip { expect: None }, at, "10.0.0.1:1")
+            .unwrap()
+            .unwrap()
+    }
+
+    fn change(name: &str, state: ModelState, revision: u64) -> Learned {
+        Learned::Changes(vec![(name.to_string(), Some(Stored { state, revision }))])
+    }
+
+    fn active(board: &Switchboard) -> PoolName {
+        board.model("iris").unwrap().active_name()
+    }
+
+    #[tokio::test]
+    async fn a_newer_change_moves_the_pool_and_an_older_one_does_not() {
+        let board = board().await;
+        let followed = board.learn(change("iris", green(7), 5)).await;
+        assert_eq!(active(&board), PoolName::Green);
+        assert_eq!(
+            (followed.len(), followed[0].from, followed[0].at_unix_ms),
+            (1, PoolName::Blue, 7)
+        );
+        assert_eq!(board.states()["iris"].active, PoolName::Green);
+        let events = board.events().since(0, 10).events;
+        assert!(matches!(
+            &events[0].kind,
+            EventKind::Switch { origin: Some("store"), actor, .. } if actor == "10.0.0.1:1"
+        ));
+
+        // The same revision (this instance's own write coming back) or an
+        // older one: nothing.
+        let blue = ModelState::new(PoolName::Blue);
+        assert!(board
+            .learn(change("iris", blue.clone(), 5))
+            .await
+            .is_empty());
+        assert!(board.learn(change("iris", blue, 4)).await.is_empty());
+        assert_eq!(active(&board), PoolName::Green);
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_applies_what_differs_unless_something_newer_is_known() {
+        let board = board().await;
+        board.learn(change("iris", green(1), 9)).await;
+        // Read at revision 8, before the change above: not applied.
+        let older = Learned::Snapshot {
+            revision: 8,
+            states: BTreeMap::from([(
+                "iris".to_string(),
+                Stored {
+                    state: ModelState::new(PoolName::Blue),
+                    revision: 3,
+                },
+            )]),
+        };
+        assert!(board.learn(older).await.is_empty());
+        assert_eq!(active(&board), PoolName::Green);
+        // Read later, with another state: applied, even at a lower key
+        // revision (etcd restored from a backup).
+        let later = Learned::Snapshot {
+            revision: 20,
+            states: BTreeMap::from([(
+                "iris".to_string(),
+                Stored {
+                    state: ModelState::new(PoolName::Blue),
+                    revision: 3,
+                },
+            )]),
+        };
+        assert_eq!(board.learn(later).await.len(), 1);
+        assert_eq!(active(&board), PoolName::Blue);
+    }
+
+    #[tokio::test]
+    async fn a_deleted_key_keeps_the_pool_and_other_models_are_kept_aside() {
+        let board = board().await;
+        board.learn(change("iris", green(1), 4)).await;
+        board
+            .learn(Learned::Changes(vec![("iris".to_string(), None)]))
+            .await;
+        assert_eq!(active(&board), PoolName::Green);
+        assert_eq!(board.lock().await.revision("iris"), 0);
+
+        // A model this config lacks: kept for a reload that adds it.
+        board.learn(change("chat", green(2), 6)).await;
+        let control = board.lock().await;
+        assert_eq!(
+            control.state("chat").map(|s| s.active),
+            Some(PoolName::Green)
+        );
+        assert!(!board.states().contains_key("chat"));
+        assert_eq!(control.all().len(), 2);
+    }
+}
