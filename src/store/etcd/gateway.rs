@@ -31,9 +31,12 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use serde_json::{json, Value};
 
+mod wire;
+
+use self::wire::{AuthAnswer, RangeAnswer, TxnAnswer, WatchLine};
 use crate::config::EtcdConfig;
 use crate::tls::TlsError;
 use crate::ErrorChain;
@@ -640,117 +643,6 @@ impl WatchStream {
     }
 }
 
-// === the gateway's JSON ===
-
-/// A 64-bit integer as the gateway writes it: a string of digits (or,
-/// leniently, a number).
-fn int<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Int {
-        Text(String),
-        Number(u64),
-    }
-    match Int::deserialize(d)? {
-        Int::Number(n) => Ok(n),
-        Int::Text(s) => s.parse().map_err(serde::de::Error::custom),
-    }
-}
-
-#[derive(Deserialize, Default)]
-struct Header {
-    #[serde(default, deserialize_with = "int")]
-    revision: u64,
-}
-
-#[derive(Deserialize)]
-struct RawKv {
-    #[serde(default)]
-    key: String,
-    #[serde(default)]
-    value: String,
-    #[serde(default, deserialize_with = "int")]
-    mod_revision: u64,
-}
-
-impl RawKv {
-    fn decode(self, endpoint: &str) -> Result<KeyValue, GatewayError> {
-        let b64 = |what: &str, s: &str| {
-            BASE64.decode(s).map_err(|e| GatewayError::Malformed {
-                endpoint: endpoint.to_string(),
-                detail: format!("{what} is not base64: {e}"),
-            })
-        };
-        Ok(KeyValue {
-            key: b64("a key", &self.key)?,
-            value: b64("a value", &self.value)?,
-            mod_revision: self.mod_revision,
-        })
-    }
-}
-
-#[derive(Deserialize)]
-struct RangeAnswer {
-    #[serde(default)]
-    header: Header,
-    #[serde(default)]
-    kvs: Vec<RawKv>,
-}
-
-#[derive(Deserialize)]
-struct TxnAnswer {
-    #[serde(default)]
-    header: Header,
-    /// Absent when false (the gateway leaves out zero values).
-    #[serde(default)]
-    succeeded: bool,
-    #[serde(default)]
-    responses: Vec<TxnOpAnswer>,
-}
-
-#[derive(Deserialize)]
-struct TxnOpAnswer {
-    #[serde(default)]
-    response_range: Option<RangeAnswer>,
-}
-
-#[derive(Deserialize)]
-struct AuthAnswer {
-    token: String,
-}
-
-#[derive(Deserialize)]
-struct WatchLine {
-    #[serde(default)]
-    result: Option<WatchResult>,
-    #[serde(default)]
-    error: Option<Value>,
-}
-
-#[derive(Deserialize)]
-struct WatchResult {
-    #[serde(default)]
-    header: Header,
-    #[serde(default)]
-    created: bool,
-    #[serde(default)]
-    canceled: bool,
-    #[serde(default)]
-    cancel_reason: String,
-    #[serde(default, deserialize_with = "int")]
-    compact_revision: u64,
-    #[serde(default)]
-    events: Vec<WatchEvent>,
-}
-
-#[derive(Deserialize)]
-struct WatchEvent {
-    /// `PUT` (left out: the zero value) or `DELETE`.
-    #[serde(default, rename = "type")]
-    kind: String,
-    kv: RawKv,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -760,33 +652,5 @@ mod tests {
         assert_eq!(prefix_end(b"/sy/"), b"/sy0");
         assert_eq!(prefix_end(b"a\xff"), b"b");
         assert_eq!(prefix_end(b"\xff\xff"), b"\0");
-    }
-
-    #[test]
-    fn gateway_json_reads_as_etcd_3_4_writes_it() {
-        // As etcd 3.4.23 answered (revisions as strings, zero values left out).
-        let txn: TxnAnswer = serde_json::from_str(r#"{"header":{"cluster_id":"324952591200643719","member_id":"3319814642761637952","revision":"3","raft_term":"2"},"responses":[{"response_range":{"header":{"revision":"3"},"kvs":[{"key":"Zm9v","create_revision":"2","mod_revision":"3","version":"2","value":"YmF6"}],"count":"1"}}]}"#).unwrap();
-        assert!(!txn.succeeded);
-        assert_eq!(txn.header.revision, 3);
-        let kv = txn
-            .responses
-            .into_iter()
-            .next()
-            .unwrap()
-            .response_range
-            .unwrap()
-            .kvs
-            .remove(0);
-        let kv = kv.decode("e").unwrap();
-        assert_eq!(
-            (kv.key.as_slice(), kv.value.as_slice(), kv.mod_revision),
-            (&b"foo"[..], &b"baz"[..], 3)
-        );
-
-        let line: WatchLine = serde_json::from_str(r#"{"result":{"header":{"revision":"5"},"events":[{"kv":{"key":"c3kvYQ==","create_revision":"5","mod_revision":"5","version":"1","value":"MQ=="}},{"type":"DELETE","kv":{"key":"c3kvYg==","mod_revision":"6"}}]}}"#).unwrap();
-        let result = line.result.unwrap();
-        assert_eq!(result.header.revision, 5);
-        assert_eq!(result.events[1].kind, "DELETE");
-        assert!(int(serde_json::Value::from(7)).is_ok());
     }
 }
