@@ -646,11 +646,28 @@ impl WatchStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn the_end_of_a_prefix_is_its_last_byte_plus_one() {
         assert_eq!(prefix_end(b"/sy/"), b"/sy0");
         assert_eq!(prefix_end(b"a\xff"), b"b");
         assert_eq!(prefix_end(b"\xff\xff"), b"\0");
+    }
+
+    proptest! {
+        /// Every key that starts with the prefix is in [prefix, end), and
+        /// every key in that range starts with it: the watch and the range
+        /// read see the fleet's keys, and no other fleet's.
+        #[test]
+        fn the_prefix_range_holds_exactly_the_keys_under_it(
+            prefix in prop::collection::vec(any::<u8>(), 1..8),
+            key in prop::collection::vec(any::<u8>(), 0..12),
+        ) {
+            prop_assume!(prefix.iter().any(|b| *b != 0xff));
+            let end = prefix_end(&prefix);
+            let in_range = key.as_slice() >= prefix.as_slice() && key.as_slice() < end.as_slice();
+            prop_assert_eq!(in_range, key.starts_with(&prefix));
+        }
     }
 }

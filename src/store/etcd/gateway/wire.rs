@@ -121,6 +121,33 @@ pub(super) struct WatchEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever a member sends as a watch line: an error or a message,
+        /// never a panic.
+        #[test]
+        fn any_watch_line_reads_or_is_refused(line in prop::collection::vec(any::<u8>(), 0..256)) {
+            if let Ok(message) = serde_json::from_slice::<WatchLine>(&line) {
+                for event in message.result.map(|r| r.events).unwrap_or_default() {
+                    let _ = event.kv.decode("e");
+                }
+            }
+        }
+
+        /// Keys and values of any bytes survive the base64 the gateway uses.
+        #[test]
+        fn keys_and_values_round_trip(key in prop::collection::vec(any::<u8>(), 0..64), value in prop::collection::vec(any::<u8>(), 0..64)) {
+            let json = serde_json::json!({
+                "key": BASE64.encode(&key),
+                "value": BASE64.encode(&value),
+                "mod_revision": "42",
+            });
+            let kv: RawKv = serde_json::from_value(json).unwrap();
+            let kv = kv.decode("e").unwrap();
+            prop_assert_eq!((kv.key, kv.value, kv.mod_revision), (key, value, 42));
+        }
+    }
 
     #[test]
     fn gateway_json_reads_as_etcd_3_4_writes_it() {
