@@ -36,7 +36,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use self::gateway::{Gateway, GatewayError, KeyValue, PutIf};
+use self::gateway::{Gateway, GatewayError, KeyValue, PutIf, WatchStream};
 use super::cache::Cache;
 use super::{BoxFuture, Commit, CommitError, StateError, StateStore, StoreStatus, Stored};
 use crate::config::EtcdConfig;
@@ -69,6 +69,8 @@ pub struct EtcdStore {
     /// Bumped by a switch whose transaction failed: the session ends, and
     /// the next one's snapshot says whether the switch took effect.
     resync: watch::Sender<u64>,
+    /// `state.timeout`: also how long a new watch may take to be set up.
+    timeout: Duration,
 }
 
 /// Why a session ended.
@@ -135,6 +137,7 @@ impl EtcdStore {
             connected: AtomicBool::new(false),
             status: ArcSwap::from_pointee(status),
             resync: watch::Sender::new(0),
+            timeout: config.timeout,
         })
     }
 
@@ -246,6 +249,34 @@ impl EtcdStore {
         let mut resync = self.resync.subscribe();
         resync.borrow_and_update();
         let prefix = self.prefix.as_bytes();
+        let mut watch = tokio::select! {
+            () = token.cancelled() => return Ok(()),
+            watch = self.start_session(board) => watch?,
+        };
+        let mut probe = tokio::time::interval(PROBE_INTERVAL);
+        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        probe.tick().await;
+        loop {
+            tokio::select! {
+                () = token.cancelled() => return Ok(()),
+                _ = resync.changed() => return Err(Broken::Resync),
+                message = watch.next() => self.follow_batch(board, message).await?,
+                _ = probe.tick() => {
+                    let revision = self
+                        .gateway
+                        .probe(prefix)
+                        .await
+                        .map_err(|e| Broken::from((StoreOp::Read, e)))?;
+                    self.set_revision(revision);
+                }
+            }
+        }
+    }
+
+    /// A session's start: reads the prefix and applies it, sets the watch
+    /// up from the revision read, and says the store is connected.
+    async fn start_session(&self, board: &Switchboard) -> Result<WatchStream, Broken> {
+        let prefix = self.prefix.as_bytes();
         let range = self
             .gateway
             .range_prefix(prefix)
@@ -269,33 +300,23 @@ impl EtcdStore {
             .watch(prefix, range.revision + 1)
             .await
             .map_err(|e| Broken::from((StoreOp::Watch, e)))?;
-        // The first message says whether the watch is set up.
-        match watch.next().await {
-            Ok(Some(batch)) if batch.created && batch.canceled.is_none() => {}
-            Ok(Some(batch)) => return Err(self.cancelled(batch.canceled)),
-            Ok(None) => return Err(ended()),
-            Err(e) => return Err((StoreOp::Watch, e).into()),
-        }
-        self.set_connected(range.revision);
-
-        let mut probe = tokio::time::interval(PROBE_INTERVAL);
-        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        probe.tick().await;
-        loop {
-            tokio::select! {
-                () = token.cancelled() => return Ok(()),
-                _ = resync.changed() => return Err(Broken::Resync),
-                message = watch.next() => self.follow_batch(board, message).await?,
-                _ = probe.tick() => {
-                    let revision = self
-                        .gateway
-                        .probe(prefix)
-                        .await
-                        .map_err(|e| Broken::from((StoreOp::Read, e)))?;
-                    self.set_revision(revision);
-                }
+        // The first message says whether the watch is set up; it comes at
+        // once, or the member is not answering.
+        let first = tokio::time::timeout(self.timeout, watch.next()).await;
+        match first {
+            Ok(Ok(Some(batch))) if batch.created && batch.canceled.is_none() => {}
+            Ok(Ok(Some(batch))) => return Err(self.cancelled(batch.canceled)),
+            Ok(Ok(None)) => return Err(ended()),
+            Ok(Err(e)) => return Err((StoreOp::Watch, e).into()),
+            Err(_) => {
+                return Err(Broken::Failed {
+                    op: StoreOp::Watch,
+                    reason: format!("etcd did not set the watch up within {:?}", self.timeout),
+                })
             }
         }
+        self.set_connected(range.revision);
+        Ok(watch)
     }
 
     /// Applies one watch message.
