@@ -156,11 +156,6 @@ impl AdminError {
             AdminError::Switch(SwitchError::ValidationFailed { report, .. }) => {
                 body["validation"] = json!(report);
             }
-            // The pool active now, which the caller expected not to be.
-            AdminError::Switch(SwitchError::Unexpected { active, .. }) => {
-                body["active"] = json!(active);
-                body["standby"] = json!(active.other());
-            }
             // The state that won, which this instance now serves.
             AdminError::Switch(SwitchError::Conflict {
                 active,
