@@ -1,4 +1,6 @@
-//! The state file: each model's active pool and switch history, as JSON.
+//! The file backend, [`FileStore`]: the state file, each model's active pool
+//! and switch history as JSON, this instance's own and written whole on
+//! every switch.
 //!
 //! Written atomically: a temp file beside it, fsync, rename over the old one,
 //! fsync of the directory. A crash at any point leaves either the old or the
