@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error};
+use tracing::{debug, error, warn};
 
 use crate::events::Events;
 use crate::metrics::Metrics;
@@ -84,8 +84,13 @@ impl AdminError {
                 | SwitchError::Superseded { .. }
                 | SwitchError::Replaced { .. }
                 | SwitchError::Unhealthy { .. }
-                | SwitchError::ValidationFailed { .. } => StatusCode::CONFLICT,
+                | SwitchError::ValidationFailed { .. }
+                | SwitchError::Conflict { .. } => StatusCode::CONFLICT,
                 SwitchError::Persist { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+                // Traffic is served on; the caller may try again later.
+                SwitchError::StoreUnavailable { .. } | SwitchError::StoreUncertain { .. } => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
             },
             // Nothing to check, or no endpoint to check: the model's state
             // refuses the call, as an unhealthy target refuses a switch.
@@ -112,7 +117,17 @@ impl AdminError {
     /// are logged once here, with their cause chain.
     fn into_response(self) -> AdminResponse {
         let status = self.status();
-        if status.is_server_error() {
+        let store = matches!(
+            self,
+            AdminError::Switch(
+                SwitchError::StoreUnavailable { .. } | SwitchError::StoreUncertain { .. }
+            )
+        );
+        if store {
+            // A warning, not an error: the store's outage was logged once
+            // when it began; this is a switch it kept from happening.
+            warn!(error = %ErrorChain(&self), "switch refused: state store unavailable");
+        } else if status.is_server_error() {
             error!(error = %ErrorChain(&self), "admin call failed");
         } else {
             debug!(error = %self, status = status.as_u16(), "admin call refused");
@@ -140,6 +155,18 @@ impl AdminError {
             // Every check's result: what was expected, what came back.
             AdminError::Switch(SwitchError::ValidationFailed { report, .. }) => {
                 body["validation"] = json!(report);
+            }
+            // The state that won, which this instance now serves.
+            AdminError::Switch(SwitchError::Conflict {
+                active,
+                state,
+                revision,
+                ..
+            }) => {
+                body["active"] = json!(active);
+                body["standby"] = json!(active.other());
+                body["last_switch"] = json!(state.last_switch);
+                body["revision"] = json!(revision);
             }
             _ => {}
         }
@@ -380,7 +407,11 @@ impl Admin {
                     let state = self.switchboard.state(model.name()).await;
                     models.push(model_summary(model, state.as_ref()));
                 }
-                Ok(json(StatusCode::OK, &json!({ "models": models })))
+                let store = self.switchboard.store_status();
+                Ok(json(
+                    StatusCode::OK,
+                    &json!({ "models": models, "state_store": store }),
+                ))
             }
             ["models", name] => {
                 allow("GET, HEAD")?;

@@ -265,7 +265,11 @@ async fn status_all(client: &AdminClient, json: bool, term: Term) -> Result<Outc
         let path = format!("/models/{}", api::segment(name));
         details.push(client.get(&path).await?.into_ok()?);
     }
-    let text = render::models(&details, render::now_unix_ms(), term.paint);
+    let now = render::now_unix_ms();
+    let mut text = render::models(&details, now, term.paint);
+    if let Some(store) = render::store(&body["state_store"], now, term.paint) {
+        text.push_str(&store);
+    }
     print(&text)?;
     Ok(Outcome::Done)
 }

@@ -23,6 +23,7 @@ use crate::tls::{TlsError, TlsFiles};
 
 mod health;
 mod shadow;
+mod state;
 mod upstream_tls;
 mod validate;
 mod watch;
@@ -31,6 +32,10 @@ use health::RawHealth;
 pub use health::{HealthConfig, EJECT_MAX};
 use shadow::RawShadow;
 pub use shadow::ShadowConfig;
+use state::RawState;
+pub use state::{
+    read_password, EtcdConfig, EtcdCredentials, EtcdTls, StateConfig, DEFAULT_ETCD_TIMEOUT,
+};
 use upstream_tls::RawUpstreamTls;
 pub use upstream_tls::UpstreamTls;
 use validate::RawCheck;
@@ -130,12 +135,6 @@ pub struct AdminConfig {
 }
 
 #[derive(Debug, Clone)]
-pub struct StateConfig {
-    /// Resolved against the config file's directory when relative.
-    pub path: PathBuf,
-}
-
-#[derive(Debug, Clone)]
 pub struct ModelConfig {
     pub name: String,
     /// Normalised: starts with `/`, no trailing `/` unless it is `/` itself.
@@ -174,7 +173,7 @@ pub struct ModelConfig {
 impl Config {
     /// The keys that differ between `self` and `new` and that only a restart
     /// applies: listeners, their TLS and limits, threads, the admin's
-    /// access, the state file.
+    /// access, where the state is kept.
     pub fn restart_needed(&self, new: &Config) -> Vec<&'static str> {
         let (a, b) = (&self.proxy, &new.proxy);
         // Taken apart field by field so that a new limit cannot be left out
@@ -220,12 +219,13 @@ impl Config {
                 self.admin.metrics_require_token != new.admin.metrics_require_token,
                 "admin.metrics_require_token",
             ),
-            (self.state.path != new.state.path, "state.path"),
         ];
-        checks
+        let mut keys: Vec<&'static str> = checks
             .into_iter()
             .filter_map(|(changed, key)| changed.then_some(key))
-            .collect()
+            .collect();
+        keys.extend(self.state.changed(&new.state));
+        keys
     }
 }
 
@@ -349,7 +349,7 @@ impl fmt::Display for ErrorList<'_> {
 struct RawConfig {
     proxy: RawProxy,
     admin: RawAdmin,
-    state: RawState,
+    state: Spanned<RawState>,
     #[serde(default)]
     models: Vec<RawModel>,
 }
@@ -401,12 +401,6 @@ struct RawAdmin {
     metrics_require_token: Option<bool>,
     #[serde(default)]
     tls: Option<Spanned<RawServerTls>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawState {
-    path: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -742,16 +736,7 @@ fn validate(raw: RawConfig, blame: &Blame<'_>) -> Result<Config, Vec<ConfigError
         );
     }
 
-    let state_path = raw.state.path.get_ref();
-    if state_path.trim().is_empty() {
-        c.error(
-            raw.state.path.span(),
-            "state.path: must name a file".to_string(),
-        );
-    }
-    let state = StateConfig {
-        path: resolve_relative(blame.file, Path::new(state_path)),
-    };
+    let state = state::validate(&mut c, raw.state.get_ref(), raw.state.span());
 
     if raw.models.is_empty() {
         c.error(
@@ -793,16 +778,15 @@ fn validate(raw: RawConfig, blame: &Blame<'_>) -> Result<Config, Vec<ConfigError
     // A model-level health mistake is found once per pool, word for word.
     let mut seen = HashSet::new();
     c.errors.retain(|e| seen.insert(e.clone()));
-    if c.errors.is_empty() {
-        Ok(Config {
+    match state {
+        Some(state) if c.errors.is_empty() => Ok(Config {
             file: blame.file.to_path_buf(),
             proxy,
             admin,
             state,
             models,
-        })
-    } else {
-        Err(c.errors)
+        }),
+        _ => Err(c.errors),
     }
 }
 
@@ -1072,7 +1056,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::new(secs, (nanos % 1_000_000_000) as u32))
 }
 
-fn is_valid_name(name: &str) -> bool {
+/// Whether `name` is a model name a config may use.
+pub(crate) fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name

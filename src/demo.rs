@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, EndpointConfig};
+use crate::config::{Config, EndpointConfig, StateConfig};
 use crate::pool::PoolName;
 use crate::{server, Listeners, RunError};
 
@@ -202,7 +202,9 @@ pub async fn run(shutdown: impl Future<Output = ()> + Send + 'static) -> Result<
     let mut config = Config::from_toml(DEMO_CONFIG, Path::new(DEMO_CONFIG_NAME))
         .unwrap_or_else(|errors| unreachable_config(&errors));
     let state_path = demo_state_path();
-    config.state.path = state_path.clone();
+    config.state = StateConfig::File {
+        path: state_path.clone(),
+    };
 
     let token = CancellationToken::new();
     let mut servers = tokio::task::JoinSet::new();

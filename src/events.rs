@@ -55,6 +55,11 @@ pub enum EventKind {
         forced: bool,
         #[serde(skip_serializing_if = "Option::is_none")]
         note: Option<String>,
+        /// `"store"` for a switch another instance made, which this one
+        /// followed through the shared state store; absent for a switch
+        /// made here.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        origin: Option<&'static str>,
     },
     /// Validation checks ran against a pool.
     Validation {
@@ -304,6 +309,7 @@ mod tests {
                 actor: "127.0.0.1:1".into(),
                 forced: false,
                 note: None,
+                origin: None,
             },
             7,
         );

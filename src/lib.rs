@@ -6,8 +6,10 @@
 //! # Layout
 //! - `config`: TOML schema, defaults and validation into a typed [`Config`].
 //! - `route`: the routing table, request (host, path) to model.
-//! - `switch`: per-model active-pool pointer; flip, activate, rollback; the
-//!   state file.
+//! - `switch`: per-model active-pool pointer; flip, activate, rollback;
+//!   changes other instances made, applied.
+//! - `store`: where the switch state is kept: the state file, or etcd shared
+//!   by a fleet (with its local cache).
 //! - `pool`: endpoints, balancing, in-flight counting, the upstream client.
 //! - `health`: active probes, passive ejection, warm standby connections.
 //! - `proxy`: the inbound listener and the forwarding of one request.
@@ -43,6 +45,7 @@ pub mod reload;
 pub mod route;
 pub mod server;
 pub mod shadow;
+pub mod store;
 pub mod switch;
 pub mod tls;
 pub mod validate;
@@ -64,7 +67,7 @@ use crate::events::Events;
 use crate::metrics::Metrics;
 use crate::pool::PoolName;
 use crate::proxy::Proxy;
-use crate::switch::{Model, StateError, Switchboard};
+use crate::switch::{Control, Model, StateError, Switchboard};
 
 /// Displays an error with its sources, `a: b: c`: one line for a log field
 /// or a status message, with the cause that says why (hyper's and the
@@ -146,8 +149,9 @@ async fn bind(which: &'static str, addr: SocketAddr) -> Result<TcpListener, RunE
 /// Runs the proxy and admin listeners until `shutdown` resolves, then stops
 /// accepting and drains in-flight requests for at most `drain_timeout`.
 ///
-/// Fails before serving anything when the state file cannot be read or
-/// written: the active pools must be known before the first request.
+/// Fails before serving anything when the state cannot be read (the state
+/// file, or etcd with no local cache to start from) or written: the active
+/// pools must be known before the first request.
 pub async fn run(
     config: Config,
     listeners: Listeners,
@@ -161,11 +165,13 @@ pub async fn run(
         .iter()
         .map(|m| (m.name.clone(), m.active))
         .collect();
-    let states = switch::starting_states(&config.state.path, &configured)?;
+    let store = store::open(&config.state, &metrics)?;
+    let saved = store.load().await?;
+    let control = Control::starting(saved, &configured, store.is_shared());
 
     let mut models = Vec::with_capacity(config.models.len());
     for m in &config.models {
-        let active = states.get(&m.name).map_or(m.active, |s| s.active);
+        let active = control.state(&m.name).map_or(m.active, |s| s.active);
         models.push(Arc::new(Model::new(
             m,
             active,
@@ -181,7 +187,7 @@ pub async fn run(
     let events = Events::new();
     let (checker, watch) = health::Checker::new(&models, events.clone());
     let switchboard =
-        Arc::new(Switchboard::start(models, states, config.state.path.clone(), events).await?);
+        Arc::new(Switchboard::start(models, control, Arc::clone(&store), events).await?);
     let proxy = Arc::new(Proxy::new(
         routes,
         metrics.unrouted().clone(),
@@ -206,6 +212,7 @@ pub async fn run(
         certificates,
     ));
     let watcher = watch::Watcher::new(Arc::clone(&switchboard));
+    let followed = Arc::clone(&switchboard);
     let admin = Arc::new(Admin::new(
         switchboard,
         metrics,
@@ -250,6 +257,11 @@ pub async fn run(
     );
     tasks.spawn(checker.run(root.child_token()).map_done("health"));
     tasks.spawn(watcher.run(root.child_token()).map_done("watch"));
+    tasks.spawn(
+        store
+            .follow(followed, root.child_token())
+            .map_done("state store"),
+    );
     tasks.spawn(on_hangup(hangups, reloader, root.child_token()).map_done("reload"));
 
     let result = tokio::select! {

@@ -35,6 +35,11 @@ pub const AUTO_ROLLBACKS_TOTAL: &str = "switchyard_auto_rollbacks_total";
 // --- shadow family ---
 pub const SHADOW_TOTAL: &str = "switchyard_shadow_total";
 pub const SHADOW_SKIPPED_TOTAL: &str = "switchyard_shadow_skipped_total";
+// --- state store family ---
+pub const STATE_STORE_UP: &str = "switchyard_state_store_up";
+pub const STATE_STORE_REVISION: &str = "switchyard_state_store_revision";
+pub const STATE_STORE_WATCH_LAG_SECONDS: &str = "switchyard_state_store_watch_lag_seconds";
+pub const STATE_STORE_ERRORS_TOTAL: &str = "switchyard_state_store_errors_total";
 // --- process family ---
 pub const BUILD_INFO: &str = "switchyard_build_info";
 
@@ -47,6 +52,53 @@ pub const DURATION_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     60.0, 120.0,
 ];
+
+/// Buckets of the watch lag: from a switch on one instance to another
+/// instance serving it; milliseconds on a healthy network, seconds to
+/// minutes when an instance catches up after losing the store.
+pub const LAG_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+/// What a failed state store operation was doing; the `op` label of
+/// `switchyard_state_store_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOp {
+    /// Reading the state (the state file at start; etcd's range).
+    Read,
+    /// Writing a switch (the state file; etcd's transaction).
+    Write,
+    /// Following the store's changes (etcd's watch).
+    Watch,
+    /// Authenticating to the store (etcd's user and password).
+    Auth,
+    /// A value in the store that is not a model's switch state.
+    Decode,
+    /// Writing the local cache of the etcd backend.
+    Cache,
+}
+
+impl StoreOp {
+    pub const ALL: [StoreOp; 6] = [
+        StoreOp::Read,
+        StoreOp::Write,
+        StoreOp::Watch,
+        StoreOp::Auth,
+        StoreOp::Decode,
+        StoreOp::Cache,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreOp::Read => "read",
+            StoreOp::Write => "write",
+            StoreOp::Watch => "watch",
+            StoreOp::Auth => "auth",
+            StoreOp::Decode => "decode",
+            StoreOp::Cache => "cache",
+        }
+    }
+}
 
 /// Why a request to an upstream failed; the `kind` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +151,7 @@ pub struct Metrics {
     ejections: IntCounterVec,
     connections: IntGaugeVec,
     failovers: IntCounterVec,
+    store: StoreMetrics,
 }
 
 // === impl Metrics ===
@@ -262,6 +315,35 @@ impl Metrics {
             &["model", "pool"],
         )
         .expect("valid metric");
+        let store_errors = IntCounterVec::new(
+            Opts::new(
+                STATE_STORE_ERRORS_TOTAL,
+                "Failed operations on the state store, by what they were doing.",
+            ),
+            &["op"],
+        )
+        .expect("valid metric");
+        let store = StoreMetrics {
+            up: IntGauge::new(
+                STATE_STORE_UP,
+                "1 while the state store can take a switch (etcd: connected and following), else 0.",
+            )
+            .expect("valid metric"),
+            revision: IntGauge::new(
+                STATE_STORE_REVISION,
+                "The newest etcd revision this instance has seen (0 for the file backend).",
+            )
+            .expect("valid metric"),
+            lag: Histogram::with_opts(
+                HistogramOpts::new(
+                    STATE_STORE_WATCH_LAG_SECONDS,
+                    "Time from a switch on another instance (its clock) to this instance serving it.",
+                )
+                .buckets(LAG_BUCKETS.to_vec()),
+            )
+            .expect("valid metric"),
+            errors: StoreOp::ALL.map(|op| store_errors.with_label_values(&[op.as_str()])),
+        };
         let build_info = IntGaugeVec::new(
             Opts::new(BUILD_INFO, "Always 1; the version label tells the build."),
             &["version"],
@@ -292,7 +374,12 @@ impl Metrics {
         reg(Box::new(ejections.clone()));
         reg(Box::new(connections.clone()));
         reg(Box::new(failovers.clone()));
+        reg(Box::new(store.up.clone()));
+        reg(Box::new(store.revision.clone()));
+        reg(Box::new(store.lag.clone()));
+        reg(Box::new(store_errors));
         Metrics {
+            store,
             endpoint_healthy,
             probes,
             probe_duration,
@@ -425,6 +512,11 @@ impl Metrics {
         }
     }
 
+    /// Handles for the state store.
+    pub fn store(&self) -> StoreMetrics {
+        self.store.clone()
+    }
+
     pub fn unrouted(&self) -> &IntCounter {
         &self.unrouted
     }
@@ -529,6 +621,25 @@ impl ModelMetrics {
 
     pub fn count_auto_rollback(&self) {
         self.auto_rollbacks.inc();
+    }
+}
+
+/// Metric handles of the state store.
+#[derive(Clone)]
+pub struct StoreMetrics {
+    /// `switchyard_state_store_up`.
+    pub up: IntGauge,
+    /// `switchyard_state_store_revision`.
+    pub revision: IntGauge,
+    /// `switchyard_state_store_watch_lag_seconds`.
+    pub lag: Histogram,
+    /// By `StoreOp as usize`.
+    errors: [IntCounter; 6],
+}
+
+impl StoreMetrics {
+    pub fn count_error(&self, op: StoreOp) {
+        self.errors[op as usize].inc();
     }
 }
 

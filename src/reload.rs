@@ -205,7 +205,7 @@ impl Reloader {
         for config in &new.models {
             let before = old.get(&config.name);
             let state = control
-                .get(&config.name)
+                .state(&config.name)
                 .cloned()
                 .unwrap_or_else(|| ModelState::new(config.active));
             match before {

@@ -5,26 +5,30 @@
 //! Readers (every request) do one `ArcSwap` load and keep the `Arc<Pool>` for
 //! the life of the request. Writers go through [`Switchboard::switch`], which
 //! serialises them on one async mutex and, in this order: decides the change
-//! on a plain value ([`ModelState::apply`]), persists the new state, stores
-//! the new pool in the `ArcSwap`, then replies. Persist before store: once a
-//! caller has seen "switched", a restart cannot undo it.
+//! on a plain value ([`ModelState::apply`]), persists the new state through
+//! the [`StateStore`] (the state file, or an etcd transaction that only
+//! succeeds if no other instance switched the model first), stores the new
+//! pool in the `ArcSwap`, then replies. Persist before store: once a caller
+//! has seen "switched", a restart cannot undo it.
+//!
+//! A store shared by a fleet (etcd) also reports the switches other
+//! instances made; [`Switchboard::learn`] applies them under the same lock
+//! and through the same `ArcSwap` store as a local switch, logged, counted
+//! and recorded as events alike.
 //!
 //! Every switch (and every reload) bumps a counter on a `watch` channel
 //! ([`Switchboard::subscribe`]); the watch (`watch.rs`) wakes on it and reads
 //! the published states to learn which model switched.
 
-mod state;
-
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::config::{CheckConfig, ModelConfig, UpstreamSettings};
 use crate::events::{now_unix_ms, EventKind, Events};
@@ -35,7 +39,13 @@ use crate::shadow::Shadow;
 use crate::validate::Report;
 use crate::watch::WatchReport;
 
-pub use state::StateError;
+mod control;
+mod learn;
+
+pub use crate::store::StateError;
+use crate::store::{Commit, CommitError, StateStore, StoreStatus, Stored};
+pub use control::Control;
+pub use learn::{Followed, Learned};
 
 /// How many past switches a model remembers (and so how far rollback goes).
 pub const HISTORY_LEN: usize = 16;
@@ -388,6 +398,23 @@ pub enum SwitchError {
         #[source]
         source: StateError,
     },
+    /// The shared store (etcd) cannot be reached or refused the write.
+    #[error("model {model:?}: state store unavailable ({reason}); nothing switched; every instance keeps serving the pools it knows; see \"state_store\" in GET /models")]
+    StoreUnavailable { model: String, reason: String },
+    /// The write to the shared store went out but no answer came back.
+    #[error("model {model:?}: state store unavailable ({reason}); the switch may or may not have been recorded: GET /models/{model} shows it once the store answers again")]
+    StoreUncertain { model: String, reason: String },
+    /// Another instance switched the model since this one last saw it; this
+    /// instance now serves what the store holds.
+    #[error("model {model:?}: switched by another instance first; {active} is active now; nothing switched; check the state and try again")]
+    Conflict {
+        model: String,
+        active: PoolName,
+        /// The state in the store, which this instance now follows.
+        state: Box<ModelState>,
+        /// The store's revision of it.
+        revision: u64,
+    },
 }
 
 pub(crate) fn describe_endpoints(endpoints: &[(String, EndpointState)]) -> String {
@@ -507,14 +534,16 @@ impl ModelState {
 }
 
 /// The control side: every model's switch state, serialised writers, and
-/// the state file.
+/// the store they persist to.
 pub struct Switchboard {
     /// Replaced whole by a reload; read by the admin API.
     models: ArcSwap<BTreeMap<String, Arc<Model>>>,
-    /// Held across decide, persist, store: a tokio mutex because the state
-    /// file write is awaited while holding it, so two writers can never
-    /// persist out of order. The request path never touches it.
-    control: tokio::sync::Mutex<BTreeMap<String, ModelState>>,
+    /// Held across decide, persist, store: a tokio mutex because the store
+    /// write is awaited while holding it, so two writers can never persist
+    /// out of order, and a change another instance made is applied between
+    /// two switches, never in the middle of one. The request path never
+    /// touches it.
+    control: tokio::sync::Mutex<Control>,
     /// A copy of the states as of the last write, for readers (the admin
     /// API's status calls), who so never wait behind a writer.
     published: ArcSwap<BTreeMap<String, ModelState>>,
@@ -522,7 +551,7 @@ pub struct Switchboard {
     /// wakes the watch task, which then reads `published`. A `watch`
     /// channel, so a slow reader sees the latest and nothing queues up.
     switched: tokio::sync::watch::Sender<u64>,
-    state_path: PathBuf,
+    store: Arc<dyn StateStore>,
     /// Every switch is recorded here once it has taken effect.
     events: Events,
 }
@@ -531,21 +560,21 @@ pub struct Switchboard {
 
 impl Switchboard {
     /// Builds the switchboard from the models (already pointing at their
-    /// starting pool) and their starting states, then writes the state file,
-    /// so a path that cannot be written fails the start, not the first flip.
+    /// starting pool) and their starting states, then saves the states, so
+    /// a path that cannot be written fails the start, not the first flip.
     pub async fn start(
         models: Vec<Arc<Model>>,
-        states: BTreeMap<String, ModelState>,
-        state_path: PathBuf,
+        control: Control,
+        store: Arc<dyn StateStore>,
         events: Events,
     ) -> Result<Switchboard, StateError> {
-        state::save(state_path.clone(), states.clone()).await?;
+        store.save_all(&control.all()).await?;
         Ok(Switchboard {
             models: ArcSwap::from_pointee(by_name(models)),
-            published: ArcSwap::from_pointee(states.clone()),
-            control: tokio::sync::Mutex::new(states),
+            published: ArcSwap::from_pointee(control.states()),
+            control: tokio::sync::Mutex::new(control),
             switched: tokio::sync::watch::Sender::new(0),
-            state_path,
+            store,
             events,
         })
     }
@@ -553,6 +582,11 @@ impl Switchboard {
     /// The event log switches are recorded in.
     pub fn events(&self) -> &Events {
         &self.events
+    }
+
+    /// How the state store stands.
+    pub fn store_status(&self) -> StoreStatus {
+        self.store.status()
     }
 
     /// Every model, by name, as of now.
@@ -575,8 +609,8 @@ impl Switchboard {
     }
 
     /// Takes the writers' lock, for a reload: no switch runs until the
-    /// guard drops. The map is every model's switch state.
-    pub async fn lock(&self) -> tokio::sync::MutexGuard<'_, BTreeMap<String, ModelState>> {
+    /// guard drops.
+    pub async fn lock(&self) -> tokio::sync::MutexGuard<'_, Control> {
         self.control.lock().await
     }
 
@@ -585,14 +619,28 @@ impl Switchboard {
     /// models in. On a persist error nothing changes.
     pub async fn install(
         &self,
-        control: &mut tokio::sync::MutexGuard<'_, BTreeMap<String, ModelState>>,
+        control: &mut tokio::sync::MutexGuard<'_, Control>,
         models: Vec<Arc<Model>>,
         states: BTreeMap<String, ModelState>,
     ) -> Result<(), StateError> {
-        state::save(self.state_path.clone(), states.clone()).await?;
+        let mut next = Control::default();
+        for (name, state) in states {
+            let revision = control.revision(&name);
+            next.models.insert(name, Stored { state, revision });
+        }
+        if self.store.is_shared() {
+            // A model this config no longer has stays in the store for the
+            // instances that still serve it.
+            for (name, stored) in control.all() {
+                if !next.models.contains_key(&name) {
+                    next.others.insert(name, stored);
+                }
+            }
+        }
+        self.store.save_all(&next.all()).await?;
         self.models.store(Arc::new(by_name(models)));
-        self.published.store(Arc::new(states.clone()));
-        **control = states;
+        self.published.store(Arc::new(next.states()));
+        **control = next;
         self.switched.send_modify(|n| *n += 1);
         Ok(())
     }
@@ -635,9 +683,19 @@ impl Switchboard {
             .ok_or_else(|| SwitchError::UnknownModel(name.to_string()))?;
         still(&model)?;
         let current = control
+            .models
             .get(name)
             .ok_or_else(|| SwitchError::UnknownModel(name.to_string()))?;
-        let from = current.active;
+        // Before deciding: cut off from a shared store, this instance's
+        // view of the model may be stale, so even a refusal could be wrong.
+        self.store
+            .check_available()
+            .map_err(|reason| SwitchError::StoreUnavailable {
+                model: name.to_string(),
+                reason,
+            })?;
+        let seen = current.revision;
+        let from = current.state.active;
         let guard = |to: PoolName| {
             let pool = model.pool(to);
             if pool.healthy_count() > 0 {
@@ -656,7 +714,10 @@ impl Switchboard {
                 })
             }
         };
-        let Some(next) = current.apply_checked(name, op, now_unix_ms(), actor, guard)? else {
+        let Some(next) = current
+            .state
+            .apply_checked(name, op, now_unix_ms(), actor, guard)?
+        else {
             return Ok(SwitchOutcome {
                 model: name.to_string(),
                 from,
@@ -665,15 +726,61 @@ impl Switchboard {
             });
         };
 
-        let mut all = control.clone();
-        all.insert(name.to_string(), next.clone());
-        if let Err(source) = state::save(self.state_path.clone(), all).await {
-            warn!(model = name, error = %source, "switch not persisted; nothing switched");
-            return Err(SwitchError::Persist {
-                model: name.to_string(),
-                source,
-            });
-        }
+        let mut all = control.all();
+        all.insert(
+            name.to_string(),
+            Stored {
+                state: next.clone(),
+                revision: seen,
+            },
+        );
+        let commit = Commit {
+            model: name,
+            seen,
+            next: &next,
+            all: &all,
+        };
+        let revision = match self.store.commit(commit).await {
+            Ok(revision) => revision,
+            Err(CommitError::Write(source)) => {
+                return Err(SwitchError::Persist {
+                    model: name.to_string(),
+                    source,
+                })
+            }
+            Err(CommitError::Unavailable(reason)) => {
+                return Err(SwitchError::StoreUnavailable {
+                    model: name.to_string(),
+                    reason,
+                })
+            }
+            Err(CommitError::Uncertain(reason)) => {
+                return Err(SwitchError::StoreUncertain {
+                    model: name.to_string(),
+                    reason,
+                })
+            }
+            Err(CommitError::Conflict(now)) => {
+                // Someone else switched first: serve what the store holds,
+                // as if its change had arrived a moment earlier.
+                self.learn_locked(
+                    &mut control,
+                    Learned::Changes(vec![(name.to_string(), now)]),
+                );
+                let Stored { state, revision } = control
+                    .models
+                    .get(name)
+                    .cloned()
+                    .ok_or_else(|| SwitchError::UnknownModel(name.to_string()))?;
+                info!(model = name, active = %state.active, revision, actor, "switch refused: another instance switched first");
+                return Err(SwitchError::Conflict {
+                    model: name.to_string(),
+                    active: state.active,
+                    state: Box::new(state),
+                    revision,
+                });
+            }
+        };
 
         let to = next.active;
         model.store_active(to);
@@ -700,10 +807,18 @@ impl Switchboard {
                 actor: actor.to_string(),
                 forced: record.forced,
                 note: record.note.clone(),
+                origin: None,
             });
         }
-        control.insert(name.to_string(), next);
-        self.published.store(Arc::new(control.clone()));
+        control.models.insert(
+            name.to_string(),
+            Stored {
+                state: next,
+                revision,
+            },
+        );
+        self.published.store(Arc::new(control.states()));
+        self.store.learned(&control.all());
         self.switched.send_modify(|n| *n += 1);
         Ok(SwitchOutcome {
             model: name.to_string(),
@@ -721,197 +836,5 @@ fn by_name(models: Vec<Arc<Model>>) -> BTreeMap<String, Arc<Model>> {
         .collect()
 }
 
-/// Reads the saved state and decides each model's starting state: the saved
-/// pool wins over the config's `active`. Saved models the config no longer
-/// has are dropped with a warning.
-pub fn starting_states(
-    path: &std::path::Path,
-    configured: &[(String, PoolName)],
-) -> Result<BTreeMap<String, ModelState>, StateError> {
-    let mut saved = state::load(path)?.unwrap_or_default();
-    let mut states = BTreeMap::new();
-    for (name, active) in configured {
-        let state = saved
-            .remove(name)
-            .unwrap_or_else(|| ModelState::new(*active));
-        states.insert(name.clone(), state);
-    }
-    for name in saved.keys() {
-        warn!(
-            model = %name,
-            path = %path.display(),
-            "state file names a model the config does not have; ignoring it"
-        );
-    }
-    Ok(states)
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn flip(expect: Option<PoolName>) -> SwitchOp {
-        SwitchOp::Flip { expect }
-    }
-
-    fn run(state: &ModelState, op: SwitchOp, t: u64) -> ModelState {
-        state.apply("iris", op, t, "test").unwrap().unwrap()
-    }
-
-    #[test]
-    fn flip_moves_to_the_standby_and_records_it() {
-        let s = ModelState::new(PoolName::Blue);
-        let s = run(&s, flip(None), 1);
-        assert_eq!(s.active, PoolName::Green);
-        assert_eq!(s.history.len(), 1);
-        let r = s.last_switch.as_ref().unwrap();
-        assert_eq!(
-            (r.from, r.to, r.reason, r.at_unix_ms),
-            (PoolName::Blue, PoolName::Green, SwitchReason::Flip, 1)
-        );
-    }
-
-    #[test]
-    fn flip_with_a_wrong_expectation_is_refused() {
-        let s = ModelState::new(PoolName::Green);
-        assert!(matches!(
-            s.apply("iris", flip(Some(PoolName::Blue)), 1, "t"),
-            Err(SwitchError::Unexpected {
-                expected: PoolName::Blue,
-                active: PoolName::Green,
-                ..
-            })
-        ));
-        assert_eq!(
-            run(&s, flip(Some(PoolName::Green)), 1).active,
-            PoolName::Blue
-        );
-    }
-
-    #[test]
-    fn activate_the_active_pool_changes_nothing() {
-        let s = ModelState::new(PoolName::Blue);
-        assert_eq!(
-            s.apply("iris", SwitchOp::Activate(PoolName::Blue), 1, "t")
-                .unwrap(),
-            None
-        );
-        assert_eq!(
-            run(&s, SwitchOp::Activate(PoolName::Green), 1).active,
-            PoolName::Green
-        );
-    }
-
-    #[test]
-    fn rollback_pops_history_until_empty() {
-        let s = ModelState::new(PoolName::Blue);
-        let s = run(&s, flip(None), 1); // green
-        let s = run(&s, flip(None), 2); // blue
-        let s = run(&s, SwitchOp::Rollback, 3);
-        assert_eq!(s.active, PoolName::Green);
-        assert_eq!(
-            s.last_switch.as_ref().unwrap().reason,
-            SwitchReason::Rollback
-        );
-        let s = run(&s, SwitchOp::Rollback, 4);
-        assert_eq!(s.active, PoolName::Blue);
-        assert!(s.history.is_empty());
-        assert!(matches!(
-            s.apply("iris", SwitchOp::Rollback, 5, "t"),
-            Err(SwitchError::NoHistory { .. })
-        ));
-    }
-
-    #[test]
-    fn an_auto_rollback_undoes_the_last_switch_and_is_remembered() {
-        let s = ModelState::new(PoolName::Blue);
-        let s = run(&s, flip(None), 1); // green
-        let s = run(&s, SwitchOp::Activate(PoolName::Blue), 2);
-        let s = run(&s, flip(None), 3); // green again
-        let undo = s.last_switch.clone().unwrap();
-        let op = SwitchOp::AutoRollback {
-            undo,
-            note: "5xx ratio 0.5".to_string(),
-        };
-        let s = run(&s, op, 4);
-        assert_eq!(s.active, PoolName::Blue);
-        let r = s.last_switch.clone().unwrap();
-        assert_eq!(
-            (r.from, r.to, r.reason, r.note.as_deref()),
-            (
-                PoolName::Green,
-                PoolName::Blue,
-                SwitchReason::AutoRollback,
-                Some("5xx ratio 0.5")
-            )
-        );
-        assert_eq!(s.last_auto_rollback, Some(r));
-        // The switch undone left the history, as a manual rollback's does.
-        assert_eq!(s.history.len(), 2);
-        assert_eq!(s.history.back().unwrap().at_unix_ms, 2);
-        // Later switches keep the last auto rollback for status.
-        let s = run(&s, flip(None), 5);
-        assert_eq!(s.last_auto_rollback.as_ref().unwrap().at_unix_ms, 4);
-    }
-
-    #[test]
-    fn an_auto_rollback_of_a_switch_no_longer_last_is_refused() {
-        let s = ModelState::new(PoolName::Blue);
-        let s = run(&s, flip(None), 1);
-        let watched = s.last_switch.clone().unwrap();
-        let op = SwitchOp::AutoRollback {
-            undo: watched,
-            note: String::new(),
-        };
-        // Someone flipped back, then forth: green is active again, but by a
-        // newer switch than the one watched.
-        let later = run(&run(&s, flip(None), 2), flip(None), 3);
-        assert_eq!(later.active, PoolName::Green);
-        assert!(matches!(
-            later.apply("iris", op.clone(), 4, "watch"),
-            Err(SwitchError::Superseded { .. })
-        ));
-        let rolled_back = run(&s, SwitchOp::Rollback, 2);
-        assert!(matches!(
-            rolled_back.apply("iris", op, 4, "watch"),
-            Err(SwitchError::Superseded { .. })
-        ));
-    }
-
-    #[test]
-    fn a_state_without_the_watch_fields_reads_and_writes_as_before() {
-        let old = r#"{"active":"green","history":[{"from":"blue","to":"green","reason":"flip","at_unix_ms":1,"actor":"a"}],"last_switch":null}"#;
-        let s: ModelState = serde_json::from_str(old).unwrap();
-        assert_eq!(s.history[0].note, None);
-        assert_eq!(s.last_auto_rollback, None);
-        let written = serde_json::to_string(&s).unwrap();
-        assert!(!written.contains("note"), "{written}");
-        assert!(!written.contains("last_auto_rollback"), "{written}");
-        assert_eq!(SwitchReason::AutoRollback.to_string(), "auto_rollback");
-        assert_eq!(
-            serde_json::to_string(&SwitchReason::AutoRollback).unwrap(),
-            "\"auto_rollback\""
-        );
-    }
-
-    #[test]
-    fn history_keeps_the_last_sixteen() {
-        let mut s = ModelState::new(PoolName::Blue);
-        for t in 0..40 {
-            s = run(&s, flip(None), t);
-        }
-        assert_eq!(s.history.len(), HISTORY_LEN);
-        assert_eq!(
-            s.history.front().unwrap().at_unix_ms,
-            40 - HISTORY_LEN as u64
-        );
-
-        // A state file edited to hold more is brought back to the cap.
-        let mut long = s.clone();
-        long.history.extend(s.history.iter().cloned());
-        assert_eq!(long.history.len(), 2 * HISTORY_LEN);
-        let next = run(&long, flip(None), 99);
-        assert_eq!(next.history.len(), HISTORY_LEN);
-        assert_eq!(next.history.back().unwrap().at_unix_ms, 99);
-    }
-}
+mod tests;

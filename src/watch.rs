@@ -281,7 +281,9 @@ impl Watcher {
             .await;
         let (state, why) = match result {
             Ok(Ok(_)) => (WatchState::RolledBack, reason),
-            Ok(Err(SwitchError::Superseded { .. })) => (
+            // Another switch was last, here or (a fleet sharing a state
+            // store) on another instance: maybe the same rollback.
+            Ok(Err(SwitchError::Superseded { .. } | SwitchError::Conflict { .. })) => (
                 WatchState::Cancelled,
                 format!("{reason}; not rolled back: another switch came first"),
             ),

@@ -201,7 +201,7 @@ fn line_of(text: &str, needle: &str) -> usize {
 
 #[tokio::test]
 async fn check_accepts_every_shipped_config() {
-    for name in ["sidecar.toml", "gateway.toml", "demo.toml"] {
+    for name in ["sidecar.toml", "gateway.toml", "demo.toml", "fleet.toml"] {
         let path = shipped(name);
         let out = check(&path).await;
         assert!(
@@ -338,6 +338,55 @@ async fn check_points_at_the_line_of_each_bad_config() {
             out.stdout
         );
     }
+}
+
+#[tokio::test]
+async fn check_names_each_bad_key_of_an_etcd_state() {
+    let text = r#"[proxy]
+listen = "127.0.0.1:8080"
+
+[admin]
+listen = "127.0.0.1:9901"
+
+[state]
+backend = "etcd"
+path = "state.json"                              # first
+endpoints = ["127.0.0.1:2379"]                   # second
+prefix = "/switchyard"                           # third
+username = "sy"                                  # fourth
+
+[[models]]
+name = "iris"
+blue.endpoints = ["http://127.0.0.1:8001"]
+green.endpoints = ["http://127.0.0.1:8002"]
+"#;
+    let (_dir, path) = config_file(text);
+    let out = check(&path).await;
+    assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
+    for (which, says) in [
+        (
+            "# first",
+            "state.path: the etcd backend keeps the state in etcd",
+        ),
+        (
+            "# second",
+            "state.endpoints: etcd URL \"127.0.0.1:2379\" has no scheme",
+        ),
+        (
+            "# third",
+            "state.prefix: \"/switchyard\" must end with \"/\"",
+        ),
+        ("# fourth", "state.username: needs state.password_file"),
+    ] {
+        let at = format!("{}:{}:", path.display(), line_of(text, which));
+        let line = out
+            .stderr
+            .lines()
+            .find(|l| l.contains(&at))
+            .unwrap_or_else(|| panic!("{which}: stderr should contain {at:?}:\n{}", out.stderr));
+        assert!(line.contains(says), "{which}: {line}");
+    }
+    assert!(out.stderr.contains("4 errors"), "{}", out.stderr);
 }
 
 #[tokio::test]

@@ -15,7 +15,6 @@
 
 #![no_main]
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -32,7 +31,8 @@ use switchyard::health::Checker;
 use switchyard::metrics::Metrics;
 use switchyard::proxy::Proxy;
 use switchyard::reload::Reloader;
-use switchyard::switch::{Model, ModelState, Switchboard};
+use switchyard::store;
+use switchyard::switch::{Control, Model, Switchboard};
 use switchyard::Config;
 
 const TOKEN: &str = "fuzz-token-0123456789";
@@ -559,7 +559,7 @@ green.protocol = "h2c"
     assert_eq!(token.is_some(), with_token);
     let metrics = Metrics::new();
     let mut models = Vec::new();
-    let mut states = BTreeMap::new();
+    let mut configured = Vec::new();
     for m in &config.models {
         models.push(Arc::new(Model::new(
             m,
@@ -567,7 +567,7 @@ green.protocol = "h2c"
             &config.proxy.upstream(),
             &metrics,
         )));
-        states.insert(m.name.clone(), ModelState::new(m.active));
+        configured.push((m.name.clone(), m.active));
     }
     let proxy = Arc::new(Proxy::new(
         Proxy::routes(&models),
@@ -578,9 +578,14 @@ green.protocol = "h2c"
     let events = Events::new();
     let (_checker, watch) = Checker::new(&models, events.clone());
     let switchboard = Arc::new(
-        Switchboard::start(models, states, config.state.path.clone(), events)
-            .await
-            .expect("the state file on the scratch directory"),
+        Switchboard::start(
+            models,
+            Control::starting(Default::default(), &configured, false),
+            store::open(&config.state, &metrics).expect("the state file backend"),
+            events,
+        )
+        .await
+        .expect("the state file on the scratch directory"),
     );
     let metrics_require_token = config.admin.metrics_require_token;
     let reloader = Arc::new(Reloader::new(

@@ -271,6 +271,40 @@ pub(super) fn models(details: &[Value], now_ms: u64, paint: Paint) -> String {
     table.render(paint)
 }
 
+/// The line under `switchyard status`'s table about a shared state store
+/// (`GET /models`' `state_store`): `None` for the file backend, which has
+/// nothing to say until a write fails (and then the write's 500 says it).
+pub(super) fn store(status: &Value, now_ms: u64, paint: Paint) -> Option<String> {
+    if status["backend"] != "etcd" {
+        return None;
+    }
+    let prefix = str_of(&status["prefix"]);
+    let since = status["since_unix_ms"]
+        .as_u64()
+        .map_or_else(String::new, |at| {
+            format!(" since {}", ago(now_ms, at).trim_end_matches(" ago"))
+        });
+    let mut line = if status["connected"] == true {
+        format!(
+            "state store: etcd {} (prefix {prefix}, revision {})",
+            paint.apply(Style::Green, "connected"),
+            text(&status["revision"])
+        )
+    } else {
+        format!(
+            "state store: etcd {}{since} (prefix {prefix}): switches are refused, traffic stays on the pools above",
+            paint.apply(Style::Red, "disconnected"),
+        )
+    };
+    if status["connected"] != true {
+        if let Some(e) = status["last_error"].as_str() {
+            let _ = write!(line, "\n  last error: {e}");
+        }
+    }
+    line.push('\n');
+    Some(line)
+}
+
 /// `switchyard status MODEL`: the model, its pools, its endpoints.
 pub(super) fn model(d: &Value, now_ms: u64, paint: Paint) -> String {
     let (active, standby) = (str_of(&d["active"]), str_of(&d["standby"]));
@@ -651,6 +685,30 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("resnet  green   blue     3          flip blue->green, 2m ago  watching  99.5% of 200\n"), "{out}");
+    }
+
+    #[test]
+    fn the_store_line_shows_etcd_and_why_it_is_out() {
+        let file = json!({"backend": "file", "connected": true});
+        assert_eq!(store(&file, 0, Paint::new(false)), None);
+        let up = json!({"backend": "etcd", "connected": true, "prefix": "/sy/", "revision": 42});
+        assert_eq!(
+            store(&up, 0, Paint::new(false)).unwrap(),
+            "state store: etcd connected (prefix /sy/, revision 42)\n"
+        );
+        let down = json!({"backend": "etcd", "connected": false, "prefix": "/sy/",
+            "since_unix_ms": 1_000, "last_error": "cannot connect to etcd at http://e:2379: refused"});
+        let line = store(&down, 13_000, Paint::new(false)).unwrap();
+        assert!(
+            line.starts_with(
+                "state store: etcd disconnected since 12s (prefix /sy/): switches are refused"
+            ),
+            "{line}"
+        );
+        assert!(
+            line.contains("last error: cannot connect to etcd at http://e:2379: refused"),
+            "{line}"
+        );
     }
 
     #[test]

@@ -178,30 +178,36 @@ green.endpoints = ["http://10.0.0.2:8000", "http://10.0.0.3:8000"]
 fn a_relative_state_path_resolves_against_the_config_directory() {
     let c = parse(MINIMAL).unwrap();
     assert_eq!(
-        c.state.path,
-        Path::new("/etc/switchyard/switchyard-state.json")
+        c.state.path(),
+        Some(Path::new("/etc/switchyard/switchyard-state.json"))
     );
 
     let nested = MINIMAL.replace("switchyard-state.json", "state/s.json");
     let c = Config::from_toml(&nested, Path::new("/srv/app/conf/switchyard.toml")).unwrap();
-    assert_eq!(c.state.path, Path::new("/srv/app/conf/state/s.json"));
+    assert_eq!(
+        c.state.path(),
+        Some(Path::new("/srv/app/conf/state/s.json"))
+    );
 
     // A config named without a directory resolves against the working directory.
     let c = Config::from_toml(MINIMAL, Path::new("switchyard.toml")).unwrap();
-    assert_eq!(c.state.path, Path::new("switchyard-state.json"));
+    assert_eq!(c.state.path(), Some(Path::new("switchyard-state.json")));
 }
 
 #[test]
 fn an_absolute_state_path_is_kept() {
     let src = MINIMAL.replace("switchyard-state.json", "/var/lib/switchyard/state.json");
     let c = parse(&src).unwrap();
-    assert_eq!(c.state.path, Path::new("/var/lib/switchyard/state.json"));
+    assert_eq!(
+        c.state.path(),
+        Some(Path::new("/var/lib/switchyard/state.json"))
+    );
 }
 
 #[test]
 fn the_shipped_configs_are_valid() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
-    for name in ["sidecar.toml", "gateway.toml", "demo.toml"] {
+    for name in ["sidecar.toml", "gateway.toml", "demo.toml", "fleet.toml"] {
         let path = dir.join(name);
         if let Err(e) = Config::load(&path) {
             panic!("{}: {e}", path.display());
@@ -776,3 +782,5 @@ mod watch;
 mod validate;
 // `[models.shadow]`: in its own file.
 mod shadow;
+// `[state]`: the file and etcd backends, in their own file.
+mod state;

@@ -4,6 +4,7 @@
 //! [`eventually`], whose panic names what it waited for.
 #![allow(dead_code)]
 
+pub mod etcd;
 pub mod inbound_tls;
 pub mod tls;
 
@@ -558,7 +559,7 @@ impl Proxy {
         proxy_extra: &str,
         admin_extra: &str,
         models: &str,
-        mut readyz: F,
+        readyz: F,
     ) -> Result<Proxy, switchyard::RunError>
     where
         F: FnMut(SocketAddr) -> Fut,
@@ -566,9 +567,40 @@ impl Proxy {
     {
         let state_path = dir.path().join("state.json");
         let text = config_text_with_admin(&state_path, proxy_extra, admin_extra, models);
+        Proxy::try_launch_text(dir, &text, readyz).await
+    }
+
+    /// Starts a proxy whose whole config is `text` (its listeners are
+    /// replaced by ephemeral ones), written into `dir`; returns once the
+    /// first probe round is in, or the error if `run` fails before that.
+    pub async fn try_start_text(
+        dir: Arc<tempfile::TempDir>,
+        text: &str,
+    ) -> Result<Proxy, switchyard::RunError> {
+        Proxy::try_launch_text(dir, text, |admin| async move {
+            let url = format!("http://{admin}/readyz");
+            try_send(&client(), Method::GET, &url, full_body(""))
+                .await
+                .ok()
+                .map(|r| r.body)
+        })
+        .await
+    }
+
+    /// [`Proxy::try_launch`] with the whole config text.
+    pub async fn try_launch_text<F, Fut>(
+        dir: Arc<tempfile::TempDir>,
+        text: &str,
+        mut readyz: F,
+    ) -> Result<Proxy, switchyard::RunError>
+    where
+        F: FnMut(SocketAddr) -> Fut,
+        Fut: Future<Output = Option<Bytes>>,
+    {
+        let state_path = dir.path().join("state.json");
         let config_path = dir.path().join("switchyard.toml");
-        std::fs::write(&config_path, &text).expect("write config");
-        let config = switchyard::Config::from_toml(&text, &config_path).unwrap_or_else(|errors| {
+        std::fs::write(&config_path, text).expect("write config");
+        let config = switchyard::Config::from_toml(text, &config_path).unwrap_or_else(|errors| {
             let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
             panic!("test config is invalid:\n{}\n---\n{text}", lines.join("\n"))
         });

@@ -114,13 +114,43 @@ impl Pki {
         Arc::new(config)
     }
 
+    /// A server certificate for `names` and its key, written as PEM files
+    /// into this PKI's directory under `stem` (`stem.pem`, `stem.key`), for
+    /// a server that reads files (etcd). Good for client auth too: etcd's
+    /// JSON gateway presents it to etcd's own gRPC port.
+    pub fn server_files(&self, stem: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+        let (chain, key) = self.leaf_for(
+            stem,
+            names,
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        );
+        let cert_path = self.dir.path().join(format!("{stem}.pem"));
+        let key_path = self.dir.path().join(format!("{stem}.key"));
+        std::fs::write(&cert_path, chain).expect("write server certificate");
+        std::fs::write(&key_path, key).expect("write server key");
+        (cert_path, key_path)
+    }
+
     /// A certificate for `names` signed by this CA: (PEM chain, PEM key).
     fn leaf(&self, cn: &str, names: &[&str], usage: ExtendedKeyUsagePurpose) -> (String, String) {
+        self.leaf_for(cn, names, vec![usage])
+    }
+
+    /// [`Pki::leaf`] with any extended key usages.
+    fn leaf_for(
+        &self,
+        cn: &str,
+        names: &[&str],
+        usages: Vec<ExtendedKeyUsagePurpose>,
+    ) -> (String, String) {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut params = CertificateParams::new(names).expect("leaf params");
         params.distinguished_name.push(DnType::CommonName, cn);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![usage];
+        params.extended_key_usages = usages;
         params.use_authority_key_identifier_extension = true;
         let key = KeyPair::generate().expect("leaf key");
         let cert = params

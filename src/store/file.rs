@@ -1,4 +1,6 @@
-//! The state file: each model's active pool and switch history, as JSON.
+//! The file backend, [`FileStore`]: the state file, each model's active pool
+//! and switch history as JSON, this instance's own and written whole on
+//! every switch.
 //!
 //! Written atomically: a temp file beside it, fsync, rename over the old one,
 //! fsync of the directory. A crash at any point leaves either the old or the
@@ -10,42 +12,154 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
-use super::ModelState;
+use super::{BoxFuture, Commit, CommitError, StateError, StateStore, StoreStatus, Stored};
+use crate::events::now_unix_ms;
+use crate::metrics::{StoreMetrics, StoreOp};
+use crate::switch::{ModelState, Switchboard};
+use crate::ErrorChain;
 
-const VERSION: u32 = 1;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StateError {
-    #[error("cannot read state file {}", path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("state file {} is corrupt; fix or delete it (the config's `active` applies when it is absent)", path.display())]
-    Corrupt {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
-    #[error("state file {} has version {found}; this switchyard reads version {VERSION}", path.display())]
-    Version { path: PathBuf, found: u32 },
-    #[error("cannot write state file {}", path.display())]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-}
+/// The version of the state file's format.
+pub const VERSION: u32 = 1;
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StateFile {
     version: u32,
     models: BTreeMap<String, ModelState>,
+}
+
+/// The file backend: the state file, written whole on every switch.
+pub struct FileStore {
+    path: PathBuf,
+    metrics: StoreMetrics,
+    /// Written after each save; read by status calls.
+    status: ArcSwap<StoreStatus>,
+}
+
+// === impl FileStore ===
+
+impl FileStore {
+    pub fn new(path: PathBuf, metrics: StoreMetrics) -> FileStore {
+        metrics.up.set(1);
+        let status = StoreStatus {
+            backend: "file",
+            connected: true,
+            since_unix_ms: now_unix_ms(),
+            path: Some(path.clone()),
+            endpoints: None,
+            prefix: None,
+            revision: None,
+            cache_path: None,
+            started_from_cache: false,
+            last_error: None,
+            last_error_unix_ms: None,
+        };
+        FileStore {
+            path,
+            metrics,
+            status: ArcSwap::from_pointee(status),
+        }
+    }
+
+    /// Writes `all` and records how it went in the status and metrics.
+    async fn save(&self, all: &BTreeMap<String, Stored>) -> Result<(), StateError> {
+        let states = all
+            .iter()
+            .map(|(name, stored)| (name.clone(), stored.state.clone()))
+            .collect();
+        let saved = save(self.path.clone(), states).await;
+        let now = now_unix_ms();
+        let old = self.status.load_full();
+        let mut status = (*old).clone();
+        status.connected = saved.is_ok();
+        if old.connected != status.connected {
+            status.since_unix_ms = now;
+        }
+        if let Err(e) = &saved {
+            status.last_error = Some(ErrorChain(e).to_string());
+            status.last_error_unix_ms = Some(now);
+            self.metrics.count_error(StoreOp::Write);
+        }
+        self.metrics.up.set(i64::from(status.connected));
+        self.status.store(Arc::new(status));
+        saved
+    }
+}
+
+impl StateStore for FileStore {
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    fn load(&self) -> BoxFuture<'_, Result<BTreeMap<String, Stored>, StateError>> {
+        Box::pin(async move {
+            let path = self.path.clone();
+            // Read on the blocking pool: with one worker thread, the runtime
+            // would stall meanwhile.
+            let loaded = tokio::task::spawn_blocking(move || load(&path))
+                .await
+                .map_err(|join| StateError::Read {
+                    path: self.path.clone(),
+                    source: std::io::Error::other(join),
+                })?;
+            if loaded.is_err() {
+                self.metrics.count_error(StoreOp::Read);
+            }
+            Ok(loaded?
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(name, state)| (name, Stored { state, revision: 0 }))
+                .collect())
+        })
+    }
+
+    fn save_all<'a>(
+        &'a self,
+        all: &'a BTreeMap<String, Stored>,
+    ) -> BoxFuture<'a, Result<(), StateError>> {
+        Box::pin(self.save(all))
+    }
+
+    fn commit<'a>(&'a self, commit: Commit<'a>) -> BoxFuture<'a, Result<u64, CommitError>> {
+        Box::pin(async move {
+            match self.save(commit.all).await {
+                Ok(()) => Ok(0),
+                Err(e) => {
+                    warn!(model = commit.model, error = %ErrorChain(&e), "switch not persisted; nothing switched");
+                    Err(CommitError::Write(e))
+                }
+            }
+        })
+    }
+
+    fn learned(&self, _all: &BTreeMap<String, Stored>) {
+        // Every change this store knows of is a switch it wrote itself.
+    }
+
+    fn check_available(&self) -> Result<(), String> {
+        // A failed write is retried by the next switch: it may succeed.
+        Ok(())
+    }
+
+    fn status(&self) -> StoreStatus {
+        (**self.status.load()).clone()
+    }
+
+    fn follow(
+        self: Arc<Self>,
+        _board: Arc<Switchboard>,
+        token: CancellationToken,
+    ) -> BoxFuture<'static, ()> {
+        // Nobody else writes the file: nothing to follow.
+        Box::pin(async move { token.cancelled().await })
+    }
 }
 
 /// Reads the state file; `Ok(None)` when there is none yet.
@@ -74,10 +188,7 @@ pub(super) fn load(path: &Path) -> Result<Option<BTreeMap<String, ModelState>>, 
 }
 
 /// Writes the state file atomically, off the async runtime's threads.
-pub(super) async fn save(
-    path: PathBuf,
-    models: BTreeMap<String, ModelState>,
-) -> Result<(), StateError> {
+async fn save(path: PathBuf, models: BTreeMap<String, ModelState>) -> Result<(), StateError> {
     let task_path = path.clone();
     match tokio::task::spawn_blocking(move || write_atomically(&task_path, models)).await {
         Ok(result) => result.map_err(|source| StateError::Write { path, source }),
@@ -93,6 +204,13 @@ fn write_atomically(path: &Path, models: BTreeMap<String, ModelState>) -> std::i
         version: VERSION,
         models,
     })?;
+    replace_file(path, &json)
+}
+
+/// Replaces the file at `path` with `bytes` and a final newline, so that a
+/// crash at any point leaves the old or the new file whole: a temp file
+/// beside it, fsync, rename, fsync of the directory.
+pub(super) fn replace_file(path: &Path, json: &[u8]) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -103,7 +221,7 @@ fn write_atomically(path: &Path, models: BTreeMap<String, ModelState>) -> std::i
 
     let written = (|| {
         let mut file = File::create(&tmp)?;
-        file.write_all(&json)?;
+        file.write_all(json)?;
         file.write_all(b"\n")?;
         file.sync_all()?;
         drop(file);
