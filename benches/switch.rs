@@ -50,6 +50,8 @@ fn model(metrics: &Metrics, name: &str, prefix: &str) -> Arc<Model> {
         validate: Vec::new(),
         validate_before_switch: false,
         shadow: None,
+        sticky: None,
+        rollout: None,
         blue: pool.clone(),
         green: pool,
     };

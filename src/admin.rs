@@ -85,6 +85,9 @@ impl AdminError {
                 | SwitchError::Replaced { .. }
                 | SwitchError::Unhealthy { .. }
                 | SwitchError::ValidationFailed { .. }
+                | SwitchError::NoRollout { .. }
+                | SwitchError::RolloutLive { .. }
+                | SwitchError::NoRolloutConfig { .. }
                 | SwitchError::Conflict { .. } => StatusCode::CONFLICT,
                 SwitchError::Persist { .. } => StatusCode::INTERNAL_SERVER_ERROR,
                 // Traffic is served on; the caller may try again later.

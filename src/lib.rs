@@ -172,12 +172,10 @@ pub async fn run(
     let mut models = Vec::with_capacity(config.models.len());
     for m in &config.models {
         let active = control.state(&m.name).map_or(m.active, |s| s.active);
-        models.push(Arc::new(Model::new(
-            m,
-            active,
-            &config.proxy.upstream(),
-            &metrics,
-        )));
+        let model = Model::new(m, active, &config.proxy.upstream(), &metrics);
+        // A split survives a restart as the active pool does.
+        model.store_routing(active, control.state(&m.name).and_then(|s| s.split));
+        models.push(Arc::new(model));
     }
     for m in &models {
         info!(model = m.name(), active = %m.active_name(), path_prefix = m.path_prefix(), "model loaded");

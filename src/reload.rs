@@ -221,6 +221,7 @@ impl Reloader {
                         &self.metrics,
                         before.map(|m| &**m),
                     );
+                    model.store_routing(state.active, state.split);
                     if before.is_some() {
                         outcome.changed.push(config.name.clone());
                     } else {
