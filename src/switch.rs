@@ -40,6 +40,7 @@ use crate::events::{now_unix_ms, EventKind, Events};
 use crate::health::EndpointState;
 use crate::metrics::{Metrics, ModelMetrics};
 use crate::pool::{Pool, PoolName};
+use crate::rollout::StepFigures;
 use crate::shadow::Shadow;
 use crate::validate::Report;
 use crate::watch::WatchReport;
@@ -81,6 +82,9 @@ pub struct Model {
     /// The watch of the last watched switch, published by the watch task
     /// for status readers; `None` until a switch of this model is watched.
     watch: ArcSwapOption<WatchReport>,
+    /// This instance's figures of the rollout step being judged, published
+    /// by the rollout task for status.
+    rollout_figures: ArcSwapOption<StepFigures>,
     /// Mirroring to the standby, with what it has seen so far.
     shadow: Option<Arc<Shadow>>,
     /// What it was built from; a reload compares against it.
@@ -165,6 +169,7 @@ impl Model {
             pools,
             metrics: metrics.model(&config.name),
             watch: ArcSwapOption::empty(),
+            rollout_figures: ArcSwapOption::empty(),
             shadow,
         };
         model.publish_active(active);
@@ -252,6 +257,16 @@ impl Model {
     /// The header or cookie that keeps a user on one pool during a split.
     pub fn sticky(&self) -> Option<&Sticky> {
         self.sticky.as_ref()
+    }
+
+    /// The figures of the rollout step being judged, for status.
+    pub fn rollout_figures(&self) -> Option<Arc<StepFigures>> {
+        self.rollout_figures.load_full()
+    }
+
+    /// Publishes the figures of the step being judged (the rollout task only).
+    pub(crate) fn publish_rollout_figures(&self, figures: StepFigures) {
+        self.rollout_figures.store(Some(Arc::new(figures)));
     }
 
     /// The `[[models.validate]]` checks a pool must pass before a switch to it.
@@ -972,6 +987,30 @@ impl Switchboard {
                 origin: None,
             });
         }
+        // A switch by hand ends a live rollout: said once, here.
+        let cancelled = next
+            .rollout
+            .as_ref()
+            .filter(|r| r.phase == RolloutPhase::Cancelled && before.live_rollout().is_some());
+        if let Some(r) = cancelled {
+            info!(
+                model = name,
+                step = r.step,
+                reason = r.reason.as_deref(),
+                actor,
+                "rollout cancelled"
+            );
+            self.events.record(EventKind::Rollout {
+                model: name.to_string(),
+                action: "cancelled",
+                pool: r.pool,
+                step: r.step,
+                steps: r.steps.len(),
+                percent: 0.0,
+                actor: actor.to_string(),
+                reason: r.reason.clone(),
+            });
+        }
         control.models.insert(
             name.to_string(),
             Stored {
@@ -1013,7 +1052,7 @@ impl Changed {
 
 /// The switch guard: `to` must have a healthy endpoint, unless `force`
 /// (then the switch is recorded as forced).
-fn health_guard(model: &Model, to: PoolName, force: bool) -> Result<bool, SwitchError> {
+pub(crate) fn health_guard(model: &Model, to: PoolName, force: bool) -> Result<bool, SwitchError> {
     let pool = model.pool(to);
     if pool.healthy_count() > 0 {
         Ok(false)
