@@ -24,8 +24,8 @@
 //! paused: the split still serves). At the step's end a judged step
 //! passes; one with too few requests is extended once by `max_extension`,
 //! and if it still has too few then, the rollout is aborted as
-//! inconclusive: never a silent pass. A new pool with no healthy endpoint
-//! aborts the rollout at the next interval.
+//! inconclusive: never a silent pass. A new pool whose endpoints are all
+//! down or ejected (none in rotation) aborts the rollout at the next interval.
 //!
 //! **After a restart** (or a reload that rebuilt the model) a running
 //! rollout starts its step over: the figures it was judged on were in
@@ -345,23 +345,24 @@ impl Tracked {
             green: step[PoolName::Green.index()].reading(DURATION_BUCKETS),
         });
         let n = rollout.step;
-        let pool = self.model.pool(new_pool);
-        if pool.healthy_count() == 0 {
-            return Some(Action::Abort(format!(
-                "step {n} aborted: {new_pool} has no healthy endpoint ({}); see GET /models/{}",
-                crate::switch::describe_endpoints(
-                    &pool
-                        .endpoints()
-                        .iter()
-                        .map(|e| (e.url().to_string(), e.state()))
-                        .collect::<Vec<_>>()
-                ),
-                self.model.name()
-            )));
-        }
         let verdict = judge(&self.config, DURATION_BUCKETS, pair);
         if let Verdict::Breach(reason) = verdict {
             return Some(Action::Abort(format!("step {n} aborted: {reason}")));
+        }
+        // Every endpoint down or ejected: the split's share falls back to
+        // the active pool and nothing more can be judged.
+        let pool = self.model.pool(new_pool);
+        if !pool.endpoints().iter().any(|e| e.is_serving()) {
+            let endpoints: Vec<_> = pool
+                .endpoints()
+                .iter()
+                .map(|e| (e.url().to_string(), e.state()))
+                .collect();
+            return Some(Action::Abort(format!(
+                "step {n} aborted: {new_pool} has no endpoint in rotation ({}) after {}",
+                crate::switch::describe_endpoints(&endpoints),
+                passed(DURATION_BUCKETS, pair)
+            )));
         }
         if rollout.phase != RolloutPhase::Running {
             return None;

@@ -932,7 +932,7 @@ impl Switchboard {
                 // as if its change had arrived a moment earlier.
                 self.learn_locked(
                     &mut control,
-                    Learned::Changes(vec![(name.to_string(), now)]),
+                    Learned::Changes(vec![(name.to_string(), now.map(|b| *b))]),
                 );
                 let Stored { state, revision } = control
                     .models

@@ -300,7 +300,8 @@ async fn a_switch_decided_on_a_stale_revision_is_refused_with_the_current_state(
     // Decided on "no key yet", as the first was: refused.
     let other = flipped(&blue, 2);
     match store.commit(commit(0, &other)).await {
-        Err(CommitError::Conflict(Some(Stored { state, revision }))) => {
+        Err(CommitError::Conflict(Some(stored))) => {
+            let Stored { state, revision } = *stored;
             assert_eq!((state, revision), (green.clone(), first));
         }
         other => panic!("expected a conflict, got {other:?}"),

@@ -82,6 +82,16 @@ pub struct Pair<'a> {
     pub old_pool: PoolName,
 }
 
+/// One latency limit to judge: the figure, its limit, and each pool's p99
+/// with the count it rests on.
+struct Latency {
+    what: &'static str,
+    max: Option<Duration>,
+    new: (Option<f64>, u64),
+    old: (Option<f64>, u64),
+    unit: &'static str,
+}
+
 /// Judges the new pool's figures of a step against `limits`. Until it has
 /// served `min_requests` in the step nothing is judged. Relative limits
 /// (`_increase`, `_ratio`) are judged only when the old pool served at
@@ -133,54 +143,40 @@ pub fn judge(limits: &RolloutConfig, bounds: &[f64], pair: Pair<'_>) -> Verdict 
             ));
         }
     }
-    let latency = |h: &Histogram| h.p99(bounds);
     let millis = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |s| Millis(s).to_string());
-    let checks: [(
-        &str,
-        Option<Duration>,
-        Option<f64>,
-        Option<f64>,
-        u64,
-        u64,
-        &str,
-    ); 3] = [
-        (
-            "p99",
-            limits.max_p99,
-            new.counts.p99(bounds),
-            old.counts.p99(bounds),
-            new.counts.observed,
-            old.counts.observed,
-            "requests",
-        ),
-        (
-            "time to first byte p99",
-            limits.max_first_byte_p99,
-            latency(&new.first_byte),
-            latency(&old.first_byte),
-            new.first_byte.observed,
-            old.first_byte.observed,
-            "requests",
-        ),
-        (
-            "event gap p99",
-            limits.max_event_gap_p99,
-            latency(&new.event_gap),
-            latency(&old.event_gap),
-            new.event_gap.observed,
-            old.event_gap.observed,
-            "gaps",
-        ),
+    let checks = [
+        Latency {
+            what: "p99",
+            max: limits.max_p99,
+            new: (new.counts.p99(bounds), new.counts.observed),
+            old: (old.counts.p99(bounds), old.counts.observed),
+            unit: "requests",
+        },
+        Latency {
+            what: "time to first byte p99",
+            max: limits.max_first_byte_p99,
+            new: (new.first_byte.p99(bounds), new.first_byte.observed),
+            old: (old.first_byte.p99(bounds), old.first_byte.observed),
+            unit: "requests",
+        },
+        Latency {
+            what: "event gap p99",
+            max: limits.max_event_gap_p99,
+            new: (new.event_gap.p99(bounds), new.event_gap.observed),
+            old: (old.event_gap.p99(bounds), old.event_gap.observed),
+            unit: "gaps",
+        },
     ];
-    for (what, max, value, old_value, count, old_count, unit) in checks {
-        let (Some(max), Some(value)) = (max, value) else {
+    for check in checks {
+        let (Some(max), (Some(value), count)) = (check.max, check.new) else {
             continue;
         };
         // A p99 of a few gaps says little: as requests, at least min_requests.
-        if unit == "gaps" && count < limits.min_requests {
+        if check.unit == "gaps" && count < limits.min_requests {
             continue;
         }
         if value > max.as_secs_f64() {
+            let (old_value, old_count) = check.old;
             let old = if old_count == 0 {
                 format!("; {old_pool} had none in the step")
             } else {
@@ -191,9 +187,11 @@ pub fn judge(limits: &RolloutConfig, bounds: &[f64], pair: Pair<'_>) -> Verdict 
                 )
             };
             return Verdict::Breach(format!(
-                "{new_pool} {what} {} over {} {unit} > limit {}{old}",
+                "{new_pool} {} {} over {} {} > limit {}{old}",
+                check.what,
                 Millis(value),
                 Count(count),
+                check.unit,
                 Millis(max.as_secs_f64())
             ));
         }
