@@ -46,26 +46,57 @@ fn every_rollout_key_is_read() {
 
 #[test]
 fn omitted_rollout_keys_take_their_defaults() {
-    let c = parse(&rollout("steps = [\"10%:30s\", \"100%\"]\nmax_5xx_ratio = 0.01")).unwrap();
+    let c = parse(&rollout(
+        "steps = [\"10%:30s\", \"100%\"]\nmax_5xx_ratio = 0.01",
+    ))
+    .unwrap();
     let r = c.models[0].rollout.clone().unwrap();
     assert_eq!(r.interval, DEFAULT_ROLLOUT_INTERVAL);
     assert_eq!(r.min_requests, DEFAULT_ROLLOUT_MIN_REQUESTS);
     assert_eq!(r.max_extension, DEFAULT_MAX_EXTENSION);
-    assert_eq!(r.steps[1], StepConfig { permille: 1000, duration: None });
+    assert_eq!(
+        r.steps[1],
+        StepConfig {
+            permille: 1000,
+            duration: None
+        }
+    );
 }
 
 #[test]
 fn bad_steps_are_blamed_on_their_line_with_their_index() {
     for (steps, says) in [
-        ("[\"10:30s\", \"100%\"]", &["models[0].rollout.steps[0]", "invalid step \"10:30s\"", "\"25%:60s\""][..]),
-        ("[\"10%:soon\", \"100%\"]", &["models[0].rollout.steps[0]", "invalid duration"]),
-        ("[\"10%\", \"100%\"]", &["models[0].rollout.steps[0]", "no duration"]),
-        ("[\"50%:1m\", \"25%:1m\", \"100%\"]", &["steps[1]", "25% is not above the step before (50%)"]),
-        ("[\"10%:1m\", \"90%:1m\"]", &["steps[1]", "the last step is 90%", "\"100%\""]),
+        (
+            "[\"10:30s\", \"100%\"]",
+            &[
+                "models[0].rollout.steps[0]",
+                "invalid step \"10:30s\"",
+                "\"25%:60s\"",
+            ][..],
+        ),
+        (
+            "[\"10%:soon\", \"100%\"]",
+            &["models[0].rollout.steps[0]", "invalid duration"],
+        ),
+        (
+            "[\"10%\", \"100%\"]",
+            &["models[0].rollout.steps[0]", "no duration"],
+        ),
+        (
+            "[\"50%:1m\", \"25%:1m\", \"100%\"]",
+            &["steps[1]", "25% is not above the step before (50%)"],
+        ),
+        (
+            "[\"10%:1m\", \"90%:1m\"]",
+            &["steps[1]", "the last step is 90%", "\"100%\""],
+        ),
         ("[\"2.55%:1m\", \"100%\"]", &["steps[0]", "invalid step"]),
         ("[\"101%:1m\", \"100%\"]", &["steps[0]", "invalid step"]),
         ("[\"0%:1m\", \"100%\"]", &["steps[0]", "sends nothing"]),
-        ("[\"100%\"]", &["models[0].rollout.steps", "1 step(s)", "flip"]),
+        (
+            "[\"100%\"]",
+            &["models[0].rollout.steps", "1 step(s)", "flip"],
+        ),
     ] {
         let src = rollout(&format!("steps = {steps}\nmax_5xx_ratio = 0.01"));
         assert_blames(&src, "steps =", says);
@@ -94,7 +125,9 @@ fn a_rollout_needs_a_limit_and_limits_in_range() {
         "min_requests",
         &["models[0].rollout.min_requests", "out of range"],
     );
-    let e = one_error(&rollout("steps = [\"10%:30s\", \"100%\"]\nmax_p99 = \"1s\"\nwindow = \"1m\""));
+    let e = one_error(&rollout(
+        "steps = [\"10%:30s\", \"100%\"]\nmax_p99 = \"1s\"\nwindow = \"1m\"",
+    ));
     assert!(e.message.contains("unknown field `window`"), "{e}");
 }
 
