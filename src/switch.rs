@@ -316,8 +316,11 @@ impl Model {
         self.routing.load().split()
     }
 
-    /// Serves `active`, with `split` of new requests to the standby.
-    pub(crate) fn store_routing(&self, active: PoolName, split: Option<Split>) {
+    /// Serves `active`, with `split` of new requests to the standby. In
+    /// switchyard only the switchboard (and the start, and a reload) calls
+    /// it, after persisting; public for benches and tests that need a split
+    /// without a switchboard.
+    pub fn store_routing(&self, active: PoolName, split: Option<Split>) {
         self.routing.store(Arc::new(Routing::new(
             Arc::clone(&self.pools[active.index()]),
             Arc::clone(&self.pools[active.other().index()]),
