@@ -878,6 +878,7 @@ def cmd_report(a):
               f"{fmt(h1['p99'], 3)} | {fmt(h2['rps'], 0)} | {fmt(h2['p99'], 3)} |")
         served = metric_lines(os.path.join(out_dir, "switchyard-split-metrics.txt"),
                               ("switchyard_requests_total",))
+        served = [l for l in served if not l.endswith(" 0")]
         if served:
             w("")
             w("Requests the split switchyard counted per pool at the end of the run:")

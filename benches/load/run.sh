@@ -411,7 +411,7 @@ BODY=$HERE/body.json
 INFER=/v2/models/iris/infer
 
 pinning=""
-for name in nginx haproxy switchyard blue green; do
+for name in nginx haproxy switchyard switchyard_split blue green; do
   pid_var=PID_$name
   pinning+="$name $(taskset -cp "${!pid_var}" | sed 's/.*: //'), "
 done
