@@ -86,8 +86,9 @@ pub enum EventKind {
         cause: String,
     },
     /// The share of a model's new requests sent to its standby changed by
-    /// hand (`POST /models/{name}/weight`, or an activate that ended it),
-    /// or, `origin: "store"`, on another instance.
+    /// hand (`POST /models/{name}/weight`), or, `origin: "store"`, on
+    /// another instance. (A switch that ends a split is a `switch`, a
+    /// rollout's step a `rollout`.)
     Weight {
         model: String,
         /// The pool that takes the share: the standby.
