@@ -1,7 +1,8 @@
 //! Micro-benchmarks of the per-request steps before any I/O: the
 //! active-pool lookup (`ArcSwap` load against an `RwLock` read, on one
-//! thread and on every core at once), routing among 100 models, endpoint
-//! pick, and header rewriting.
+//! thread and on every core at once), the pool pick with a split against
+//! the plain load, routing among 100 models, endpoint pick, and header
+//! rewriting.
 //!
 //! `cargo bench --bench switch`; results go in the README.
 
@@ -11,12 +12,14 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue};
-use switchyard::config::{EndpointConfig, HealthConfig, ModelConfig, PoolConfig, UpstreamSettings};
+use switchyard::config::{
+    EndpointConfig, HealthConfig, ModelConfig, PoolConfig, Sticky, UpstreamSettings,
+};
 use switchyard::metrics::Metrics;
 use switchyard::pool::{PoolName, Protocol};
 use switchyard::proxy::headers::{prepare_request, ClientInfo};
 use switchyard::route::RouteTable;
-use switchyard::switch::Model;
+use switchyard::switch::{Model, Split};
 
 fn pool_config(endpoints: usize) -> PoolConfig {
     PoolConfig {
@@ -35,6 +38,10 @@ fn pool_config(endpoints: usize) -> PoolConfig {
 }
 
 fn model(metrics: &Metrics, name: &str, prefix: &str) -> Arc<Model> {
+    model_with(metrics, name, prefix, None)
+}
+
+fn model_with(metrics: &Metrics, name: &str, prefix: &str, sticky: Option<Sticky>) -> Arc<Model> {
     let pool = pool_config(4);
     let config = ModelConfig {
         name: name.to_string(),
@@ -50,6 +57,8 @@ fn model(metrics: &Metrics, name: &str, prefix: &str) -> Arc<Model> {
         validate: Vec::new(),
         validate_before_switch: false,
         shadow: None,
+        sticky,
+        rollout: None,
         blue: pool.clone(),
         green: pool,
     };
@@ -119,6 +128,55 @@ fn active_pool_lookup(c: &mut Criterion) {
     g.finish();
 }
 
+/// The request path's one read of switch state: the plain active-pool
+/// load against `Model::route` without a split (what every request does
+/// now), with a 50 % split drawn by the per-thread counter, and with a
+/// 50 % split picked by a sticky header's hash.
+fn split_pick(c: &mut Criterion) {
+    let metrics = Metrics::new();
+    let plain = model(&metrics, "plain", "/");
+    let split = model(&metrics, "split", "/");
+    split.store_routing(PoolName::Blue, Split::new(PoolName::Green, 500));
+    let header = http::HeaderName::from_static("x-user-id");
+    let sticky = model_with(&metrics, "sticky", "/", Some(Sticky::Header(header)));
+    sticky.store_routing(PoolName::Blue, Split::new(PoolName::Green, 500));
+    let none = HeaderMap::new();
+    let mut user = HeaderMap::new();
+    user.insert("x-user-id", HeaderValue::from_static("user-4711-abcdef"));
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+
+    let mut g = c.benchmark_group("split_pick");
+    g.bench_function("active_load/1_thread", |b| {
+        b.iter(|| black_box(plain.active()))
+    });
+    g.bench_function("route_no_split/1_thread", |b| {
+        b.iter(|| black_box(plain.route(black_box(&none))))
+    });
+    g.bench_function("route_split_50/1_thread", |b| {
+        b.iter(|| black_box(split.route(black_box(&none))))
+    });
+    g.bench_function("route_split_50_sticky/1_thread", |b| {
+        b.iter(|| black_box(sticky.route(black_box(&user))))
+    });
+    let name = format!("active_load/{cores}_threads");
+    g.bench_function(&name, |b| {
+        b.iter_custom(|iters| {
+            contended(cores, iters, || {
+                black_box(plain.active());
+            })
+        })
+    });
+    let name = format!("route_split_50/{cores}_threads");
+    g.bench_function(&name, |b| {
+        b.iter_custom(|iters| {
+            contended(cores, iters, || {
+                black_box(split.route(&none));
+            })
+        })
+    });
+    g.finish();
+}
+
 fn route_among_100_models(c: &mut Criterion) {
     let metrics = Metrics::new();
     let models: Vec<_> = (0..100)
@@ -169,6 +227,7 @@ fn header_rewrite(c: &mut Criterion) {
 criterion_group!(
     benches,
     active_pool_lookup,
+    split_pick,
     route_among_100_models,
     pick_endpoint,
     header_rewrite

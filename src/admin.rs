@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
+use crate::config::Sticky;
 use crate::events::Events;
 use crate::metrics::Metrics;
 use crate::pool::{Pool, PoolName, UnknownPool};
@@ -29,6 +30,7 @@ use crate::ErrorChain;
 
 mod auth;
 mod events;
+mod rollout;
 mod validate;
 
 use validate::Validated;
@@ -85,6 +87,9 @@ impl AdminError {
                 | SwitchError::Replaced { .. }
                 | SwitchError::Unhealthy { .. }
                 | SwitchError::ValidationFailed { .. }
+                | SwitchError::NoRollout { .. }
+                | SwitchError::RolloutLive { .. }
+                | SwitchError::NoRolloutConfig { .. }
                 | SwitchError::Conflict { .. } => StatusCode::CONFLICT,
                 SwitchError::Persist { .. } => StatusCode::INTERNAL_SERVER_ERROR,
                 // Traffic is served on; the caller may try again later.
@@ -103,6 +108,7 @@ impl AdminError {
             AdminError::Reload(e) => match e {
                 ReloadError::Invalid(_) => StatusCode::BAD_REQUEST,
                 ReloadError::RestartNeeded(_)
+                | ReloadError::RolloutLive { .. }
                 | ReloadError::NotProbed { .. }
                 | ReloadError::Unhealthy { .. } => StatusCode::CONFLICT,
                 ReloadError::Read { .. } | ReloadError::State(_) => {
@@ -447,6 +453,35 @@ impl Admin {
                 let (op, report) = self.validated(name, op, validate).await?;
                 self.switch(name, op, force, wait, &actor, report).await
             }
+            ["models", name, "weight"] => {
+                allow("POST")?;
+                self.weight(name, &query, &actor).await
+            }
+            ["models", name, "rollout"] => {
+                query.only(&[])?;
+                if method == Method::POST {
+                    self.start_rollout(name, &actor).await
+                } else if method == Method::GET || method == Method::HEAD {
+                    self.rollout_status(name).await
+                } else {
+                    Err(AdminError::MethodNotAllowed {
+                        method: method.clone(),
+                        path: path.to_string(),
+                        allow: "GET, HEAD, POST",
+                    })
+                }
+            }
+            ["models", name, "rollout", call] => {
+                allow("POST")?;
+                query.only(&[])?;
+                let call = match *call {
+                    "pause" => rollout::RolloutCall::Pause,
+                    "resume" => rollout::RolloutCall::Resume,
+                    "abort" => rollout::RolloutCall::Abort,
+                    _ => return Err(AdminError::NotFound(path.to_string())),
+                };
+                self.rollout_call(name, call, &actor).await
+            }
             ["models", name, "validate"] => {
                 allow("POST")?;
                 query.only(&["pool"])?;
@@ -587,6 +622,12 @@ fn model_summary(model: &Model, state: Option<&ModelState>) -> Value {
         "host": model.host(),
         "in_flight": model.pool(PoolName::Blue).in_flight() + model.pool(PoolName::Green).in_flight(),
         "last_switch": state.and_then(|s| s.last_switch.as_ref()),
+        "split": rollout::split_json(model.split()),
+        "rollout": state.and_then(|s| s.rollout.as_ref()).map(|r| json!({
+            "state": r.phase,
+            "step": r.step,
+            "steps": r.steps.len(),
+        })),
     })
 }
 
@@ -603,6 +644,13 @@ fn model_detail(model: &Model, state: Option<&ModelState>) -> Value {
     detail["pools"] = Value::Object(pools);
     detail["shadow"] = model.shadow().map_or(Value::Null, |s| s.status());
     detail["history"] = json!(state.map(|s| &s.history));
+    detail["sticky"] = match model.sticky() {
+        None => Value::Null,
+        Some(Sticky::Header(name)) => json!({ "header": name.as_str() }),
+        Some(Sticky::Cookie(name)) => json!({ "cookie": name }),
+    };
+    // The rollout running, or the last one, with its verdicts.
+    detail["rollout"] = crate::rollout::status(model, state, crate::events::now_unix_ms());
     // The latest watch, while it runs and after it ended; `null` for a
     // model without `[models.watch]` or before its first watched switch.
     detail["watch"] = json!(model.watch_report().as_deref());

@@ -1,5 +1,5 @@
 //! The command-line client of the admin API: `switchyard status`, `flip`,
-//! `activate`, `rollback`, `validate` and `events`.
+//! `activate`, `rollback`, `validate`, `events`, `weight` and `rollout`.
 //!
 //! Each command is one admin call (two for `status` of every model, which
 //! also reads each model's watch and shadow), printed as an aligned table
@@ -12,10 +12,12 @@
 //! - `client/api.rs`: the HTTP side: URL, token, TLS, timeouts, answers.
 //! - `client/render.rs`: tables, colour, times, one line per event.
 //! - `client/events.rs`: `events`, listed or followed (server-sent events).
+//! - `client/rollout.rs`: `weight`, and `rollout` with its progress line.
 
 mod api;
 mod events;
 mod render;
+mod rollout;
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -67,6 +69,31 @@ pub enum Call {
     },
     /// `GET /events[?since=][&follow=true]`.
     Events { follow: bool, since: Option<u64> },
+    /// `POST /models/{name}/weight?{pool}={percent}[&force=true]`.
+    Weight {
+        model: String,
+        pool: PoolName,
+        /// As the API takes it: `10`, `2.5`.
+        percent: String,
+        force: bool,
+    },
+    /// `POST /models/{name}/rollout[/pause|resume|abort]`, or `GET` for
+    /// the status; `wait` follows the rollout until it ends.
+    Rollout {
+        model: String,
+        action: RolloutAction,
+        wait: bool,
+    },
+}
+
+/// What `switchyard rollout` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RolloutAction {
+    Start,
+    Pause,
+    Resume,
+    Abort,
+    Status,
 }
 
 /// Which switch.
@@ -203,6 +230,17 @@ pub async fn run(target: &Target, call: Call) -> Result<Outcome, ClientError> {
         Call::Events { follow, since } => {
             events::run(&client, follow, since, target.json, term.paint).await
         }
+        Call::Weight {
+            model,
+            pool,
+            percent,
+            force,
+        } => rollout::weight(&client, &model, pool, &percent, force, target.json, term).await,
+        Call::Rollout {
+            model,
+            action,
+            wait,
+        } => rollout::run(&client, &model, action, wait, target.json, term).await,
     };
     match ran {
         // A reader that went away (`| head`) is not a failure.

@@ -22,6 +22,7 @@ use crate::pool::{PoolName, Protocol};
 use crate::tls::{TlsError, TlsFiles};
 
 mod health;
+mod rollout;
 mod shadow;
 mod state;
 mod upstream_tls;
@@ -30,6 +31,11 @@ mod watch;
 
 use health::RawHealth;
 pub use health::{HealthConfig, EJECT_MAX};
+pub use rollout::{
+    parse_permille, parse_step, Percent, RolloutConfig, StepConfig, Sticky, DEFAULT_MAX_EXTENSION,
+    DEFAULT_ROLLOUT_INTERVAL, DEFAULT_ROLLOUT_MIN_REQUESTS, MAX_STEPS, PERMILLE,
+};
+use rollout::{RawRollout, RawSticky};
 use shadow::RawShadow;
 pub use shadow::ShadowConfig;
 use state::RawState;
@@ -166,6 +172,11 @@ pub struct ModelConfig {
     pub validate_before_switch: bool,
     /// Mirroring a sample of live requests to the standby, if configured.
     pub shadow: Option<ShadowConfig>,
+    /// `sticky`: while a split is on, the header or cookie whose value
+    /// keeps a user on one pool; `None`: each request is drawn on its own.
+    pub sticky: Option<Sticky>,
+    /// `[models.rollout]`: the steps and limits of a progressive rollout.
+    pub rollout: Option<RolloutConfig>,
     pub blue: PoolConfig,
     pub green: PoolConfig,
 }
@@ -245,6 +256,8 @@ impl ModelConfig {
             && self.validate == other.validate
             && self.validate_before_switch == other.validate_before_switch
             && self.shadow == other.shadow
+            && self.sticky == other.sticky
+            && self.rollout == other.rollout
             && self.blue.same_as(&other.blue)
             && self.green.same_as(&other.green)
     }
@@ -435,6 +448,10 @@ struct RawModel {
     validate_before_switch: Option<Spanned<bool>>,
     #[serde(default)]
     shadow: Option<RawShadow>,
+    #[serde(default)]
+    sticky: Option<Spanned<RawSticky>>,
+    #[serde(default)]
+    rollout: Option<RawRollout>,
     blue: RawPool,
     green: RawPool,
 }
@@ -878,6 +895,14 @@ fn validate_model(
         .shadow
         .as_ref()
         .map(|raw| shadow::validate(c, &format!("models[{i}]"), raw, request_timeout));
+    let sticky = m
+        .sticky
+        .as_ref()
+        .and_then(|raw| rollout::validate_sticky(c, &format!("models[{i}]"), raw));
+    let rollout = m
+        .rollout
+        .as_ref()
+        .and_then(|raw| rollout::validate(c, &format!("models[{i}]"), raw));
     let blue = validate_pool(c, i, &name, PoolName::Blue, &m.blue, m);
     let green = validate_pool(c, i, &name, PoolName::Green, &m.green, m);
     let checks = validate::validate(
@@ -904,6 +929,8 @@ fn validate_model(
             .as_ref()
             .is_some_and(|v| *v.get_ref()),
         shadow,
+        sticky,
+        rollout,
         blue,
         green,
     })

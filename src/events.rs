@@ -85,6 +85,36 @@ pub enum EventKind {
         state: String,
         cause: String,
     },
+    /// The share of a model's new requests sent to its standby changed by
+    /// hand (`POST /models/{name}/weight`), or, `origin: "store"`, on
+    /// another instance. (A switch that ends a split is a `switch`, a
+    /// rollout's step a `rollout`.)
+    Weight {
+        model: String,
+        /// The pool that takes the share: the standby.
+        pool: PoolName,
+        percent: f64,
+        previous: f64,
+        actor: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        origin: Option<&'static str>,
+    },
+    /// A rollout started, moved to its next step (`step`), was extended
+    /// for want of requests, paused, resumed, started its step over after
+    /// a restart, completed, or was aborted (`reason` says why).
+    Rollout {
+        model: String,
+        action: &'static str,
+        /// The pool rolled out to.
+        pool: PoolName,
+        step: usize,
+        steps: usize,
+        /// The new pool's share now.
+        percent: f64,
+        actor: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
     /// The config was re-read: applied, or refused with `error`.
     Reload {
         actor: String,

@@ -22,6 +22,8 @@
 //! - `demo`: the built-in toy model servers behind `switchyard demo`.
 //! - `tls`: certificates and keys, inbound TLS with reload, upstream TLS.
 //! - `watch`: after a switch, judges the new pool and rolls back on a breach.
+//! - `rollout`: progressive delivery: a split moved step by step, each step
+//!   judged in-process, aborted on a breach, switched at 100 %.
 //! - `validate`: `[[models.validate]]` checks run against a pool before a
 //!   switch, and their report.
 //! - `shadow`: live requests mirrored to the standby, answers compared.
@@ -42,6 +44,7 @@ pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod reload;
+pub mod rollout;
 pub mod route;
 pub mod server;
 pub mod shadow;
@@ -172,12 +175,10 @@ pub async fn run(
     let mut models = Vec::with_capacity(config.models.len());
     for m in &config.models {
         let active = control.state(&m.name).map_or(m.active, |s| s.active);
-        models.push(Arc::new(Model::new(
-            m,
-            active,
-            &config.proxy.upstream(),
-            &metrics,
-        )));
+        let model = Model::new(m, active, &config.proxy.upstream(), &metrics);
+        // A split survives a restart as the active pool does.
+        model.store_routing(active, control.state(&m.name).and_then(|s| s.split));
+        models.push(Arc::new(model));
     }
     for m in &models {
         info!(model = m.name(), active = %m.active_name(), path_prefix = m.path_prefix(), "model loaded");
@@ -212,6 +213,7 @@ pub async fn run(
         certificates,
     ));
     let watcher = watch::Watcher::new(Arc::clone(&switchboard));
+    let roller = rollout::Roller::new(Arc::clone(&switchboard));
     let followed = Arc::clone(&switchboard);
     let admin = Arc::new(Admin::new(
         switchboard,
@@ -257,6 +259,7 @@ pub async fn run(
     );
     tasks.spawn(checker.run(root.child_token()).map_done("health"));
     tasks.spawn(watcher.run(root.child_token()).map_done("watch"));
+    tasks.spawn(roller.run(root.child_token()).map_done("rollout"));
     tasks.spawn(
         store
             .follow(followed, root.child_token())

@@ -4,10 +4,12 @@
 //! (bind, state file, crash); 2 bad configuration or usage.
 //!
 //! Exit codes of the admin client (`status`, `flip`, `activate`,
-//! `rollback`, `validate`, `events`): 0 done; 1 refused (409: guard,
-//! expectation, validation; a validation report that did not pass; a
-//! switch whose old pool was not drained within `--wait-drained`); 2 usage,
-//! connection, token or any other error; the reason on stderr.
+//! `rollback`, `validate`, `events`, `weight`, `rollout`): 0 done; 1
+//! refused (409: guard, expectation, validation, a rollout call that does
+//! not fit; a validation report that did not pass; a switch whose old pool
+//! was not drained within `--wait-drained`; a rollout waited for that was
+//! aborted or cancelled); 2 usage, connection, token or any other error;
+//! the reason on stderr.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,8 +17,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use switchyard::client::{self, Call, Outcome, SwitchKind, Target};
-use switchyard::config::{parse_duration, Config, LoadError};
+use switchyard::client::{self, Call, Outcome, RolloutAction, SwitchKind, Target};
+use switchyard::config::{parse_duration, parse_permille, Config, LoadError};
 use switchyard::pool::PoolName;
 use switchyard::{ErrorChain, Listeners, RunError};
 
@@ -97,6 +99,26 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Send PERCENT of MODEL's new requests to POOL (0 to 100, in steps of
+    /// 0.1; naming the active pool gives the standby the rest; 0 ends the
+    /// split).
+    Weight {
+        model: String,
+        pool: PoolName,
+        #[arg(value_parser = percent)]
+        percent: String,
+        /// Give a share to a pool with no healthy endpoint anyway.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Progressive rollouts of MODEL's standby pool along its
+    /// [models.rollout] steps: start, pause, resume, abort, status.
+    Rollout {
+        #[command(subcommand)]
+        action: RolloutCommand,
+    },
     /// List the recent events (switches, validations, health, reloads), or
     /// follow them as they happen.
     Events {
@@ -106,6 +128,46 @@ enum Command {
         /// Only events after this id (with --follow: first those).
         #[arg(long, value_name = "ID")]
         since: Option<u64>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum RolloutCommand {
+    /// Start a rollout of the standby pool, at its first step.
+    Start {
+        model: String,
+        /// Then follow it until it ends (exit 0 completed, 1 aborted).
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Hold the running rollout at its step (the split stays).
+    Pause {
+        model: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Run the paused rollout on, with the time its step had left.
+    Resume {
+        model: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// End the rollout: back to 0% on the new pool.
+    Abort {
+        model: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Show the rollout: step, weight, time left, figures, verdicts.
+    Status {
+        model: String,
+        /// Follow it until it ends (exit 0 completed, 1 aborted).
+        #[arg(long)]
+        wait: bool,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -178,6 +240,17 @@ enum LogFormat {
     Json,
 }
 
+/// A weight: a percentage from 0 to 100 in steps of 0.1, as the admin
+/// API takes it.
+fn percent(s: &str) -> Result<String, String> {
+    match parse_permille(s.trim_end_matches('%')) {
+        Some(_) => Ok(s.trim_end_matches('%').to_string()),
+        None => Err(format!(
+            "{s:?} is not a percentage from 0 to 100 in steps of 0.1, such as 10 or 2.5"
+        )),
+    }
+}
+
 /// A `--wait-drained` value: a duration of at most an hour, the admin
 /// API's bound.
 fn wait_duration(s: &str) -> Result<Duration, String> {
@@ -248,6 +321,48 @@ fn main() -> ExitCode {
             since,
             admin,
         } => admin_call(admin, Call::Events { follow, since }),
+        Command::Weight {
+            model,
+            pool,
+            percent,
+            force,
+            admin,
+        } => admin_call(
+            admin,
+            Call::Weight {
+                model,
+                pool,
+                percent,
+                force,
+            },
+        ),
+        Command::Rollout { action } => {
+            let (admin, model, action, wait) = match action {
+                RolloutCommand::Start { model, wait, admin } => {
+                    (admin, model, RolloutAction::Start, wait)
+                }
+                RolloutCommand::Pause { model, admin } => {
+                    (admin, model, RolloutAction::Pause, false)
+                }
+                RolloutCommand::Resume { model, admin } => {
+                    (admin, model, RolloutAction::Resume, false)
+                }
+                RolloutCommand::Abort { model, admin } => {
+                    (admin, model, RolloutAction::Abort, false)
+                }
+                RolloutCommand::Status { model, wait, admin } => {
+                    (admin, model, RolloutAction::Status, wait)
+                }
+            };
+            admin_call(
+                admin,
+                Call::Rollout {
+                    model,
+                    action,
+                    wait,
+                },
+            )
+        }
     }
 }
 

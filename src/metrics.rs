@@ -588,14 +588,18 @@ impl PoolMetrics {
     /// [`DURATION_BUCKETS`] bound) and its count. Takes the histogram's
     /// collect lock, as a scrape does; requests observing meanwhile never wait.
     pub fn latency(&self) -> (Vec<u64>, u64) {
-        let metric = self.duration.metric();
-        let histogram = metric.get_histogram();
-        let buckets = histogram
-            .get_bucket()
-            .iter()
-            .map(|b| b.cumulative_count())
-            .collect();
-        (buckets, histogram.get_sample_count())
+        buckets(&self.duration)
+    }
+
+    /// The time-to-first-byte histogram's buckets and count, as
+    /// [`PoolMetrics::latency`]: what a rollout's step is judged on.
+    pub fn first_byte_buckets(&self) -> (Vec<u64>, u64) {
+        buckets(&self.first_byte)
+    }
+
+    /// The event-gap histogram's buckets and count, as [`PoolMetrics::latency`].
+    pub fn event_gap_buckets(&self) -> (Vec<u64>, u64) {
+        buckets(&self.stream_event_gap)
     }
 
     pub fn count_upstream_error(&self, kind: UpstreamErrorKind) {
@@ -605,6 +609,20 @@ impl PoolMetrics {
             .unwrap_or(0);
         self.upstream_errors[i].inc();
     }
+}
+
+/// A histogram's cumulative bucket counts (one per bound) and its count.
+/// Takes its collect lock, as a scrape does; requests observing meanwhile
+/// never wait.
+fn buckets(h: &Histogram) -> (Vec<u64>, u64) {
+    let metric = h.metric();
+    let histogram = metric.get_histogram();
+    let buckets = histogram
+        .get_bucket()
+        .iter()
+        .map(|b| b.cumulative_count())
+        .collect();
+    (buckets, histogram.get_sample_count())
 }
 
 /// Metric handles of one model.

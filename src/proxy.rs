@@ -8,13 +8,18 @@
 //! 2. **route**: [`RouteTable::resolve`] picks the model by longest
 //!    `path_prefix` and optional `host`. No match: 404 JSON, counted in
 //!    `switchyard_unrouted_requests_total`; nothing goes upstream.
-//! 3. **load**: `model.active()` is the request's one read of switch state.
-//!    The `Arc<Pool>` it returns lives until the response body ends, so the
-//!    request finishes on the pool it started on whatever switches meanwhile.
+//! 3. **load**: `model.route(headers)` is the request's one read of switch
+//!    state: one `ArcSwap` load gives the active pool and the split, and
+//!    with a split the request is picked for the standby or not (by its
+//!    sticky header or cookie, else by a per-thread counter; see
+//!    `switch/split.rs`). The `Arc<Pool>` it returns lives until the
+//!    response body ends, so the request finishes on the pool it started on
+//!    whatever switches meanwhile.
 //! 4. **pick**: `pool.pick()` chooses an endpoint in rotation (power of two
 //!    choices on in-flight) and returns the in-flight guard. None in
-//!    rotation: 503 JSON, or, with `failover = true`, the standby pool
-//!    serves and the response says `x-switchyard-failover: true`.
+//!    rotation: a request the split picked for the standby goes to the
+//!    active pool instead; else 503 JSON, or, with `failover = true`, the
+//!    standby pool serves and the response says `x-switchyard-failover: true`.
 //! 5. **rewrite**: the URI gets the endpoint's authority, the version the
 //!    pool's protocol; hop-by-hop headers go, `x-forwarded-*` and
 //!    `x-request-id` are set. The body stays the client's stream.
@@ -162,41 +167,53 @@ impl Proxy {
             return ProxyError::NoRoute { path }.into_response(None);
         };
 
-        let active = model.active();
+        let (routed, active_name) = model.route(req.headers());
         // A preview serves from the pool it names, and only from it.
-        let target = match preview_pool(client, &model, &active, req.headers_mut()) {
+        let target = match preview_pool(client, &model, active_name, req.headers_mut()) {
             Ok(target) => target,
-            Err(value) => return answer(&active, ProxyError::BadPreviewPool { value }),
+            Err(value) => return answer(&routed, ProxyError::BadPreviewPool { value }),
         };
         let preview = target.is_some();
-        // From here on "active" is the pool this request is for.
-        let active = target.unwrap_or(active);
+        // From here on "chosen" is the pool this request is for: the active
+        // pool, the split's, or a preview's.
+        let chosen = target.unwrap_or(routed);
         let Some(admission) = model.admit() else {
             let error = ProxyError::Overloaded {
                 model: model.name().to_string(),
                 max: model.max_in_flight(),
             };
-            return answer(&active, error);
+            return answer(&chosen, error);
         };
         let declared = content_length(&req);
         if declared.is_some_and(|len| len > model.max_body_bytes()) {
             // Refused before anything is sent; the rest of the body is never read.
-            return answer(&active, ProxyError::body_too_large(&model));
+            return answer(&chosen, ProxyError::body_too_large(&model));
         }
-        let (mut in_flight, failover) = match active.pick() {
+        let (mut in_flight, failover) = match chosen.pick() {
             Some(in_flight) => (in_flight, false),
             // A preview tests its pool: never another.
             None if preview => {
-                return answer(&active, ProxyError::no_healthy_endpoint(&active));
+                return answer(&chosen, ProxyError::no_healthy_endpoint(&chosen));
             }
-            None => match model
-                .failover()
-                .then(|| model.standby_of(&active).pick())
-                .flatten()
-            {
-                Some(in_flight) => (in_flight, true),
-                None => return answer(&active, ProxyError::no_healthy_endpoint(&active)),
-            },
+            None => {
+                let active = model.pool(active_name);
+                // Picked by the split for a pool with no endpoint in
+                // rotation: the active pool serves, as without the split.
+                let fallback = (chosen.name() != active_name)
+                    .then(|| active.pick())
+                    .flatten();
+                match fallback {
+                    Some(in_flight) => (in_flight, false),
+                    None => match model
+                        .failover()
+                        .then(|| model.standby_of(active).pick())
+                        .flatten()
+                    {
+                        Some(in_flight) => (in_flight, true),
+                        None => return answer(active, ProxyError::no_healthy_endpoint(active)),
+                    },
+                }
+            }
         };
         let pool = in_flight.pool();
         let timeout = model.request_timeout();
@@ -213,9 +230,12 @@ impl Proxy {
         let limit = usize::try_from(model.max_body_bytes()).unwrap_or(usize::MAX);
         let more_endpoints = pool.endpoints().len() > 1;
         let (mut body, body_read) = ClientBody::new(body);
-        // Live traffic only: a preview or a failover is not mirrored.
+        // Live traffic of the active pool only: a preview, a failover or a
+        // request the split sent to the standby is not mirrored.
         let mirror = match model.shadow() {
-            Some(shadow) if !preview && !failover => shadow.sample(declared),
+            Some(shadow) if !preview && !failover && pool.name() == active_name => {
+                shadow.sample(declared)
+            }
             _ => None,
         };
         let answer_slot = mirror.map(|mirror| {
@@ -355,12 +375,12 @@ fn mark_preview(headers: &mut http::HeaderMap) {
 fn preview_pool(
     client: &ClientInfo,
     model: &Model,
-    active: &Arc<Pool>,
+    active: PoolName,
     headers: &mut http::HeaderMap,
 ) -> Result<Option<Arc<Pool>>, String> {
     let asked = headers.remove(&headers::X_SWITCHYARD_POOL);
     if client.preview {
-        return Ok(Some(Arc::clone(model.standby_of(active))));
+        return Ok(Some(Arc::clone(model.pool(active.other()))));
     }
     match asked {
         Some(value) if model.preview_header() => {

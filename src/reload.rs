@@ -83,6 +83,8 @@ pub enum ReloadError {
     },
     #[error("model {model:?} would be left with no healthy endpoint in its active pool {pool}; nothing was reloaded")]
     Unhealthy { model: String, pool: PoolName },
+    #[error("model {model:?} has a rollout {phase} and the new config has no [models.rollout] for it, so nothing would judge its steps; abort the rollout first (POST /models/{model}/rollout/abort); nothing was reloaded")]
+    RolloutLive { model: String, phase: &'static str },
     #[error("the new state could not be saved; nothing was reloaded")]
     State(#[source] StateError),
 }
@@ -197,6 +199,15 @@ impl Reloader {
         let upstream = new.proxy.upstream();
 
         let mut control = self.switchboard.lock().await;
+        // Before anything is built: a live rollout needs its config.
+        for config in new.models.iter().filter(|m| m.rollout.is_none()) {
+            if let Some(r) = control.state(&config.name).and_then(|s| s.live_rollout()) {
+                return Err(ReloadError::RolloutLive {
+                    model: config.name.clone(),
+                    phase: r.phase.as_str(),
+                });
+            }
+        }
         let old = self.switchboard.models();
         let mut outcome = ReloadOutcome::default();
         let mut models = Vec::with_capacity(new.models.len());
@@ -221,6 +232,7 @@ impl Reloader {
                         &self.metrics,
                         before.map(|m| &**m),
                     );
+                    model.store_routing(state.active, state.split);
                     if before.is_some() {
                         outcome.changed.push(config.name.clone());
                     } else {

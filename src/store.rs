@@ -64,7 +64,7 @@ pub enum CommitError {
     /// Another instance wrote the model's key since this one last saw it.
     /// Holds what the store has now (`None`: the key was deleted).
     #[error("the model's state changed in the store since this instance last saw it")]
-    Conflict(Option<Stored>),
+    Conflict(Option<Box<Stored>>),
     /// The store could not be reached, or refused; nothing was written.
     #[error("state store unavailable: {0}")]
     Unavailable(String),

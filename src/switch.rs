@@ -2,14 +2,18 @@
 //! control side that moves it (flip, activate, rollback), keeps the history
 //! and persists the state file. Never sees a request.
 //!
-//! Readers (every request) do one `ArcSwap` load and keep the `Arc<Pool>` for
-//! the life of the request. Writers go through [`Switchboard::switch`], which
-//! serialises them on one async mutex and, in this order: decides the change
-//! on a plain value ([`ModelState::apply`]), persists the new state through
-//! the [`StateStore`] (the state file, or an etcd transaction that only
+//! Readers (every request) do one `ArcSwap` load, which gives the active
+//! pool and the split ([`Routing`], see `split.rs`), pick a pool and keep
+//! its `Arc<Pool>` for the life of the request. Writers go through
+//! [`Switchboard::change`] (a switch, [`Switchboard::switch`], is one kind
+//! of change; setting the split and moving a rollout are others), which
+//! serialises them on one async mutex and, in this order: decides the
+//! change on a plain value ([`ModelState::apply`] and the rollout's
+//! transitions in `progress.rs`), persists the new state through the
+//! [`StateStore`] (the state file, or an etcd transaction that only
 //! succeeds if no other instance switched the model first), stores the new
-//! pool in the `ArcSwap`, then replies. Persist before store: once a caller
-//! has seen "switched", a restart cannot undo it.
+//! routing in the `ArcSwap`, then replies. Persist before store: once a
+//! caller has seen "switched", a restart cannot undo it.
 //!
 //! A store shared by a fleet (etcd) also reports the switches other
 //! instances made; [`Switchboard::learn`] applies them under the same lock
@@ -27,25 +31,33 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
+use http::HeaderMap;
 use serde::{Deserialize, Serialize};
-use tracing::info;
+use tracing::{info, warn};
 
-use crate::config::{CheckConfig, ModelConfig, UpstreamSettings};
+use crate::config::{CheckConfig, ModelConfig, RolloutConfig, Sticky, UpstreamSettings};
 use crate::events::{now_unix_ms, EventKind, Events};
 use crate::health::EndpointState;
 use crate::metrics::{Metrics, ModelMetrics};
 use crate::pool::{Pool, PoolName};
+use crate::rollout::StepFigures;
 use crate::shadow::Shadow;
 use crate::validate::Report;
 use crate::watch::WatchReport;
 
 mod control;
 mod learn;
+mod progress;
+mod split;
 
 pub use crate::store::StateError;
 use crate::store::{Commit, CommitError, StateStore, StoreStatus, Stored};
 pub use control::Control;
 pub use learn::{Followed, Learned};
+pub use progress::{
+    describe_step, PlannedStep, Rollout, RolloutPhase, StepRef, StepResult, StepVerdict,
+};
+pub use split::{fnv1a, sticky_bucket, sticky_key, Routing, Split};
 
 /// How many past switches a model remembers (and so how far rollback goes).
 pub const HISTORY_LEN: usize = 16;
@@ -62,11 +74,17 @@ pub struct Model {
     /// Requests admitted and not finished, across both pools.
     in_flight: AtomicUsize,
     pools: [Arc<Pool>; 2],
-    active: ArcSwap<Pool>,
+    /// The active pool and the split: what a request loads.
+    routing: ArcSwap<Routing>,
+    /// While a split is on, what keeps a user on one pool.
+    sticky: Option<Sticky>,
     metrics: ModelMetrics,
     /// The watch of the last watched switch, published by the watch task
     /// for status readers; `None` until a switch of this model is watched.
     watch: ArcSwapOption<WatchReport>,
+    /// This instance's figures of the rollout step being judged, published
+    /// by the rollout task for status.
+    rollout_figures: ArcSwapOption<StepFigures>,
     /// Mirroring to the standby, with what it has seen so far.
     shadow: Option<Arc<Shadow>>,
     /// What it was built from; a reload compares against it.
@@ -132,7 +150,12 @@ impl Model {
             }
         });
         let model = Model {
-            active: ArcSwap::new(Arc::clone(&pools[active.index()])),
+            routing: ArcSwap::from_pointee(Routing::new(
+                Arc::clone(&pools[active.index()]),
+                Arc::clone(&pools[active.other().index()]),
+                None,
+            )),
+            sticky: config.sticky.clone(),
             config: config.clone(),
             upstream: *upstream,
             name,
@@ -146,6 +169,7 @@ impl Model {
             pools,
             metrics: metrics.model(&config.name),
             watch: ArcSwapOption::empty(),
+            rollout_figures: ArcSwapOption::empty(),
             shadow,
         };
         model.publish_active(active);
@@ -225,6 +249,26 @@ impl Model {
         self.watch.store(Some(Arc::new(report)));
     }
 
+    /// `[models.rollout]`: the steps and limits of a progressive rollout.
+    pub fn rollout_config(&self) -> Option<&RolloutConfig> {
+        self.config.rollout.as_ref()
+    }
+
+    /// The header or cookie that keeps a user on one pool during a split.
+    pub fn sticky(&self) -> Option<&Sticky> {
+        self.sticky.as_ref()
+    }
+
+    /// The figures of the rollout step being judged, for status.
+    pub fn rollout_figures(&self) -> Option<Arc<StepFigures>> {
+        self.rollout_figures.load_full()
+    }
+
+    /// Publishes the figures of the step being judged (the rollout task only).
+    pub(crate) fn publish_rollout_figures(&self, figures: StepFigures) {
+        self.rollout_figures.store(Some(Arc::new(figures)));
+    }
+
     /// The `[[models.validate]]` checks a pool must pass before a switch to it.
     pub fn checks(&self) -> &[CheckConfig] {
         &self.config.validate
@@ -244,20 +288,45 @@ impl Model {
         &self.pools[name.index()]
     }
 
-    /// The active pool. The one read of switch state a request makes: keep
-    /// the returned `Arc` for the whole request so it finishes on this pool.
+    /// The pool for a request with `headers`, and the active pool's name:
+    /// the one read of switch state a request makes (one `ArcSwap` load;
+    /// without a split, the active pool). Keep the returned `Arc` for the
+    /// whole request so it finishes on this pool.
+    #[inline]
+    pub fn route(&self, headers: &HeaderMap) -> (Arc<Pool>, PoolName) {
+        // A guard, not `load_full`: held only to clone the pool picked.
+        let routing = self.routing.load();
+        let pool = routing.pick(self.sticky.as_ref(), headers);
+        (Arc::clone(pool), routing.active().name())
+    }
+
+    /// The active pool (for status and the control side; a request asks
+    /// [`Model::route`], which also applies the split).
     #[inline]
     pub fn active(&self) -> Arc<Pool> {
-        self.active.load_full()
+        Arc::clone(self.routing.load().active())
     }
 
     pub fn active_name(&self) -> PoolName {
-        self.active.load().name()
+        self.routing.load().active().name()
     }
 
-    fn store_active(&self, to: PoolName) {
-        self.active.store(Arc::clone(&self.pools[to.index()]));
-        self.publish_active(to);
+    /// The split being served, if any.
+    pub fn split(&self) -> Option<Split> {
+        self.routing.load().split()
+    }
+
+    /// Serves `active`, with `split` of new requests to the standby. In
+    /// switchyard only the switchboard (and the start, and a reload) calls
+    /// it, after persisting; public for benches and tests that need a split
+    /// without a switchboard.
+    pub fn store_routing(&self, active: PoolName, split: Option<Split>) {
+        self.routing.store(Arc::new(Routing::new(
+            Arc::clone(&self.pools[active.index()]),
+            Arc::clone(&self.pools[active.other().index()]),
+            split,
+        )));
+        self.publish_active(active);
     }
 
     fn publish_active(&self, active: PoolName) {
@@ -286,6 +355,8 @@ pub enum SwitchReason {
     Rollback,
     /// The watch undid a switch whose new pool breached a limit.
     AutoRollback,
+    /// A progressive rollout passed its steps and reached 100 %.
+    Rollout,
 }
 
 impl fmt::Display for SwitchReason {
@@ -295,6 +366,7 @@ impl fmt::Display for SwitchReason {
             SwitchReason::Activate => "activate",
             SwitchReason::Rollback => "rollback",
             SwitchReason::AutoRollback => "auto_rollback",
+            SwitchReason::Rollout => "rollout",
         })
     }
 }
@@ -332,6 +404,11 @@ pub struct SwitchRecord {
     /// rollback's breached limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The split as it was before the switch, which ended it: a rollback
+    /// of this switch returns to it (not of a rollout's, which undoes the
+    /// rollout whole).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<Split>,
 }
 
 /// The switch state of one model as a plain value: the sans-io core that
@@ -349,6 +426,13 @@ pub struct ModelState {
     /// of `last_switch` (a rollback is not kept in the history).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_auto_rollback: Option<SwitchRecord>,
+    /// The share of new requests sent to the standby; `None`: all to the
+    /// active pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<Split>,
+    /// The rollout running, or the last one (for its verdicts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
 }
 
 /// Why a switch was refused.
@@ -404,6 +488,19 @@ pub enum SwitchError {
     /// The write to the shared store went out but no answer came back.
     #[error("model {model:?}: state store unavailable ({reason}); the switch may or may not have been recorded: GET /models/{model} shows it once the store answers again")]
     StoreUncertain { model: String, reason: String },
+    /// A rollout call that the model's rollout does not allow now.
+    #[error("model {model:?}: {why}; see GET /models/{model}/rollout")]
+    NoRollout { model: String, why: String },
+    /// A change a live rollout would not survive as planned.
+    #[error("model {model:?}: a rollout is {} (step {step} of {steps}); abort it first (POST /models/{model}/rollout/abort)", .phase.as_str())]
+    RolloutLive {
+        model: String,
+        phase: RolloutPhase,
+        step: usize,
+        steps: usize,
+    },
+    #[error("model {model:?} has no [models.rollout] in its config; add its steps and limits, then reload")]
+    NoRolloutConfig { model: String },
     /// Another instance switched the model since this one last saw it; this
     /// instance now serves what the store holds.
     #[error("model {model:?}: switched by another instance first; {active} is active now; nothing switched; check the state and try again")]
@@ -444,7 +541,27 @@ impl ModelState {
             history: VecDeque::new(),
             last_switch: None,
             last_auto_rollback: None,
+            split: None,
+            rollout: None,
         }
+    }
+
+    /// The state with `split` of new requests to the standby (`None`: no
+    /// split); `Ok(None)` when that is already so. Refused while a rollout
+    /// is live: it owns the split.
+    pub fn with_split(
+        &self,
+        model: &str,
+        split: Option<Split>,
+    ) -> Result<Option<ModelState>, SwitchError> {
+        let split = split.filter(|s| s.pool != self.active);
+        if split == self.split {
+            return Ok(None);
+        }
+        self.refuse_live(model)?;
+        let mut next = self.clone();
+        next.split = split;
+        Ok(Some(next))
     }
 
     /// Applies `op` at time `now_ms` on behalf of `actor`. `Ok(None)` means
@@ -471,6 +588,8 @@ impl ModelState {
         guard: impl FnOnce(PoolName) -> Result<bool, SwitchError>,
     ) -> Result<Option<ModelState>, SwitchError> {
         let mut note = None;
+        // A rollback returns to the split the undone switch ended.
+        let mut restore = None;
         let (to, reason) = match op {
             SwitchOp::Flip { expect } => {
                 if let Some(expected) = expect.filter(|e| *e != self.active) {
@@ -482,7 +601,17 @@ impl ModelState {
                 }
                 (self.active.other(), SwitchReason::Flip)
             }
-            SwitchOp::Activate(pool) if pool == self.active => return Ok(None),
+            // Activating the active pool ends a split (and a rollout), and
+            // switches nothing.
+            SwitchOp::Activate(pool) if pool == self.active => {
+                if self.split.is_none() && self.live_rollout().is_none() {
+                    return Ok(None);
+                }
+                let mut next = self.clone();
+                next.split = None;
+                next.cancel_rollout(format!("ended by an activate of {pool}"), now_ms);
+                return Ok(Some(next));
+            }
             SwitchOp::Activate(pool) => (pool, SwitchReason::Activate),
             SwitchOp::Rollback => {
                 let Some(last) = self.history.back() else {
@@ -490,6 +619,7 @@ impl ModelState {
                         model: model.to_string(),
                     });
                 };
+                restore = last.split.filter(|_| last.reason != SwitchReason::Rollout);
                 (last.from, SwitchReason::Rollback)
             }
             SwitchOp::AutoRollback { undo, note: why } => {
@@ -499,6 +629,7 @@ impl ModelState {
                     });
                 }
                 note = Some(why);
+                restore = undo.split.filter(|_| undo.reason != SwitchReason::Rollout);
                 (undo.from, SwitchReason::AutoRollback)
             }
         };
@@ -511,9 +642,12 @@ impl ModelState {
             actor: actor.to_string(),
             forced,
             note,
+            split: self.split,
         };
         let mut next = self.clone();
         next.active = to;
+        next.split = restore.filter(|s| s.pool != to);
+        next.cancel_rollout(format!("superseded by a {reason} to {to}"), now_ms);
         if reason == SwitchReason::AutoRollback {
             // The switch undone is the newest in the history (checked
             // above: it is the last switch, and rollbacks are not kept).
@@ -676,12 +810,71 @@ impl Switchboard {
         actor: &str,
         still: impl FnOnce(&Model) -> Result<(), SwitchError>,
     ) -> Result<SwitchOutcome, SwitchError> {
+        let changed = self
+            .change(name, actor, |model, current| {
+                still(model)?;
+                let guard = |to: PoolName| health_guard(model, to, force);
+                let next = current.apply_checked(name, op, now_unix_ms(), actor, guard)?;
+                // A split a rollback returns to goes to a pool that must
+                // still have a healthy endpoint, as a switch's target must.
+                Ok(next.map(|mut next| {
+                    if let Some(split) = next.split {
+                        if !force && model.pool(split.pool).healthy_count() == 0 {
+                            warn!(model = name, pool = %split.pool, "not returning to the split: its pool has no healthy endpoint");
+                            next.split = None;
+                        }
+                    }
+                    next
+                }))
+            })
+            .await?;
+        Ok(SwitchOutcome {
+            model: name.to_string(),
+            from: changed.before.active,
+            active: changed
+                .after
+                .as_ref()
+                .map_or(changed.before.active, |a| a.active),
+            switched: changed.switched(),
+        })
+    }
+
+    /// Sets the share of new requests sent to the standby (`None`, or a
+    /// split naming the active pool: none). A share for a pool with no
+    /// healthy endpoint is refused unless `force`, as a switch to it is.
+    pub async fn set_split(
+        &self,
+        name: &str,
+        split: Option<Split>,
+        force: bool,
+        actor: &str,
+    ) -> Result<Changed, SwitchError> {
+        self.change(name, actor, |model, current| {
+            if let Some(split) = split.filter(|s| s.pool != current.active) {
+                health_guard(model, split.pool, force)?;
+            }
+            current.with_split(name, split)
+        })
+        .await
+    }
+
+    /// Applies one change of a model's state under the writers' lock:
+    /// `decide` gets the model and its state as they are now and returns
+    /// the next state (`None`: nothing to change), which is persisted, then
+    /// served (the routing stored), then published. A change that switches
+    /// the active pool is logged, counted and recorded as a switch event;
+    /// other events are the caller's to record once this returns.
+    pub async fn change(
+        &self,
+        name: &str,
+        actor: &str,
+        decide: impl FnOnce(&Model, &ModelState) -> Result<Option<ModelState>, SwitchError>,
+    ) -> Result<Changed, SwitchError> {
         let mut control = self.control.lock().await;
         // Looked up under the lock: a reload cannot replace it meanwhile.
         let model = self
             .model(name)
             .ok_or_else(|| SwitchError::UnknownModel(name.to_string()))?;
-        still(&model)?;
         let current = control
             .models
             .get(name)
@@ -695,34 +888,11 @@ impl Switchboard {
                 reason,
             })?;
         let seen = current.revision;
-        let from = current.state.active;
-        let guard = |to: PoolName| {
-            let pool = model.pool(to);
-            if pool.healthy_count() > 0 {
-                Ok(false)
-            } else if force {
-                Ok(true)
-            } else {
-                Err(SwitchError::Unhealthy {
-                    model: name.to_string(),
-                    pool: to,
-                    endpoints: pool
-                        .endpoints()
-                        .iter()
-                        .map(|e| (e.url().to_string(), e.state()))
-                        .collect(),
-                })
-            }
-        };
-        let Some(next) = current
-            .state
-            .apply_checked(name, op, now_unix_ms(), actor, guard)?
-        else {
-            return Ok(SwitchOutcome {
-                model: name.to_string(),
-                from,
-                active: from,
-                switched: false,
+        let before = current.state.clone();
+        let Some(next) = decide(&model, &before)? else {
+            return Ok(Changed {
+                before,
+                after: None,
             });
         };
 
@@ -765,7 +935,7 @@ impl Switchboard {
                 // as if its change had arrived a moment earlier.
                 self.learn_locked(
                     &mut control,
-                    Learned::Changes(vec![(name.to_string(), now)]),
+                    Learned::Changes(vec![(name.to_string(), now.map(|b| *b))]),
                 );
                 let Stored { state, revision } = control
                     .models
@@ -782,10 +952,20 @@ impl Switchboard {
             }
         };
 
-        let to = next.active;
-        model.store_active(to);
-        model.metrics.count_switch(to);
-        if let Some(record) = &next.last_switch {
+        let (from, to) = (before.active, next.active);
+        model.store_routing(to, next.split);
+        if next.split != before.split {
+            info!(
+                model = name,
+                active = %to,
+                split = %next.split.map_or_else(|| "none".to_string(), |s| s.to_string()),
+                actor = actor,
+                "split changed"
+            );
+        }
+        let switched = next.last_switch != before.last_switch;
+        if let (true, Some(record)) = (switched, &next.last_switch) {
+            model.metrics.count_switch(to);
             if record.reason == SwitchReason::AutoRollback {
                 model.metrics.count_auto_rollback();
             }
@@ -810,21 +990,86 @@ impl Switchboard {
                 origin: None,
             });
         }
+        // A switch by hand ends a live rollout: said once, here.
+        let cancelled = next
+            .rollout
+            .as_ref()
+            .filter(|r| r.phase == RolloutPhase::Cancelled && before.live_rollout().is_some());
+        if let Some(r) = cancelled {
+            info!(
+                model = name,
+                step = r.step,
+                reason = r.reason.as_deref(),
+                actor,
+                "rollout cancelled"
+            );
+            self.events.record(EventKind::Rollout {
+                model: name.to_string(),
+                action: "cancelled",
+                pool: r.pool,
+                step: r.step,
+                steps: r.steps.len(),
+                percent: 0.0,
+                actor: actor.to_string(),
+                reason: r.reason.clone(),
+            });
+        }
         control.models.insert(
             name.to_string(),
             Stored {
-                state: next,
+                state: next.clone(),
                 revision,
             },
         );
         self.published.store(Arc::new(control.states()));
         self.store.learned(&control.all());
         self.switched.send_modify(|n| *n += 1);
-        Ok(SwitchOutcome {
-            model: name.to_string(),
-            from,
-            active: to,
-            switched: true,
+        Ok(Changed {
+            before,
+            after: Some(next),
+        })
+    }
+}
+
+/// What [`Switchboard::change`] did: the model's state before, and after
+/// (`None`: nothing needed changing).
+#[derive(Debug, Clone)]
+pub struct Changed {
+    pub before: ModelState,
+    pub after: Option<ModelState>,
+}
+
+impl Changed {
+    /// Whether the change switched the active pool.
+    pub fn switched(&self) -> bool {
+        self.after
+            .as_ref()
+            .is_some_and(|a| a.last_switch != self.before.last_switch)
+    }
+
+    /// The state now: after, or before when nothing changed.
+    pub fn now(&self) -> &ModelState {
+        self.after.as_ref().unwrap_or(&self.before)
+    }
+}
+
+/// The switch guard: `to` must have a healthy endpoint, unless `force`
+/// (then the switch is recorded as forced).
+pub(crate) fn health_guard(model: &Model, to: PoolName, force: bool) -> Result<bool, SwitchError> {
+    let pool = model.pool(to);
+    if pool.healthy_count() > 0 {
+        Ok(false)
+    } else if force {
+        Ok(true)
+    } else {
+        Err(SwitchError::Unhealthy {
+            model: model.name().to_string(),
+            pool: to,
+            endpoints: pool
+                .endpoints()
+                .iter()
+                .map(|e| (e.url().to_string(), e.state()))
+                .collect(),
         })
     }
 }

@@ -55,7 +55,9 @@ use crate::pool::{Pool, PoolName};
 use crate::switch::{Model, SwitchError, SwitchOp, SwitchReason, SwitchRecord, Switchboard};
 use crate::ErrorChain;
 
-pub use judge::{judge, Counts, Reading, Recent, Step, Verdict, Watch};
+pub use judge::{
+    judge, Count, Counts, Histogram, Millis, Reading, Recent, Share, Step, Verdict, Watch,
+};
 
 /// Who asks for an automatic rollback, in the history and the log.
 pub const ACTOR: &str = "watch";
@@ -475,7 +477,7 @@ fn is_watched(reason: SwitchReason) -> bool {
 }
 
 /// A pool's counters now, from its metric handles.
-fn counts(pool: &Pool) -> Counts {
+pub(crate) fn counts(pool: &Pool) -> Counts {
     let metrics = pool.metrics();
     let (requests, errors) = metrics.responses();
     let (buckets, observed) = metrics.latency();

@@ -1,6 +1,7 @@
 //! Proves the request path's lookups allocate nothing: routing, the active
-//! pool load, and the endpoint pick (with the release of its guard) are
-//! counted by a thread-local counting allocator.
+//! pool load (with a split and a sticky header too), and the endpoint pick
+//! (with the release of its guard) are counted by a thread-local counting
+//! allocator.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -11,7 +12,7 @@ use switchyard::config::{EndpointConfig, HealthConfig, ModelConfig, PoolConfig, 
 use switchyard::metrics::Metrics;
 use switchyard::pool::{PoolName, Protocol};
 use switchyard::route::RouteTable;
-use switchyard::switch::Model;
+use switchyard::switch::{Model, Split};
 
 struct Counting;
 
@@ -71,6 +72,8 @@ fn model(metrics: &Metrics, name: &str, prefix: &str) -> Arc<Model> {
         validate: Vec::new(),
         validate_before_switch: false,
         shadow: None,
+        sticky: None,
+        rollout: None,
         blue: pool.clone(),
         green: pool,
     };
@@ -119,4 +122,38 @@ fn resolve_load_and_pick_allocate_nothing() {
         "resolve + load + pick allocated {n} times in 1000 requests"
     );
     assert_eq!(served_by, Some(PoolName::Blue));
+}
+
+#[test]
+fn a_split_pick_allocates_nothing_drawn_or_sticky() {
+    let metrics = Metrics::new();
+    let model = model(&metrics, "iris", "/");
+    model.store_routing(PoolName::Blue, Split::new(PoolName::Green, 300));
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        "cookie",
+        http::HeaderValue::from_static("a=1; session=u-42"),
+    );
+    let sticky = switchyard::config::Sticky::Cookie("session".to_string());
+    // Warm up the thread-locals (the split's counter, arc-swap's debt slots).
+    drop(model.route(&headers).0.pick());
+    let mut green = 0;
+    let n = allocations_in(|| {
+        for _ in 0..1000 {
+            let (pool, active) = model.route(&headers);
+            assert_eq!(active, PoolName::Blue);
+            let in_flight = pool.pick().expect("an endpoint in rotation");
+            green += usize::from(in_flight.pool().name() == PoolName::Green);
+            let key = switchyard::switch::sticky_key(&sticky, &headers);
+            std::hint::black_box(key.map(switchyard::switch::sticky_bucket));
+        }
+    });
+    assert_eq!(
+        n, 0,
+        "route with a split + pick allocated {n} times in 1000 requests"
+    );
+    assert!(
+        (290..=310).contains(&green),
+        "{green} of 1000 to green at 30%"
+    );
 }

@@ -657,3 +657,161 @@ async fn a_switch_not_answered_in_time_says_it_may_have_happened() {
     );
     s.green.release();
 }
+
+// === weight and rollout ===
+
+#[tokio::test]
+async fn weight_sets_the_split_and_status_shows_it() {
+    let s = start("", "").await;
+    let out = client(&s.proxy, &["weight", "iris", "green", "10"]).await;
+    assert_code(&out, 0);
+    assert_eq!(
+        out.stdout,
+        "iris: 10% of new requests to green, 90% to blue (active) (was none)\n"
+    );
+    let out = client(&s.proxy, &["status"]).await;
+    assert_code(&out, 0);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "MODEL  ACTIVE  STANDBY  IN FLIGHT  LAST SWITCH  SPLIT",
+            "iris   blue    green    0          -            10% green",
+        ],
+        "{out:#?}"
+    );
+    let out = client(&s.proxy, &["status", "iris"]).await;
+    assert!(
+        out.stdout
+            .contains("split        10% of new requests to green"),
+        "{out:#?}"
+    );
+    let out = client(&s.proxy, &["weight", "iris", "blue", "100", "--json"]).await;
+    assert_code(&out, 0);
+    assert_eq!(out.json()["split"], Value::Null);
+    assert_eq!(out.json()["previous"]["percent"], 10.0);
+    // Not a percentage: a usage error, nothing sent.
+    let out = client(&s.proxy, &["weight", "iris", "green", "150"]).await;
+    assert_code(&out, 2);
+    assert!(out.stderr.contains("0 to 100"), "{out:#?}");
+
+    // The health guard: refused, exit 1, the endpoints named.
+    s.green.set_healthy(false);
+    wait_for_state(&s.proxy, "iris", "green", &s.green.url(), "unhealthy").await;
+    let out = client(&s.proxy, &["weight", "iris", "green", "20"]).await;
+    assert_code(&out, 1);
+    assert!(out.stderr.starts_with("refused: "), "{out:#?}");
+    assert!(out.stderr.contains("no healthy endpoint"), "{out:#?}");
+    assert!(out.stderr.contains("--force"), "{out:#?}");
+}
+
+const ROLLOUT: &str = "\n[models.rollout]\nsteps = [\"20%:300ms\", \"100%\"]\ninterval = \"50ms\"\nmin_requests = 3\nmax_extension = \"300ms\"\nmax_5xx_ratio = 0.1\n";
+
+#[tokio::test]
+async fn a_rollout_waited_for_ends_in_exit_0_when_complete() {
+    let s = start(ROLLOUT, "").await;
+    let out = client(&s.proxy, &["rollout", "status", "iris"]).await;
+    assert_code(&out, 0);
+    assert!(out.stdout.starts_with("iris: no rollout yet"), "{out:#?}");
+    let out = client(&s.proxy, &["rollout", "pause", "iris"]).await;
+    assert_code(&out, 1);
+    assert!(
+        out.stderr.contains("no rollout has been started"),
+        "{out:#?}"
+    );
+
+    // Traffic for the steps to be judged on.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let url = s.proxy.url("/x");
+    let load = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let client = support::client();
+            while !stop.is_cancelled() {
+                let _ = try_send(&client, http::Method::GET, &url, full_body("")).await;
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+    });
+    let out = client(&s.proxy, &["rollout", "start", "iris", "--wait"]).await;
+    stop.cancel();
+    load.await.unwrap();
+    assert_code(&out, 0);
+    assert!(
+        out.stdout.starts_with(
+            "iris: rollout of green from blue: completed, step 2 of 2 (100% to green)"
+        ),
+        "{out:#?}"
+    );
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(
+        lines.contains(&"STEP  WEIGHT  DURATION  RESULT"),
+        "{out:#?}"
+    );
+    assert!(
+        lines.contains(&"1     20%     300ms     passed"),
+        "{out:#?}"
+    );
+    assert!(
+        lines.contains(&"2     100%    -         switched"),
+        "{out:#?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("step 1 passed: green ")),
+        "{out:#?}"
+    );
+    assert_eq!(active(&s.proxy).await, "green");
+    // No terminal: no progress line on stderr.
+    assert!(out.stderr.is_empty(), "{out:#?}");
+}
+
+#[tokio::test]
+async fn a_rollout_with_too_few_requests_is_aborted_never_passed() {
+    let s = start(ROLLOUT, "").await;
+    let out = client(&s.proxy, &["rollout", "start", "iris", "--wait", "--json"]).await;
+    assert_code(&out, 1);
+    let body = out.json();
+    let rollout = &body["rollout"];
+    assert_eq!(rollout["state"], "aborted", "{body}");
+    let verdicts = rollout["verdicts"].as_array().unwrap();
+    assert_eq!(verdicts.len(), 2, "{body}");
+    assert_eq!(verdicts[0]["result"], "inconclusive");
+    let first = verdicts[0]["reason"].as_str().unwrap();
+    assert!(
+        first.starts_with("step 1 inconclusive: green served 0 request(s) in ")
+            && first.ends_with(", fewer than min_requests 3; extended by up to 300ms"),
+        "{first}"
+    );
+    let last = verdicts[1]["reason"].as_str().unwrap();
+    assert!(
+        last.starts_with("step 1 aborted: inconclusive: green served 0 request(s)"),
+        "{last}"
+    );
+    assert!(
+        out.stderr
+            .starts_with("refused: model \"iris\": rollout aborted: step 1 aborted: inconclusive"),
+        "{out:#?}"
+    );
+    assert_eq!(active(&s.proxy).await, "blue");
+    let r = s.proxy.admin_get("/models/iris").await.json();
+    assert_eq!(r["split"], Value::Null);
+    // The events say it, one line each.
+    let out = client(&s.proxy, &["events"]).await;
+    assert!(
+        out.stdout
+            .contains("rollout     iris  started step 1 of 2 (20% to green) by 127.0.0.1:"),
+        "{out:#?}"
+    );
+    assert!(
+        out.stdout.contains(
+            "rollout     iris  extended step 1 of 2 (20% to green) by rollout: step 1 inconclusive"
+        ),
+        "{out:#?}"
+    );
+    assert!(
+        out.stdout.contains(
+            "rollout     iris  aborted step 1 of 2 (0% to green) by rollout: step 1 aborted"
+        ),
+        "{out:#?}"
+    );
+}

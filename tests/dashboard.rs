@@ -58,6 +58,17 @@ async fn the_page_is_served_whole_with_a_strict_policy() {
     ] {
         assert!(page.contains(call), "the page does not call {call}");
     }
+    // It draws the split and a rollout's steps from GET /models/{name},
+    // and says what weight and rollout events mean.
+    for drawn in [
+        "data-split=",
+        "data-rollout=",
+        "data-step=",
+        "case \"weight\"",
+        "case \"rollout\"",
+    ] {
+        assert!(page.contains(drawn), "the page does not draw {drawn}");
+    }
 
     let head = send(
         &client(),

@@ -300,7 +300,8 @@ async fn a_switch_decided_on_a_stale_revision_is_refused_with_the_current_state(
     // Decided on "no key yet", as the first was: refused.
     let other = flipped(&blue, 2);
     match store.commit(commit(0, &other)).await {
-        Err(CommitError::Conflict(Some(Stored { state, revision }))) => {
+        Err(CommitError::Conflict(Some(stored))) => {
+            let Stored { state, revision } = *stored;
             assert_eq!((state, revision), (green.clone(), first));
         }
         other => panic!("expected a conflict, got {other:?}"),
@@ -643,4 +644,74 @@ async fn what_another_writer_puts_in_etcd_is_followed_and_garbage_is_ignored() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(stored_state(&etcd).await.0["active"], "blue");
     wait_serving(&a, "blue").await;
+}
+
+#[tokio::test]
+async fn a_split_and_a_rollout_are_shared_by_the_fleet() {
+    let etcd = Etcd::start().await;
+    let pools = Pools::start().await;
+    let models = format!(
+        "{}\n[models.rollout]\nsteps = [\"20%:60s\", \"100%\"]\nmax_5xx_ratio = 0.01\n",
+        pools.model()
+    );
+    let text = fleet_config(&[etcd.url()], "", &models);
+    let fleet = [instance(&text).await, instance(&text).await];
+
+    // A weight set on one instance is served by the other.
+    let r = fleet[0].admin_post("/models/iris/weight?green=50").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let (state, _) = stored_state(&etcd).await;
+    assert_eq!(
+        state["split"],
+        serde_json::json!({"pool": "green", "permille": 500})
+    );
+    eventually("the other instance to serve the split", || async {
+        fleet[1].admin_get("/models/iris").await.json()["split"]["percent"] == 50.0
+    })
+    .await;
+    let mut green = 0;
+    for _ in 0..100 {
+        green += usize::from(get(&fleet[1].url("/")).await.pool() == "green");
+    }
+    assert!(
+        (45..=55).contains(&green),
+        "{green} of 100 to green: the split's share on the other instance"
+    );
+    let events = fleet[1].admin_get("/events").await.json();
+    assert!(
+        events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "weight" && e["origin"] == "store" && e["percent"] == 50.0),
+        "{events}"
+    );
+
+    // A rollout started on one instance: its step and split are in etcd,
+    // and the other instance serves and shows them, and can abort it.
+    let r = fleet[0].admin_post("/models/iris/weight?green=0").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let r = fleet[0].admin_post("/models/iris/rollout").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let (state, _) = stored_state(&etcd).await;
+    assert_eq!(
+        (&state["rollout"]["state"], &state["rollout"]["step"]),
+        (&"running".into(), &1.into()),
+        "{state}"
+    );
+    assert_eq!(state["split"]["permille"], 200);
+    eventually("the other instance to follow the rollout", || async {
+        let s = fleet[1].admin_get("/models/iris/rollout").await.json();
+        s["rollout"]["state"] == "running" && s["split"]["percent"] == 20.0
+    })
+    .await;
+    let r = fleet[1].admin_post("/models/iris/rollout/abort").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    eventually("the first instance to see the abort", || async {
+        let s = fleet[0].admin_get("/models/iris").await.json();
+        s["rollout"]["state"] == "aborted" && s["split"].is_null()
+    })
+    .await;
+    let (state, _) = stored_state(&etcd).await;
+    assert_eq!(state["rollout"]["state"], "aborted");
 }

@@ -14,6 +14,7 @@ Subcommands, each bounded in time and stopping by itself:
   sse                   time to first byte and per-event delay of /sse streams, per target
   check-infer URL BODY  POST BODY to URL once; fail unless 200 with an inference answer
   get URL OUT           save one GET answer (switchyard's metrics)
+  post URL              POST once (switchyard's weight); fail unless 200
   meta KEY=VALUE...     add facts about the run to meta.json for the report
   report                the markdown report from everything the steps above wrote
 """
@@ -250,6 +251,20 @@ def cmd_get(a):
             f.write(r.read())
     except (OSError, http.client.HTTPException) as e:
         print(f"warning: GET {a.url}: {e}", file=sys.stderr)
+
+
+def cmd_post(a):
+    host, port, path = split_url(a.url)
+    try:
+        conn = http.client.HTTPConnection(host, port, timeout=5)
+        conn.request("POST", path, body=b"")
+        r = conn.getresponse()
+        answer = r.read()
+    except (OSError, http.client.HTTPException) as e:
+        sys.exit(f"error: POST {a.url}: {e}")
+    if r.status != 200:
+        sys.exit(f"error: POST {a.url}: {r.status} {answer[:300]!r}")
+    print(f"  POST {a.url}: {answer.decode(errors='replace').strip()}")
 
 
 def cmd_meta(a):
@@ -755,6 +770,10 @@ def cmd_report(a):
     by = defaultdict(list)
     for r in runs:
         by[(r["mode"], r["target"])].append(r)
+    # switchyard with a 50 % split: in the load tables only (its memory and
+    # streams are switchyard's).
+    split = "switchyard-split"
+    load_targets = targets + ([split] if any(t == split for _, t in by) else [])
 
     def agg(mode, target):
         rs = by.get((mode, target), [])
@@ -778,7 +797,8 @@ def cmd_report(a):
     w("")
     w(f"Run {meta.get('date', '?')} with `{meta.get('command', 'benches/load/run.sh')}`: "
       f"{meta.get('repeat', '?')} repeat(s) of {meta.get('duration', '?')} s per run, interleaved "
-      f"(direct, nginx, haproxy, switchyard, then again); every figure is the median over the repeats.")
+      f"(direct, nginx, haproxy, switchyard, switchyard with a 50 % split, then again); every figure is "
+      f"the median over the repeats.")
     w("")
     w("## Machine and setup")
     w("")
@@ -815,7 +835,7 @@ def cmd_report(a):
         w("")
         w("| target | req/s | p50 ms | p99 ms | errors | req/s vs direct | added p99 ms | proxy CPU s per 100k req | disturbed runs |")
         w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-        for t in targets:
+        for t in load_targets:
             g = agg(mode, t)
             added = g["p99"] - direct["p99"] if g["p99"] is not None and direct["p99"] is not None else None
             errs = str(g["errors"]) + (f" ({g['error_detail']})" if g["errors"] else "")
@@ -834,11 +854,39 @@ def cmd_report(a):
     w("")
     w("| ratio | HTTP/1.1 | HTTP/2 |")
     w("| --- | ---: | ---: |")
-    for num, den in (("switchyard", "nginx"), ("switchyard", "haproxy"),
-                     ("nginx", "direct"), ("haproxy", "direct"), ("switchyard", "direct")):
+    pairs = [("switchyard", "nginx"), ("switchyard", "haproxy"),
+             ("nginx", "direct"), ("haproxy", "direct"), ("switchyard", "direct")]
+    if split in load_targets:
+        pairs.append((split, "switchyard"))
+    for num, den in pairs:
         w(f"| {num} / {den} | " + " | ".join(
             fmt(ratio(agg(m, num)["rps"], agg(m, den)["rps"]), 2) for m in ("h1", "h2")) + " |")
     w("")
+
+    if split in load_targets:
+        w("## switchyard: a 50 % split against none")
+        w("")
+        w("A second switchyard, configured as the first, with `POST /models/iris/weight?green=50` "
+          "set before the runs: every request is picked for blue or green (one upstream each) on the "
+          "request path. Same interleaving, same pinning.")
+        w("")
+        w("| | HTTP/1.1 req/s | HTTP/1.1 p99 ms | HTTP/2 req/s | HTTP/2 p99 ms |")
+        w("| --- | ---: | ---: | ---: | ---: |")
+        for t in ("switchyard", split):
+            h1, h2 = agg("h1", t), agg("h2", t)
+            w(f"| {'no split' if t == 'switchyard' else '50 % split'} | {fmt(h1['rps'], 0)} | "
+              f"{fmt(h1['p99'], 3)} | {fmt(h2['rps'], 0)} | {fmt(h2['p99'], 3)} |")
+        served = metric_lines(os.path.join(out_dir, "switchyard-split-metrics.txt"),
+                              ("switchyard_requests_total",))
+        served = [l for l in served if not l.endswith(" 0")]
+        if served:
+            w("")
+            w("Requests the split switchyard counted per pool at the end of the run:")
+            w("")
+            w("```")
+            L.extend(served)
+            w("```")
+        w("")
 
     # Flip under load.
     w("## switchyard: flip under load (HTTP/1.1, same wrk run)")
@@ -1079,6 +1127,10 @@ def main():
     s.add_argument("url")
     s.add_argument("out")
     s.set_defaults(func=cmd_get)
+
+    s = sub.add_parser("post")
+    s.add_argument("url")
+    s.set_defaults(func=cmd_post)
 
     s = sub.add_parser("meta")
     s.add_argument("--dir", required=True)

@@ -12,12 +12,14 @@
 # Measures, per target: HTTP/1.1 keep-alive POSTs with wrk, HTTP/2 cleartext
 # POSTs with h2load, 64 connections each; the proxy's CPU time per request;
 # its memory idle and with 1,000 and 10,000 open keep-alive connections;
-# server-sent events through it; and, for switchyard, errors and p99 while
-# the model is flipped every 100 ms under the same load.
+# server-sent events through it; for switchyard, errors and p99 while the
+# model is flipped every 100 ms under the same load; and the same load
+# through a second switchyard whose model splits new requests 50/50 between
+# blue and green (target switchyard-split), interleaved with the others.
 #
 # Pinning: the proxies on CPU 0; load generators, upstreams and the python
 # helpers on CPU 1. Needs 2 CPUs, root for apt-get when a tool is missing,
-# and about 7 minutes with the defaults (10 with --repeat 5).
+# and about 8 minutes with the defaults (12 with --repeat 5).
 #
 # Writes every generated config, log and result under target/load/, prints the
 # markdown report and saves it as target/load/report.md. Every process it
@@ -207,8 +209,8 @@ dirty=$(git status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null | awk '{
 BUILD+="; binary sha256 $(sha256sum "$OUT/bin/switchyard" | cut -c1-12)"
 
 read -r P_BLUE P_GREEN P_NGINX P_NGINX_H2 P_HAPROXY P_HAPROXY_H2 P_SWITCHYARD P_ADMIN \
-  < <("${PY[@]}" free-ports 8) || true
-[[ -n ${P_ADMIN:-} ]] || die "cannot find 8 free ports on 127.0.0.1"
+  P_SPLIT P_SPLIT_ADMIN < <("${PY[@]}" free-ports 10) || true
+[[ -n ${P_SPLIT_ADMIN:-} ]] || die "cannot find 10 free ports on 127.0.0.1"
 
 "${PY[@]}" meta --dir "$OUT" \
   "date=$(date -u '+%Y-%m-%d %H:%M:%S')" "command=benches/load/run.sh${*:+ $*}" \
@@ -358,19 +360,32 @@ EOF
 "$OUT/bin/switchyard" check --config "$OUT/switchyard/switchyard.toml" >/dev/null ||
   die "switchyard rejects $OUT/switchyard/switchyard.toml"
 
+# The same, with its own listeners and state: its split is set once it runs.
+mkdir -p "$OUT/switchyard-split"
+sed -e "s|127.0.0.1:$P_SWITCHYARD|127.0.0.1:$P_SPLIT|" -e "s|127.0.0.1:$P_ADMIN|127.0.0.1:$P_SPLIT_ADMIN|" \
+  -e "s|$OUT/switchyard/state.json|$OUT/switchyard-split/state.json|" \
+  "$OUT/switchyard/switchyard.toml" >"$OUT/switchyard-split/switchyard.toml"
+"$OUT/bin/switchyard" check --config "$OUT/switchyard-split/switchyard.toml" >/dev/null ||
+  die "switchyard rejects $OUT/switchyard-split/switchyard.toml"
+
 # === start the proxies, pinned to CPU 0 ===
 
-log "== proxies on CPU $PROXY_CPU: nginx $P_NGINX (h2c $P_NGINX_H2), haproxy $P_HAPROXY (h2c $P_HAPROXY_H2), switchyard $P_SWITCHYARD (admin $P_ADMIN)"
+log "== proxies on CPU $PROXY_CPU: nginx $P_NGINX (h2c $P_NGINX_H2), haproxy $P_HAPROXY (h2c $P_HAPROXY_H2), switchyard $P_SWITCHYARD (admin $P_ADMIN), switchyard with a split $P_SPLIT (admin $P_SPLIT_ADMIN)"
 start nginx "$OUT/nginx/stderr.log" \
   "${PIN_PROXY[@]}" nginx -p "$OUT/nginx/" -c "$OUT/nginx/nginx.conf" -e "$OUT/nginx/error.log"
 start haproxy "$OUT/haproxy/haproxy.log" "${PIN_PROXY[@]}" haproxy -db -f "$OUT/haproxy/haproxy.cfg"
 RUST_LOG=info start switchyard "$OUT/switchyard/switchyard.log" \
   "${PIN_PROXY[@]}" "$OUT/bin/switchyard" serve --config "$OUT/switchyard/switchyard.toml"
+RUST_LOG=info start switchyard_split "$OUT/switchyard-split/switchyard.log" \
+  "${PIN_PROXY[@]}" "$OUT/bin/switchyard" serve --config "$OUT/switchyard-split/switchyard.toml"
 
 "${PY[@]}" wait-http "http://127.0.0.1:$P_NGINX/v2/health/ready" --timeout 10
 "${PY[@]}" wait-http "http://127.0.0.1:$P_HAPROXY/v2/health/ready" --timeout 10
 # Ready once the first probe round has found the active pool healthy.
 "${PY[@]}" wait-http "http://127.0.0.1:$P_ADMIN/readyz" --timeout 20
+"${PY[@]}" wait-http "http://127.0.0.1:$P_SPLIT_ADMIN/readyz" --timeout 20
+# Half of the new requests to green, the other upstream.
+"${PY[@]}" post "http://127.0.0.1:$P_SPLIT_ADMIN/models/iris/weight?green=50"
 
 NGINX_WORKERS=""
 for ((i = 0; i < 50; i++)); do
@@ -380,20 +395,23 @@ for ((i = 0; i < 50; i++)); do
 done
 [[ -n $NGINX_WORKERS ]] || die "nginx started no worker; see $OUT/nginx/error.log"
 
-declare -A H1_PORT=([direct]=$P_BLUE [nginx]=$P_NGINX [haproxy]=$P_HAPROXY [switchyard]=$P_SWITCHYARD)
-declare -A H2_PORT=([direct]=$P_BLUE [nginx]=$P_NGINX_H2 [haproxy]=$P_HAPROXY_H2 [switchyard]=$P_SWITCHYARD)
+declare -A H1_PORT=([direct]=$P_BLUE [nginx]=$P_NGINX [haproxy]=$P_HAPROXY [switchyard]=$P_SWITCHYARD [switchyard-split]=$P_SPLIT)
+declare -A H2_PORT=([direct]=$P_BLUE [nginx]=$P_NGINX_H2 [haproxy]=$P_HAPROXY_H2 [switchyard]=$P_SWITCHYARD [switchyard-split]=$P_SPLIT)
 # Processes whose CPU time is the proxy's (nginx: the worker doing the work)...
-declare -A CPU_PIDS=([direct]="" [nginx]="$NGINX_WORKERS" [haproxy]="$PID_haproxy" [switchyard]="$PID_switchyard")
+declare -A CPU_PIDS=([direct]="" [nginx]="$NGINX_WORKERS" [haproxy]="$PID_haproxy" [switchyard]="$PID_switchyard" [switchyard-split]="$PID_switchyard_split")
 # ...and whose memory is (nginx: master and worker).
 declare -A MEM_PIDS=([direct]="$PID_blue" [nginx]="$PID_nginx $NGINX_WORKERS" [haproxy]="$PID_haproxy" [switchyard]="$PID_switchyard")
 TARGETS=(direct nginx haproxy switchyard)
+# The load runs also go through switchyard with a 50 % split; memory and
+# streams are measured on the targets above only.
+LOAD_TARGETS=("${TARGETS[@]}" switchyard-split)
 PROXIES=(nginx haproxy switchyard)
 UPSTREAM_PIDS="$PID_blue $PID_green"
 BODY=$HERE/body.json
 INFER=/v2/models/iris/infer
 
 pinning=""
-for name in nginx haproxy switchyard blue green; do
+for name in nginx haproxy switchyard switchyard_split blue green; do
   pid_var=PID_$name
   pinning+="$name $(taskset -cp "${!pid_var}" | sed 's/.*: //'), "
 done
@@ -405,7 +423,7 @@ pinning+="nginx worker $(taskset -cp "${NGINX_WORKERS%% *}" | sed 's/.*: //')"
   "settings=$CONNS connections. Upstream: a fixed 117-byte JSON answer, one thread. nginx: worker_processes 1, upstream keepalive $UPSTREAM_KEEPALIVE, keepalive_requests 1000000 (client and upstream; the default 1000 would reconnect), proxy_http_version 1.1, Connection \"\", proxy_buffering off on /sse only, access_log off, worker_connections $MAXCONN, worker_rlimit_nofile $NOFILE. HAProxy: mode http, nbthread 1, http-reuse always, maxconn $MAXCONN${strict:+ with no strict-limits (fd hard limit $NOFILE < 2 x maxconn)}, option http-no-delay on /sse only, no logging. switchyard: worker_threads = 1, one model at path_prefix / (blue = upstream A, green = upstream B), default health checks (both pools probed every 2 s, 2 warm connections each), info logging (one line per switch). nginx and HAProxy add X-Forwarded-For/-Proto/-Host and X-Request-Id as switchyard does. The upstream shares CPU $LOAD_CPU with the load generator, so 'direct' is the floor of this setup, not of the hardware."
 
 log "== checking every target answers"
-for t in "${TARGETS[@]}"; do
+for t in "${LOAD_TARGETS[@]}"; do
   "${PY[@]}" check-infer "http://127.0.0.1:${H1_PORT[$t]}$INFER" "$BODY"
   h2check=$(h2load -n 4 -c 1 -m 1 -d "$BODY" -H 'content-type: application/json' \
     "http://127.0.0.1:${H2_PORT[$t]}$INFER" 2>&1) || true
@@ -444,7 +462,7 @@ QUIET=(--quiet-budget-file "$QUIET_BUDGET" --quiet-max-wait 20 --quiet-threshold
 # crash, or someone else's kill): every run after it would measure nothing.
 check_alive() {
   local name pid_var
-  for name in blue green nginx haproxy switchyard; do
+  for name in blue green nginx haproxy switchyard switchyard_split; do
     pid_var=PID_$name
     ours_alive "${!pid_var}" || die "$name (PID ${!pid_var}) is no longer running; see its log in $OUT"
   done
@@ -493,7 +511,7 @@ run_flip() {
 }
 
 log "== warm-up: ${WARMUP} s per target and protocol (not recorded)"
-for t in "${TARGETS[@]}"; do
+for t in "${LOAD_TARGETS[@]}"; do
   timeout $((WARMUP + 20)) "${PIN_LOAD[@]}" wrk -t1 -c"$CONNS" -d"${WARMUP}s" -s "$HERE/post.lua" \
     "http://127.0.0.1:${H1_PORT[$t]}$INFER" -- "$BODY" >>"$OUT/logs/warmup.log" 2>&1 || true
   timeout $((WARMUP + 20)) "${PIN_LOAD[@]}" h2load -c "$CONNS" -m 1 -t 1 -D "$WARMUP" -d "$BODY" \
@@ -502,9 +520,9 @@ done
 
 log "== load: $REPEAT x ${DURATION} s per run, interleaved"
 for ((rep = 1; rep <= REPEAT; rep++)); do
-  for t in "${TARGETS[@]}"; do run_h1 "$t" "$rep"; done
+  for t in "${LOAD_TARGETS[@]}"; do run_h1 "$t" "$rep"; done
   run_flip "$rep"
-  for t in "${TARGETS[@]}"; do run_h2 "$t" "$rep"; done
+  for t in "${LOAD_TARGETS[@]}"; do run_h2 "$t" "$rep"; done
 done
 
 # === after the load ===
@@ -513,6 +531,7 @@ rss_now=()
 for p in "${TARGETS[@]}"; do rss_now+=(--pids "$p=${MEM_PIDS[$p]}"); done
 "${PY[@]}" rss-now "${rss_now[@]}" --out "$OUT/rss-after-load.json"
 "${PY[@]}" get "http://127.0.0.1:$P_ADMIN/metrics" "$OUT/switchyard-metrics.txt"
+"${PY[@]}" get "http://127.0.0.1:$P_SPLIT_ADMIN/metrics" "$OUT/switchyard-split-metrics.txt"
 for p in "${PROXIES[@]}"; do
   pid_var=PID_$p
   ours_alive "${!pid_var}" || log "warning: $p (PID ${!pid_var}) is no longer running"

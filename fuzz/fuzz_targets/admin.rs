@@ -5,7 +5,9 @@
 //! token or none, and the state file on tmpfs. One model has a
 //! `[[models.validate]]` check, the other none, so validation (`validate`,
 //! `?validate=`) answers 409 for want of a healthy endpoint or of a check,
-//! and never sends a request, so never hangs.
+//! and never sends a request, so never hangs. The same model has a
+//! `[models.rollout]`: a weight or a rollout for a pool with no healthy
+//! endpoint is 409, a weight of 0 and the rollout's status are 200.
 //!
 //! Every response must be one of the documented answers: 200 (JSON, the
 //! Prometheus text for `GET /metrics`, the event stream, or the dashboard's
@@ -90,6 +92,8 @@ enum Route {
     Activate(ModelChoice, PoolChoice),
     Rollback(ModelChoice),
     Validate(ModelChoice),
+    Weight(ModelChoice),
+    Rollout(ModelChoice, Option<Word>),
     Healthz,
     Readyz,
     Metrics,
@@ -117,6 +121,8 @@ struct RouteQuery {
     force: Option<Word>,
     validate: Option<Word>,
     pool: Option<PoolChoice>,
+    /// A weight: `{pool}={tenths / 10}.{tenths % 10}`, in range or not.
+    share: Option<(PoolChoice, u16)>,
     other: Option<(Word, Word)>,
 }
 
@@ -135,6 +141,11 @@ enum Word {
     Activate,
     Rollback,
     Validate,
+    Weight,
+    Rollout,
+    Pause,
+    Resume,
+    Abort,
     Pool,
     Blue,
     Green,
@@ -209,6 +220,11 @@ fn build(req: &AdminRequest) -> Option<(Request<Full<Bytes>>, bool)> {
                 Route::Activate(m, p) => format!("/models/{}/activate/{}", model(m), pool(p)),
                 Route::Rollback(m) => format!("/models/{}/rollback", model(m)),
                 Route::Validate(m) => format!("/models/{}/validate", model(m)),
+                Route::Weight(m) => format!("/models/{}/weight", model(m)),
+                Route::Rollout(m, None) => format!("/models/{}/rollout", model(m)),
+                Route::Rollout(m, Some(call)) => {
+                    format!("/models/{}/rollout/{}", model(m), word(call))
+                }
                 Route::Healthz => "/healthz".to_string(),
                 Route::Readyz => "/readyz".to_string(),
                 Route::Metrics => "/metrics".to_string(),
@@ -226,6 +242,9 @@ fn build(req: &AdminRequest) -> Option<(Request<Full<Bytes>>, bool)> {
             }
             if let Some(p) = &query.pool {
                 pairs.push(format!("pool={}", pool(p)));
+            }
+            if let Some((p, tenths)) = &query.share {
+                pairs.push(format!("{}={}.{}", pool(p), tenths / 10, tenths % 10));
             }
             if let Some((k, v)) = &query.other {
                 pairs.push(format!("{}={}", word(k), word(v)));
@@ -328,6 +347,11 @@ fn word(w: &Word) -> &str {
         Word::Activate => "activate",
         Word::Rollback => "rollback",
         Word::Validate => "validate",
+        Word::Weight => "weight",
+        Word::Rollout => "rollout",
+        Word::Pause => "pause",
+        Word::Resume => "resume",
+        Word::Abort => "abort",
         Word::Pool => "pool",
         Word::Blue => "blue",
         Word::Green => "green",
@@ -543,6 +567,10 @@ method = "POST"
 path = "/v2/models/iris/infer"
 body = '{{"inputs": []}}'
 same_as_active = true
+
+[models.rollout]
+steps = ["5%:1m", "50%:1m", "100%"]
+max_5xx_ratio = 0.01
 
 [[models]]
 name = "chat"

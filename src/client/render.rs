@@ -59,9 +59,11 @@ fn pool_style(pool: &str) -> Style {
 /// meaning: good green, bad red, in between yellow.
 fn state_style(state: &str) -> Style {
     match state {
-        "healthy" | "passed" | "pass" | "yes" => Style::Green,
-        "unhealthy" | "failed" | "fail" | "rolled_back" | "rollback_failed" => Style::Red,
-        "ejected" | "watching" | "inconclusive" => Style::Yellow,
+        "healthy" | "passed" | "pass" | "yes" | "completed" | "switched" => Style::Green,
+        "unhealthy" | "failed" | "fail" | "rolled_back" | "rollback_failed" | "aborted" => {
+            Style::Red
+        }
+        "ejected" | "watching" | "inconclusive" | "running" | "paused" => Style::Yellow,
         "unknown" | "cancelled" => Style::Dim,
         _ => Style::Plain,
     }
@@ -220,6 +222,33 @@ fn last_switch(record: &Value, now_ms: u64, actor: bool) -> String {
     s
 }
 
+/// A percentage from the API (`10.0`, `2.5`) as people write it: `10%`,
+/// `2.5%`; `-` when absent.
+fn pct(v: &Value) -> String {
+    match v.as_f64() {
+        Some(p) if p.fract() == 0.0 => format!("{p:.0}%"),
+        Some(p) => format!("{p:.1}%"),
+        None => "-".to_string(),
+    }
+}
+
+/// A split (`{"pool":"green","percent":10.0}`): `10% green`, or `-`.
+fn split(v: &Value) -> String {
+    if v.is_null() {
+        return "-".to_string();
+    }
+    format!("{} {}", pct(&v["percent"]), str_of(&v["pool"]))
+}
+
+/// Milliseconds as people say them: `41s`, `2m05s`, `850ms`.
+fn left(ms: u64) -> String {
+    match ms {
+        0..1000 => format!("{ms}ms"),
+        1000..60_000 => format!("{}s", ms / 1000),
+        _ => format!("{}m{:02}s", ms / 60_000, ms / 1000 % 60),
+    }
+}
+
 /// `97.5% of 1200` or `- of 0`: the share of compared pairs that agreed.
 fn agreement(shadow: &Value) -> String {
     let compared = shadow["compared"].as_u64().unwrap_or(0);
@@ -239,7 +268,13 @@ pub(super) fn models(details: &[Value], now_ms: u64, paint: Paint) -> String {
     }
     let watch = details.iter().any(|d| !d["watch"].is_null());
     let shadow = details.iter().any(|d| !d["shadow"].is_null());
+    let splits = details
+        .iter()
+        .any(|d| !d["split"].is_null() || is_live(&d["rollout"]));
     let mut header = vec!["MODEL", "ACTIVE", "STANDBY", "IN FLIGHT", "LAST SWITCH"];
+    if splits {
+        header.push("SPLIT");
+    }
     if watch {
         header.push("WATCH");
     }
@@ -256,6 +291,20 @@ pub(super) fn models(details: &[Value], now_ms: u64, paint: Paint) -> String {
             cell(text(&d["in_flight"])),
             cell(last_switch(&d["last_switch"], now_ms, false)),
         ];
+        if splits {
+            let mut shown = split(&d["split"]);
+            let r = &d["rollout"];
+            if is_live(r) {
+                let _ = write!(
+                    shown,
+                    " (rollout {}, step {}/{})",
+                    str_of(&r["state"]),
+                    text(&r["step"]),
+                    text(&r["steps"])
+                );
+            }
+            row.push(cell(shown));
+        }
         if watch {
             let state = str_of(&d["watch"]["state"]);
             row.push(styled(state, state_style(state)));
@@ -324,6 +373,26 @@ pub(super) fn model(d: &Value, now_ms: u64, paint: Paint) -> String {
     about.row(vec![cell("route"), cell(route)]);
     let last = last_switch(&d["last_switch"], now_ms, true);
     about.row(vec![cell("last switch"), cell(last)]);
+    if !d["split"].is_null() {
+        about.row(vec![
+            cell("split"),
+            cell(format!(
+                "{} of new requests to {}",
+                pct(&d["split"]["percent"]),
+                str_of(&d["split"]["pool"])
+            )),
+        ]);
+    }
+    if let Some(line) = rollout_line(&d["rollout"], now_ms) {
+        let state = str_of(&d["rollout"]["state"]);
+        about.row(vec![
+            cell("rollout"),
+            Cell {
+                text: line,
+                style: state_style(state),
+            },
+        ]);
+    }
     let watch = &d["watch"];
     if !watch.is_null() {
         let state = str_of(&watch["state"]);
@@ -430,6 +499,205 @@ pub(super) fn model(d: &Value, now_ms: u64, paint: Paint) -> String {
     out.push('\n');
     out.push_str(&endpoints.render(paint));
     out
+}
+
+// === split and rollout ===
+
+/// Whether a rollout (as the API shows it) is running or paused.
+fn is_live(rollout: &Value) -> bool {
+    matches!(rollout["state"].as_str(), Some("running" | "paused"))
+}
+
+/// `switchyard weight`: what the split is now, and what it was.
+pub(super) fn weight(body: &Value, paint: Paint) -> String {
+    let model = str_of(&body["model"]);
+    let active = str_of(&body["active"]);
+    let shown = paint.apply(pool_style(active), active);
+    let was = match &body["previous"] {
+        Value::Null => "none".to_string(),
+        p => format!("{} to {}", pct(&p["percent"]), str_of(&p["pool"])),
+    };
+    let unchanged = if body["changed"] == false {
+        "; nothing changed"
+    } else {
+        ""
+    };
+    match &body["split"] {
+        Value::Null => format!(
+            "{model}: no split: {shown} (active) gets every new request (was {was}){unchanged}\n"
+        ),
+        s => {
+            let share = s["percent"].as_f64().unwrap_or(0.0);
+            let pool = str_of(&s["pool"]);
+            format!(
+                "{model}: {} of new requests to {}, {} to {shown} (active) (was {was}){unchanged}\n",
+                pct(&s["percent"]),
+                paint.apply(pool_style(pool), pool),
+                pct(&Value::from(100.0 - share)),
+            )
+        }
+    }
+}
+
+/// One line on a rollout: `running, step 2 of 4 (25% to green), 41s
+/// left`, `aborted, step 2 of 4 (0% to green): step 2 aborted: ...`;
+/// `None` without one.
+fn rollout_line(r: &Value, now_ms: u64) -> Option<String> {
+    if r.is_null() {
+        return None;
+    }
+    let state = str_of(&r["state"]);
+    let mut line = format!(
+        "{state}, step {} of {} ({} to {})",
+        text(&r["step"]),
+        text(&r["steps"]),
+        pct(&r["weight"]),
+        str_of(&r["pool"])
+    );
+    match (state, r["left_ms"].as_u64()) {
+        ("running", Some(ms)) => {
+            let _ = write!(line, ", {} left", left(ms));
+            if r["extended"] == true {
+                line.push_str(" (extended: too few requests)");
+            }
+        }
+        ("paused", Some(ms)) => {
+            let _ = write!(line, ", {} left when resumed", left(ms));
+        }
+        _ => {}
+    }
+    if let Some(reason) = r["reason"].as_str() {
+        let _ = write!(line, ": {reason}");
+    }
+    if let Some(at) = r["ended_unix_ms"].as_u64() {
+        let _ = write!(line, " ({})", ago(now_ms, at));
+    }
+    Some(line)
+}
+
+/// `switchyard rollout ...`: where the rollout is, its steps and their
+/// results, this instance's figures of the step, and every verdict.
+pub(super) fn rollout(body: &Value, now_ms: u64, paint: Paint) -> String {
+    let model = str_of(&body["model"]);
+    let r = &body["rollout"];
+    let Some(line) = rollout_line(r, now_ms) else {
+        return format!(
+            "{model}: no rollout yet (split {}); `switchyard rollout start {model}` starts one\n",
+            split(&body["split"])
+        );
+    };
+    let state = str_of(&r["state"]);
+    let mut out = format!(
+        "{model}: rollout of {} from {}: {}\n",
+        str_of(&r["pool"]),
+        str_of(&r["from"]),
+        paint.apply(state_style(state), &line)
+    );
+    let verdicts = r["verdicts"].as_array().map_or(&[][..], Vec::as_slice);
+    let mut steps = Table::with_header(&["STEP", "WEIGHT", "DURATION", "RESULT"]);
+    let current = r["step"].as_u64().unwrap_or(0);
+    for (i, s) in r["plan"].as_array().into_iter().flatten().enumerate() {
+        let n = i as u64 + 1;
+        let judged = verdicts
+            .iter()
+            .rev()
+            .find(|v| v["step"].as_u64() == Some(n))
+            .and_then(|v| v["result"].as_str());
+        let result = match judged {
+            Some(result) => result,
+            None if n == current && is_live(r) => state,
+            None if n == current && state == "completed" => "switched",
+            None => "-",
+        };
+        steps.row(vec![
+            cell(n.to_string()),
+            cell(pct(&s["percent"])),
+            cell(s["duration_ms"].as_u64().map_or("-".to_string(), left)),
+            styled(result, state_style(result)),
+        ]);
+    }
+    out.push('\n');
+    out.push_str(&steps.render(paint));
+    let figures = &r["figures"];
+    if !figures.is_null() {
+        let mut table = Table::with_header(&[
+            "POOL",
+            "REQUESTS",
+            "5XX",
+            "P99",
+            "FIRST BYTE P99",
+            "EVENTS",
+            "EVENT GAP P99",
+        ]);
+        let ms = |v: &Value| v.as_f64().map_or("-".to_string(), |m| format!("{m:.0} ms"));
+        for pool in [str_of(&r["pool"]), str_of(&r["from"])] {
+            let f = &figures[pool];
+            table.row(vec![
+                styled(pool, pool_style(pool)),
+                cell(text(&f["requests"])),
+                cell(format!(
+                    "{:.1}%",
+                    f["ratio_5xx"].as_f64().unwrap_or(0.0) * 100.0
+                )),
+                cell(ms(&f["p99_ms"])),
+                cell(ms(&f["first_byte_p99_ms"])),
+                cell(text(&f["events"])),
+                cell(ms(&f["event_gap_p99_ms"])),
+            ]);
+        }
+        let _ = write!(
+            out,
+            "\nstep {} so far, on this instance:\n",
+            text(&figures["step"])
+        );
+        out.push_str(&table.render(paint));
+    }
+    if !verdicts.is_empty() {
+        out.push('\n');
+        for v in verdicts {
+            let result = str_of(&v["result"]);
+            let _ = writeln!(
+                out,
+                "{}",
+                paint.apply(state_style(result), str_of(&v["reason"]))
+            );
+        }
+    }
+    out
+}
+
+/// The progress line of a followed rollout: `iris: step 2 of 4 (25% to
+/// green) running, 41s left; green 412 req 0.0% 5xx p99 84 ms; blue ...`.
+pub(super) fn rollout_progress(body: &Value) -> String {
+    let r = &body["rollout"];
+    let mut line = format!(
+        "{}: step {} of {} ({} to {}) {}",
+        str_of(&body["model"]),
+        text(&r["step"]),
+        text(&r["steps"]),
+        pct(&r["weight"]),
+        str_of(&r["pool"]),
+        str_of(&r["state"])
+    );
+    if let Some(ms) = r["left_ms"].as_u64() {
+        let _ = write!(line, ", {} left", left(ms));
+    }
+    for pool in [str_of(&r["pool"]), str_of(&r["from"])] {
+        let f = &r["figures"][pool];
+        if f.is_null() {
+            continue;
+        }
+        let _ = write!(
+            line,
+            "; {pool} {} req {:.1}% 5xx",
+            text(&f["requests"]),
+            f["ratio_5xx"].as_f64().unwrap_or(0.0) * 100.0
+        );
+        if let Some(p99) = f["p99_ms"].as_f64() {
+            let _ = write!(line, " p99 {p99:.0} ms");
+        }
+    }
+    line
 }
 
 // === switches ===
@@ -620,6 +888,34 @@ pub(super) fn event(e: &Value, paint: Paint) -> String {
             text(&e["failures"]),
             text(&e["backoff_ms"])
         ),
+        "weight" => {
+            let mut s = format!(
+                "{} to {} (was {}) by {}",
+                pct(&e["percent"]),
+                str_of(&e["pool"]),
+                pct(&e["previous"]),
+                str_of(&e["actor"])
+            );
+            if e["origin"] == "store" {
+                s.push_str(" (another instance)");
+            }
+            s
+        }
+        "rollout" => {
+            let mut s = format!(
+                "{} step {} of {} ({} to {}) by {}",
+                str_of(&e["action"]),
+                text(&e["step"]),
+                text(&e["steps"]),
+                pct(&e["percent"]),
+                str_of(&e["pool"]),
+                str_of(&e["actor"])
+            );
+            if let Some(reason) = e["reason"].as_str() {
+                let _ = write!(s, ": {reason}");
+            }
+            s
+        }
         "reload" => match e["error"].as_str() {
             Some(error) => format!("refused: {error}"),
             None => "applied".to_string(),
@@ -628,6 +924,7 @@ pub(super) fn event(e: &Value, paint: Paint) -> String {
     };
     let style = match kind {
         "switch" => Style::Bold,
+        "rollout" if e["action"] == "aborted" => Style::Red,
         "ejection" => Style::Yellow,
         _ => Style::Plain,
     };
@@ -729,6 +1026,57 @@ mod tests {
         assert_eq!(
             event(&e, OFF),
             "1970-01-01T00:00:00.000Z  switch      iris  flip blue->green by 127.0.0.1:5\n"
+        );
+    }
+
+    #[test]
+    fn a_rollout_shows_its_steps_figures_and_verdicts() {
+        let body = json!({"model": "iris", "split": {"pool": "green", "percent": 25.0},
+            "rollout": {"state": "running", "pool": "green", "from": "blue", "step": 2, "steps": 3,
+                "weight": 25.0, "left_ms": 41_500, "extended": false,
+                "plan": [{"percent": 5.0, "duration_ms": 30_000}, {"percent": 25.0, "duration_ms": 90_000},
+                         {"percent": 100.0, "duration_ms": null}],
+                "figures": {"step": 2,
+                    "green": {"requests": 412, "ratio_5xx": 0.0, "p99_ms": 84.2, "first_byte_p99_ms": 20.0, "events": 0, "event_gap_p99_ms": null},
+                    "blue": {"requests": 3705, "ratio_5xx": 0.001, "p99_ms": 80.0, "first_byte_p99_ms": 19.0, "events": 0, "event_gap_p99_ms": null}},
+                "verdicts": [{"step": 1, "result": "passed", "reason": "step 1 passed: green 41 requests"}]}});
+        let out = rollout(&body, 0, OFF);
+        assert_eq!(
+            out,
+            "iris: rollout of green from blue: running, step 2 of 3 (25% to green), 41s left\n\
+             \n\
+             STEP  WEIGHT  DURATION  RESULT\n\
+             1     5%      30s       passed\n\
+             2     25%     1m30s     running\n\
+             3     100%    -         -\n\
+             \n\
+             step 2 so far, on this instance:\n\
+             POOL   REQUESTS  5XX   P99    FIRST BYTE P99  EVENTS  EVENT GAP P99\n\
+             green  412       0.0%  84 ms  20 ms           0       -\n\
+             blue   3705      0.1%  80 ms  19 ms           0       -\n\
+             \n\
+             step 1 passed: green 41 requests\n"
+        );
+        assert_eq!(
+            rollout_progress(&body),
+            "iris: step 2 of 3 (25% to green) running, 41s left; green 412 req 0.0% 5xx p99 84 ms; blue 3705 req 0.1% 5xx p99 80 ms"
+        );
+        let none = json!({"model": "iris", "split": null, "rollout": null});
+        assert!(rollout(&none, 0, OFF).starts_with("iris: no rollout yet (split -)"));
+    }
+
+    #[test]
+    fn a_weight_says_what_each_pool_gets() {
+        let body = json!({"model": "iris", "active": "blue", "split": {"pool": "green", "percent": 2.5},
+            "previous": {"pool": "green", "percent": 10.0}, "changed": true});
+        assert_eq!(
+            weight(&body, OFF),
+            "iris: 2.5% of new requests to green, 97.5% to blue (active) (was 10% to green)\n"
+        );
+        let body = json!({"model": "iris", "active": "blue", "split": null, "previous": null, "changed": false});
+        assert_eq!(
+            weight(&body, OFF),
+            "iris: no split: blue (active) gets every new request (was none); nothing changed\n"
         );
     }
 

@@ -784,3 +784,5 @@ mod validate;
 mod shadow;
 // `[state]`: the file and etcd backends, in their own file.
 mod state;
+// `[models.rollout]` and `sticky`: in their own file.
+mod rollout;

@@ -492,7 +492,7 @@ impl StateStore for EtcdStore {
                         Ok(decoded) => decoded.flatten().map(|(_, stored)| stored),
                         Err(e) => return Err(CommitError::Unavailable(e.to_string())),
                     };
-                    Err(CommitError::Conflict(current))
+                    Err(CommitError::Conflict(current.map(Box::new)))
                 }
                 Err(e) => {
                     let reason = ErrorChain(&e).to_string();

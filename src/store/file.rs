@@ -291,8 +291,9 @@ mod props {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::config::StepConfig;
     use crate::pool::PoolName;
-    use crate::switch::{ModelState, SwitchReason, SwitchRecord, HISTORY_LEN};
+    use crate::switch::{ModelState, Split, SwitchReason, SwitchRecord, HISTORY_LEN};
 
     fn runtime() -> &'static tokio::runtime::Runtime {
         static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
@@ -307,8 +308,13 @@ mod props {
         prop_oneof![Just(PoolName::Blue), Just(PoolName::Green)]
     }
 
+    fn split() -> impl Strategy<Value = Option<Split>> {
+        (pool(), 0..=1000u16).prop_map(|(pool, permille)| Split::new(pool, permille))
+    }
+
     fn record() -> impl Strategy<Value = SwitchRecord> {
         (
+            split(),
             pool(),
             pool(),
             prop_oneof![
@@ -316,6 +322,7 @@ mod props {
                 Just(SwitchReason::Activate),
                 Just(SwitchReason::Rollback),
                 Just(SwitchReason::AutoRollback),
+                Just(SwitchReason::Rollout),
             ],
             any::<u64>(),
             // The actor is a socket address in practice; any text must survive.
@@ -324,7 +331,7 @@ mod props {
             prop::option::of(any::<String>()),
         )
             .prop_map(
-                |(from, to, reason, at_unix_ms, actor, forced, note)| SwitchRecord {
+                |(split, from, to, reason, at_unix_ms, actor, forced, note)| SwitchRecord {
                     from,
                     to,
                     reason,
@@ -332,6 +339,7 @@ mod props {
                     actor,
                     forced,
                     note,
+                    split,
                 },
             )
     }
@@ -342,15 +350,52 @@ mod props {
             prop::collection::vec(record(), 0..=HISTORY_LEN),
             prop::option::of(record()),
             prop::option::of(record()),
+            split(),
+            // A rollout started at some step of a plan, or none.
+            prop::option::of((any::<u64>(), 0..3usize, any::<bool>())),
         )
             .prop_map(
-                |(active, history, last_switch, last_auto_rollback)| ModelState {
-                    active,
-                    history: VecDeque::from(history),
-                    last_switch,
-                    last_auto_rollback,
+                |(active, history, last_switch, last_auto_rollback, split, rollout)| {
+                    let state = ModelState {
+                        active,
+                        history: VecDeque::from(history),
+                        last_switch,
+                        last_auto_rollback,
+                        split: split.filter(|s| s.pool != active),
+                        rollout: None,
+                    };
+                    match rollout {
+                        None => state,
+                        Some((at, passed, paused)) => rolled_out(state, at, passed, paused),
+                    }
                 },
             )
+    }
+
+    /// `state` with a rollout started at `at`, `passed` steps passed, and
+    /// paused or not.
+    fn rolled_out(state: ModelState, at: u64, passed: usize, paused: bool) -> ModelState {
+        let at = at % (1 << 50);
+        let steps: Vec<StepConfig> = ["5%:30s", "25%:60s", "50%:1m", "100%"]
+            .iter()
+            .map(|s| crate::config::parse_step(s).unwrap())
+            .collect();
+        let mut s = ModelState {
+            split: None,
+            ..state
+        }
+        .start_rollout("m", &steps, at, "prop")
+        .unwrap();
+        for i in 0..passed {
+            let r = s.live_rollout().unwrap().step_ref();
+            s = s
+                .pass_step("m", r, format!("step {} passed", i + 1), at + 1)
+                .unwrap();
+        }
+        if paused {
+            s = s.pause_rollout("m", at + 2).unwrap();
+        }
+        s
     }
 
     /// Every model of a config: names as the config allows them.

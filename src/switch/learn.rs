@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use tracing::{debug, info, warn};
 
-use super::{Control, Switchboard};
+use super::{Control, Split, Switchboard};
 use crate::events::EventKind;
 use crate::pool::PoolName;
 use crate::store::Stored;
@@ -139,13 +139,28 @@ impl Switchboard {
             .get(&name)
             .map_or(model.active_name(), |s| s.state.active);
         let to = stored.state.active;
+        let split = stored.state.split;
+        let was = model.split();
         let record = stored.state.last_switch.clone();
         control.models.insert(name.clone(), stored);
         if from == to {
-            debug!(model = %name, active = %to, "the state store's state changed; the active pool did not");
+            if split == was {
+                debug!(model = %name, active = %to, "the state store's state changed; the active pool did not");
+            } else {
+                model.store_routing(to, split);
+                info!(model = %name, active = %to, split = %split.map_or_else(|| "none".to_string(), |s| s.to_string()), origin = "store", "split changed");
+                self.events.record(EventKind::Weight {
+                    model: name.clone(),
+                    pool: to.other(),
+                    percent: split.map_or(0.0, Split::percent),
+                    previous: was.map_or(0.0, Split::percent),
+                    actor: "store".to_string(),
+                    origin: Some("store"),
+                });
+            }
             return None;
         }
-        model.store_active(to);
+        model.store_routing(to, split);
         model.metrics.count_switch(to);
         if model.pool(to).healthy_count() == 0 {
             warn!(model = %name, pool = %to, "following a switch to a pool this instance sees no healthy endpoint in");

@@ -9,6 +9,9 @@
 //! - [`judge`]: traffic against the limits: healthy, too few requests, or a
 //!   breach with its reason.
 //! - [`Watch`]: one watched switch over time: watching, breach, passed.
+//! - [`Histogram`], and the number formats of verdicts ([`Share`],
+//!   [`Millis`], [`Count`]): shared with the rollout's judge
+//!   (`rollout/judge.rs`), so both speak alike.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -54,12 +57,7 @@ impl Counts {
     /// and started afresh (a reload forgot it) reads as no traffic, never
     /// as a wrapped-around count.
     pub fn since(&self, earlier: &Counts) -> Counts {
-        let buckets = self
-            .buckets
-            .iter()
-            .enumerate()
-            .map(|(i, b)| b.saturating_sub(earlier.buckets.get(i).copied().unwrap_or(0)))
-            .collect();
+        let buckets = since_buckets(&self.buckets, &earlier.buckets);
         Counts {
             requests: self.requests.saturating_sub(earlier.requests),
             errors: self.errors.saturating_sub(earlier.errors),
@@ -94,6 +92,37 @@ impl Counts {
             p99_ms: self.p99(bounds).map(|s| s * 1000.0),
         }
     }
+}
+
+/// One histogram's cumulative bucket counts (one per bound) and its count,
+/// at one instant, or (after [`Histogram::since`]) between two.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Histogram {
+    pub buckets: Vec<u64>,
+    pub observed: u64,
+}
+
+impl Histogram {
+    /// What was observed from `earlier` to `self`; saturating, as
+    /// [`Counts::since`].
+    pub fn since(&self, earlier: &Histogram) -> Histogram {
+        Histogram {
+            buckets: since_buckets(&self.buckets, &earlier.buckets),
+            observed: self.observed.saturating_sub(earlier.observed),
+        }
+    }
+
+    /// The p99, in seconds, as [`Counts::p99`] estimates it.
+    pub fn p99(&self, bounds: &[f64]) -> Option<f64> {
+        quantile(QUANTILE, bounds, &self.buckets, self.observed)
+    }
+}
+
+fn since_buckets(now: &[u64], earlier: &[u64]) -> Vec<u64> {
+    now.iter()
+        .enumerate()
+        .map(|(i, b)| b.saturating_sub(earlier.get(i).copied().unwrap_or(0)))
+        .collect()
 }
 
 /// `q`-quantile of a cumulative histogram; see [`Counts::p99`].
@@ -227,8 +256,8 @@ pub fn judge(
     Verdict::Healthy
 }
 
-/// A share for a message: `0.25`.
-struct Share(f64);
+/// A share for a message: `0.250`.
+pub struct Share(pub f64);
 
 impl fmt::Display for Share {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -237,11 +266,28 @@ impl fmt::Display for Share {
 }
 
 /// Seconds for a message, in milliseconds: `812ms`.
-struct Millis(f64);
+pub struct Millis(pub f64);
 
 impl fmt::Display for Millis {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:.0}ms", self.0 * 1000.0)
+    }
+}
+
+/// A count for a message, with thousands separated: `3,705`.
+pub struct Count(pub u64);
+
+impl fmt::Display for Count {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let digits = self.0.to_string();
+        let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+        for (i, d) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(d);
+        }
+        f.write_str(&out)
     }
 }
 

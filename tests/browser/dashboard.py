@@ -103,6 +103,20 @@ def main():
                 (By.CSS_SELECTOR, '#events li[data-type="switch"]'), "flip blue→green"
             )
         )
+        # A split set through the API shows as a bar: 10% of new requests to blue.
+        weight = urllib.request.Request(admin + "/models/iris/weight?blue=10", data=b"", method="POST")
+        with urllib.request.urlopen(weight, timeout=10) as response:
+            assert json.load(response)["split"] == {"pool": "blue", "percent": 10.0}
+        wait.until(
+            expected_conditions.presence_of_element_located(
+                (By.CSS_SELECTOR, '[data-model="iris"] .split[data-split="10"]')
+            )
+        )
+        wait.until(
+            expected_conditions.text_to_be_present_in_element(
+                (By.CSS_SELECTOR, '#events li[data-type="weight"]'), "10% to blue"
+            )
+        )
         # The request rate column fills in once two polls have seen traffic.
         served_by(proxy, body)
         time.sleep(2.5)
@@ -111,7 +125,7 @@ def main():
 
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert not errors, "console errors: " + json.dumps(errors, indent=1)
-        print(f"dashboard: loaded with no console error, flip blue→green shown and served; screenshot {SCREENSHOT}")
+        print(f"dashboard: loaded with no console error, flip blue→green shown and served, split shown; screenshot {SCREENSHOT}")
     except TimeoutException:
         if driver is not None:
             driver.save_screenshot(SCREENSHOT)
