@@ -252,6 +252,7 @@ impl Admin {
         // Event streams end when the listener stops, so they do not hold
         // the drain open.
         let closing = token.clone();
+        let gauges = self.metrics.client_connections("admin");
         let make = move |conn: &server::Accepted| {
             let peer = conn.peer;
             let admin = Arc::clone(&self);
@@ -259,19 +260,18 @@ impl Admin {
             hyper::service::service_fn(move |req| {
                 let admin = Arc::clone(&admin);
                 let closing = closing.clone();
-                async move { Ok::<_, Infallible>(admin.handle(peer, req, closing).await) }
+                Box::pin(async move { Ok::<_, Infallible>(admin.handle(peer, req, closing).await) })
             })
         };
-        server::serve_with(
-            "admin",
-            listener,
+        let listening = server::Listening {
+            name: "admin",
             tls,
-            make,
             token,
             drain,
-            &server::Limits::default(),
-        )
-        .await;
+            limits: server::Limits::default(),
+            gauges,
+        };
+        server::serve_with(listener, make, listening).await;
     }
 
     /// Answers one admin request; an event stream it starts ends when

@@ -215,6 +215,8 @@ pub async fn run(
     let watcher = watch::Watcher::new(Arc::clone(&switchboard));
     let roller = rollout::Roller::new(Arc::clone(&switchboard));
     let followed = Arc::clone(&switchboard);
+    let proxy_gauges = metrics.client_connections("proxy");
+    let preview_gauges = metrics.client_connections("preview");
     let admin = Arc::new(Admin::new(
         switchboard,
         metrics,
@@ -236,6 +238,7 @@ pub async fn run(
                 false,
                 root.child_token(),
                 drain,
+                proxy_gauges,
             )
             .map_done("proxy"),
     );
@@ -243,7 +246,14 @@ pub async fn run(
         log_listening("preview", &preview);
         tasks.spawn(
             proxy
-                .serve(preview, proxy_tls.clone(), true, root.child_token(), drain)
+                .serve(
+                    preview,
+                    proxy_tls.clone(),
+                    true,
+                    root.child_token(),
+                    drain,
+                    preview_gauges,
+                )
                 .map_done("preview"),
         );
     }

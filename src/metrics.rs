@@ -27,6 +27,8 @@ pub const PROBES_TOTAL: &str = "switchyard_probes_total";
 pub const PROBE_DURATION_SECONDS: &str = "switchyard_probe_duration_seconds";
 pub const EJECTIONS_TOTAL: &str = "switchyard_ejections_total";
 pub const UPSTREAM_CONNECTIONS: &str = "switchyard_upstream_connections";
+pub const CLIENT_CONNECTIONS: &str = "switchyard_client_connections";
+pub const CLIENT_CONNECTIONS_PARKED: &str = "switchyard_client_connections_parked";
 pub const FAILOVERS_TOTAL: &str = "switchyard_failovers_total";
 // --- switch family ---
 pub const ACTIVE_POOL: &str = "switchyard_active_pool";
@@ -151,6 +153,8 @@ pub struct Metrics {
     ejections: IntCounterVec,
     connections: IntGaugeVec,
     failovers: IntCounterVec,
+    client_connections: IntGaugeVec,
+    client_parked: IntGaugeVec,
     store: StoreMetrics,
 }
 
@@ -307,6 +311,23 @@ impl Metrics {
             &["model", "pool"],
         )
         .expect("valid metric");
+        let client_connections = IntGaugeVec::new(
+            Opts::new(
+                CLIENT_CONNECTIONS,
+                "Open client connections, by listener (TLS handshakes included).",
+            ),
+            &["listener"],
+        )
+        .expect("valid metric");
+        let client_parked = IntGaugeVec::new(
+            Opts::new(
+                CLIENT_CONNECTIONS_PARKED,
+                "Open HTTP/1.1 client connections parked while idle: holding no buffers \
+                 until the client sends again.",
+            ),
+            &["listener"],
+        )
+        .expect("valid metric");
         let failovers = IntCounterVec::new(
             Opts::new(
                 FAILOVERS_TOTAL,
@@ -374,6 +395,8 @@ impl Metrics {
         reg(Box::new(ejections.clone()));
         reg(Box::new(connections.clone()));
         reg(Box::new(failovers.clone()));
+        reg(Box::new(client_connections.clone()));
+        reg(Box::new(client_parked.clone()));
         reg(Box::new(store.up.clone()));
         reg(Box::new(store.revision.clone()));
         reg(Box::new(store.lag.clone()));
@@ -386,6 +409,8 @@ impl Metrics {
             ejections,
             connections,
             failovers,
+            client_connections,
+            client_parked,
             registry,
             requests,
             duration,
@@ -515,6 +540,15 @@ impl Metrics {
     /// Handles for the state store.
     pub fn store(&self) -> StoreMetrics {
         self.store.clone()
+    }
+
+    /// The client connection gauges of `listener` (`proxy`, `preview`,
+    /// `admin`).
+    pub fn client_connections(&self, listener: &str) -> crate::server::ConnectionGauges {
+        crate::server::ConnectionGauges {
+            open: self.client_connections.with_label_values(&[listener]),
+            parked: self.client_parked.with_label_values(&[listener]),
+        }
     }
 
     pub fn unrouted(&self) -> &IntCounter {

@@ -123,6 +123,7 @@ impl Proxy {
         preview: bool,
         token: CancellationToken,
         drain: Duration,
+        gauges: server::ConnectionGauges,
     ) {
         let limits = self.limits;
         let make = move |conn: &server::Accepted| {
@@ -138,8 +139,15 @@ impl Proxy {
                 Box::pin(async move { Ok::<_, Infallible>(proxy.forward(&client, req).await) })
             })
         };
-        let name = if preview { "preview" } else { "proxy" };
-        server::serve_with(name, listener, tls, make, token, drain, &limits).await;
+        let listening = server::Listening {
+            name: if preview { "preview" } else { "proxy" },
+            tls,
+            token,
+            drain,
+            limits,
+            gauges,
+        };
+        server::serve_with(listener, make, listening).await;
     }
 
     /// Forwards one request and returns the response to send the client.

@@ -3,6 +3,14 @@
 //! HTTP/1.1 and HTTP/2 on the same port, and on
 //! cancel stop accepting and drain the open connections for at most the
 //! drain time.
+//!
+//! An HTTP/1.1 keep-alive connection that idles for [`PARK_AFTER`] is
+//! parked: hyper's connection, with its read and write buffers (16 KiB), is
+//! taken apart and dropped, and only the socket and its gate wait for the
+//! client's next request, when a new hyper connection picks up where the
+//! last one ended. A gateway with thousands of mostly idle clients pays for
+//! the requests in flight, not for every open connection. (TLS connections
+//! are not parked: see [`gate::Transport`].)
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -15,26 +23,37 @@ use std::task::{ready, Context, Poll};
 
 use http_body::{Frame, SizeHint};
 use hyper::body::{Body, Incoming};
+use hyper::server::conn::{http1, http2};
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use prometheus::IntGauge;
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::tls::ServerTls;
-use gate::{Activity, Busy, Gate, GateLimits};
+use gate::{Activity, Busy, Gate, GateLimits, Transport};
 
 mod gate;
 
 /// How long to pause after a failed accept (typically out of file
 /// descriptors) before trying again, so the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// How long an HTTP/1.1 connection idles between requests before it is
+/// parked (see the module docs). Long enough that a client sending request
+/// after request never is; short enough that a burst of connections that
+/// then go quiet hands its buffers on before the next burst needs them.
+pub const PARK_AFTER: Duration = Duration::from_millis(50);
+
+/// The HTTP/2 connection preface's length: the first bytes tell HTTP/2
+/// with prior knowledge from HTTP/1.1.
+const PREFACE_LEN: usize = 24;
 
 /// What one listener accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,25 +86,47 @@ impl Default for Limits {
     }
 }
 
-/// The connection builder: HTTP/1.1 with keep-alive and HTTP/2 with prior
-/// knowledge, told apart by the connection preface.
-pub fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .keep_alive(true)
-        .timer(TokioTimer::new())
-        .max_headers(limits.max_headers)
-        // The gate times request heads, and answers 408 where hyper would
-        // close without a word.
-        .header_read_timeout(None)
-        // hyper's floor for its read buffer is 8 KiB.
-        .max_buf_size(limits.max_header_bytes.max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
-    builder
+/// The connection builders: HTTP/1.1 with keep-alive, and HTTP/2 with
+/// prior knowledge; the connection preface tells which.
+struct Builders {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new(limits: &Limits) -> Builders {
+        let mut h1 = http1::Builder::new();
+        h1.keep_alive(true)
+            .timer(TokioTimer::new())
+            .max_headers(limits.max_headers)
+            // The gate times request heads, and answers 408 where hyper would
+            // close without a word.
+            .header_read_timeout(None)
+            // hyper's floor for its read buffer is 8 KiB.
+            .max_buf_size(limits.max_header_bytes.max(8192));
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+        Builders { h1, h2 }
+    }
+}
+
+/// Gauges of a listener's client connections: open, and of those parked.
+#[derive(Clone, Debug)]
+pub struct ConnectionGauges {
+    pub open: IntGauge,
+    pub parked: IntGauge,
+}
+
+impl ConnectionGauges {
+    /// Gauges registered nowhere, for listeners without metrics.
+    pub fn unregistered() -> ConnectionGauges {
+        let gauge = |name| IntGauge::new(name, "unregistered").expect("a valid metric name");
+        ConnectionGauges {
+            open: gauge("open"),
+            parked: gauge("parked"),
+        }
+    }
 }
 
 /// A connection as accepted, before its first request.
@@ -102,6 +143,9 @@ pub struct Accepted {
 ///
 /// `make` builds the service for one connection. `name` labels the log lines
 /// (`proxy`, `admin`, ...).
+///
+/// The service's futures are boxed here; [`serve_with`] wants futures that
+/// are `Unpin` already (the proxy boxes its own).
 pub async fn serve<M, S, B>(
     name: &'static str,
     listener: TcpListener,
@@ -110,39 +154,82 @@ pub async fn serve<M, S, B>(
     drain: Duration,
 ) where
     M: Fn(&Accepted) -> S,
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Send
+        + Unpin
+        + 'static,
     S::Future: Send + 'static,
     B: Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    serve_with(name, listener, None, make, token, drain, &Limits::default()).await;
+    let make = move |accepted: &Accepted| Boxed(make(accepted));
+    let listening = Listening {
+        name,
+        tls: None,
+        token,
+        drain,
+        limits: Limits::default(),
+        gauges: ConnectionGauges::unregistered(),
+    };
+    serve_with(listener, make, listening).await;
 }
 
-/// [`serve`] with explicit [`Limits`], and TLS when `tls` is set.
-pub async fn serve_with<M, S, B>(
-    name: &'static str,
-    listener: TcpListener,
-    tls: Option<Arc<ServerTls>>,
-    make: M,
-    token: CancellationToken,
-    drain: Duration,
-    limits: &Limits,
-) where
+/// A service whose futures are boxed, so they are `Unpin`.
+struct Boxed<S>(S);
+
+impl<S: Service<Request<Incoming>>> Service<Request<Incoming>> for Boxed<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<S::Future>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        Box::pin(self.0.call(req))
+    }
+}
+
+/// What a listener serves besides its socket and service.
+pub struct Listening {
+    /// Labels the log lines (`proxy`, `admin`, ...).
+    pub name: &'static str,
+    /// TLS, if the listener has it.
+    pub tls: Option<Arc<ServerTls>>,
+    /// Cancelled: stop accepting and drain.
+    pub token: CancellationToken,
+    /// How long the drain waits for open connections.
+    pub drain: Duration,
+    pub limits: Limits,
+    pub gauges: ConnectionGauges,
+}
+
+/// [`serve`] with TLS, [`Limits`] and connection gauges.
+pub async fn serve_with<M, S, B>(listener: TcpListener, make: M, listening: Listening)
+where
     M: Fn(&Accepted) -> S,
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
-    S::Future: Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Send
+        + Unpin
+        + 'static,
+    S::Future: Send + Unpin + 'static,
     B: Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let builder = Arc::new(builder(limits));
+    let Listening {
+        name,
+        tls,
+        token,
+        drain,
+        limits,
+        gauges,
+    } = listening;
+    let builders = Arc::new(Builders::new(&limits));
     // One permit per open connection: at the cap, the loop stops accepting
     // (the kernel's backlog holds newcomers) until a connection closes.
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    // Every connection is watched from its accept on, before its TLS
-    // handshake, so the drain counts it; `shutdown` consumes this value.
-    let graceful = GracefulShutdown::new();
+    // Every connection's task, from its accept on, before its TLS
+    // handshake, so the drain counts it.
+    let connections = TaskTracker::new();
     // Cancelled when the drain time is up, or if this future is dropped:
     // every connection task listens and drops its connection (closing the
     // socket). Connections run in their own tasks, so without this they
@@ -154,6 +241,7 @@ pub async fn serve_with<M, S, B>(
         header_timeout: limits.header_read_timeout,
         idle_timeout: limits.keepalive_timeout,
         max_head: limits.max_header_bytes.max(8192),
+        park_after: Some(PARK_AFTER),
     };
     loop {
         let permit = tokio::select! {
@@ -181,47 +269,31 @@ pub async fn serve_with<M, S, B>(
                         peer,
                         gate: gate_limits,
                         first_head_by,
-                        builder: Arc::clone(&builder),
-                        watcher: graceful.watcher(),
+                        builders: Arc::clone(&builders),
+                        stopping: token.clone(),
                         cut: cut.clone(),
+                        gauges: gauges.clone(),
                     };
-                    let tls = tls.clone();
-                    let stopping = token.clone();
-                    tokio::spawn(async move {
-                        // Held for the connection's life: its slot under max_connections.
-                        let _permit = permit;
-                        match tls {
-                            None => conn.serve(stream, service).await,
-                            Some(tls) => {
-                                let handshake = tokio::time::timeout(
-                                    handshake_timeout,
-                                    tls.acceptor().accept(stream),
-                                );
-                                let stream = tokio::select! {
-                                    done = handshake => match done {
-                                        Ok(Ok(stream)) => stream,
-                                        Ok(Err(e)) => {
-                                            debug!(listener = name, %peer, error = %e, "TLS handshake failed");
-                                            return;
-                                        }
-                                        Err(_) => {
-                                            debug!(listener = name, %peer, "TLS handshake timed out");
-                                            return;
-                                        }
-                                    },
-                                    // Shutdown began: a connection still in its
-                                    // handshake has sent no request, so there is
-                                    // nothing to drain. Close it, as hyper closes a
-                                    // plaintext connection waiting for its first
-                                    // request, instead of letting the drain wait
-                                    // for the handshake timeout.
-                                    () = stopping.cancelled() => return,
-                                    () = conn.cut.cancelled() => return,
-                                };
+                    // Held for the connection's life: its slot under
+                    // max_connections, and the open gauge.
+                    let held = (permit, Counted::new(&conn.gauges.open));
+                    // Two tasks, each as large as it needs: a TLS stream
+                    // and its handshake are kilobytes, which a plaintext
+                    // connection's task would otherwise hold room for.
+                    match tls.clone() {
+                        None => {
+                            connections.spawn(async move {
+                                let _held = held;
                                 conn.serve(stream, service).await;
-                            }
+                            });
                         }
-                    });
+                        Some(tls) => {
+                            connections.spawn(async move {
+                                let _held = held;
+                                conn.serve_tls(&tls, handshake_timeout, stream, service).await;
+                            });
+                        }
+                    }
                 }
                 Err(e) => {
                     warn!(listener = name, error = %e, "accept failed; retrying");
@@ -231,15 +303,32 @@ pub async fn serve_with<M, S, B>(
         }
     }
     drop(listener);
-    let open = graceful.count();
+    connections.close();
+    let open = connections.len();
     if open > 0 {
         info!(listener = name, connections = open, "draining connections");
     }
     tokio::select! {
-        () = graceful.shutdown() => {}
+        () = connections.wait() => {}
         () = tokio::time::sleep(drain) => {
             warn!(listener = name, drain_timeout = ?drain, "drain timed out; closing the remaining connections");
         }
+    }
+}
+
+/// A gauge raised while the value lives.
+struct Counted(IntGauge);
+
+impl Counted {
+    fn new(gauge: &IntGauge) -> Counted {
+        gauge.inc();
+        Counted(gauge.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -249,48 +338,286 @@ struct Conn {
     peer: SocketAddr,
     gate: GateLimits,
     first_head_by: tokio::time::Instant,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    watcher: Watcher,
+    builders: Arc<Builders>,
+    /// Cancelled when the listener starts draining.
+    stopping: CancellationToken,
+    /// Cancelled when the drain time is up.
     cut: CancellationToken,
+    gauges: ConnectionGauges,
+}
+
+/// How one hyper connection of an HTTP/1.1 client connection ended.
+enum Ended {
+    /// Taken apart while idle, to wait parked for the next request.
+    Parked,
+    /// Done: the client closed, keep-alive ended, or an error.
+    Done(hyper::Result<()>),
+    /// The drain time ran out.
+    Cut,
 }
 
 impl Conn {
-    async fn serve<I, S, B>(self, io: I, service: S)
-    where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
-        S::Future: Send + 'static,
+    /// The TLS handshake, then [`Conn::serve`].
+    async fn serve_tls<S, B>(
+        self,
+        tls: &ServerTls,
+        handshake_timeout: Duration,
+        stream: tokio::net::TcpStream,
+        service: S,
+    ) where
+        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+            + Send
+            + Unpin
+            + 'static,
+        S::Future: Send + Unpin + 'static,
         B: Body + Send + 'static,
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let Conn {
-            name,
-            peer,
-            gate,
-            first_head_by,
-            builder,
-            watcher,
-            cut,
-        } = self;
+        let (name, peer) = (self.name, self.peer);
+        let handshake = tokio::time::timeout(handshake_timeout, tls.acceptor().accept(stream));
+        let stream = tokio::select! {
+            done = handshake => match done {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    debug!(listener = name, %peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    debug!(listener = name, %peer, "TLS handshake timed out");
+                    return;
+                }
+            },
+            // Shutdown began: a connection still in its handshake has sent
+            // no request, so there is nothing to drain. Close it, as a
+            // plaintext connection waiting for its first request is closed,
+            // instead of letting the drain wait for the handshake timeout.
+            () = self.stopping.cancelled() => return,
+            () = self.cut.cancelled() => return,
+        };
+        self.serve(stream, service).await;
+    }
+
+    async fn serve<I, S, B>(self, io: I, service: S)
+    where
+        I: Transport,
+        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+            + Send
+            + Unpin
+            + 'static,
+        S::Future: Send + Unpin + 'static,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let activity = Arc::new(Activity::default());
-        let io = Gate::new(io, Arc::clone(&activity), gate, first_head_by);
+        let mut limits = self.gate;
+        if !I::PARKS {
+            limits.park_after = None;
+        }
+        let mut gate = Gate::new(io, Arc::clone(&activity), limits, self.first_head_by);
         let service = Tracked {
             inner: service,
-            activity,
+            activity: Arc::clone(&activity),
         };
-        let conn = builder
-            .serve_connection(TokioIo::new(io), service)
-            .into_owned();
-        tokio::select! {
-            result = watcher.watch(conn) => if let Err(e) = result {
-                debug!(listener = name, %peer, error = %e, "connection ended with an error");
-            },
-            () = cut.cancelled() => {
-                debug!(listener = name, %peer, "connection cut at the end of the drain");
+        // The first bytes tell HTTP/2's preface from an HTTP/1.1 request.
+        let mut first = [0u8; PREFACE_LEN];
+        let read = tokio::select! {
+            read = read_start(&mut gate, &mut first) => read,
+            // A connection that has sent no request has nothing to drain.
+            () = self.stopping.cancelled() => return,
+            () = self.cut.cancelled() => return,
+        };
+        let read = match read {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) => {
+                debug!(listener = self.name, peer = %self.peer, error = %e, "connection ended before its first request");
+                return;
+            }
+        };
+        gate.unread(bytes::Bytes::copy_from_slice(&first[..read]));
+        if first[..read] == gate::H2_PREFACE[..read] {
+            self.serve_h2(gate, service).await;
+        } else {
+            self.serve_h1(gate, service, &activity).await;
+        }
+    }
+
+    async fn serve_h2<I, S, B>(self, gate: Gate<I>, service: Tracked<S>)
+    where
+        I: Transport,
+        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+            + Send
+            + Unpin
+            + 'static,
+        S::Future: Send + Unpin + 'static,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let conn = self
+            .builders
+            .h2
+            .serve_connection(TokioIo::new(gate), service);
+        // Boxed: an HTTP/2 connection's state is kilobytes, which would
+        // otherwise be room in every connection's task.
+        let mut conn = Box::pin(conn);
+        let mut draining = false;
+        let done = loop {
+            tokio::select! {
+                done = conn.as_mut() => break done,
+                () = self.stopping.cancelled(), if !draining => {
+                    // GOAWAY; the streams open finish.
+                    conn.as_mut().graceful_shutdown();
+                    draining = true;
+                }
+                () = self.cut.cancelled() => {
+                    debug!(listener = self.name, peer = %self.peer, "connection cut at the end of the drain");
+                    return;
+                }
+            }
+        };
+        if let Err(e) = done {
+            debug!(listener = self.name, peer = %self.peer, error = %e, "connection ended with an error");
+        }
+    }
+
+    async fn serve_h1<I, S, B>(
+        self,
+        mut gate: Gate<I>,
+        mut service: Tracked<S>,
+        activity: &Activity,
+    ) where
+        I: Transport,
+        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+            + Send
+            + Unpin
+            + 'static,
+        S::Future: Send + Unpin + 'static,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        loop {
+            // Boxed: while parked, the connection's task holds no room for it.
+            let mut conn = Box::new(
+                self.builders
+                    .h1
+                    .serve_connection(TokioIo::new(gate), service),
+            );
+            let ended = self.run_h1(&mut conn, activity).await;
+            let parts = conn.into_parts();
+            gate = parts.io.into_inner();
+            service = parts.service;
+            // Even empty, it may hold hyper's whole read buffer: dropped
+            // unless it has bytes to give back.
+            let read_buf = parts.read_buf;
+            match ended {
+                Ended::Parked => {}
+                Ended::Done(done) => {
+                    if let Err(e) = done {
+                        debug!(listener = self.name, peer = %self.peer, error = %e, "connection ended with an error");
+                    }
+                    // What hyper does at the end of a connection it owns.
+                    tokio::select! {
+                        _ = gate.shutdown() => {}
+                        () = self.cut.cancelled() => {}
+                    }
+                    return;
+                }
+                Ended::Cut => {
+                    debug!(listener = self.name, peer = %self.peer, "connection cut at the end of the drain");
+                    return;
+                }
+            }
+            if !read_buf.is_empty() {
+                // hyper had read on without parsing it yet: go on at once.
+                gate.unread(read_buf);
+                continue;
+            }
+            drop(read_buf);
+            let _parked = Counted::new(&self.gauges.parked);
+            let resume = tokio::select! {
+                resume = std::future::poll_fn(|cx| gate.poll_parked(cx)) => resume,
+                // Idle: nothing to drain.
+                () = self.stopping.cancelled() => false,
+                () = self.cut.cancelled() => false,
+            };
+            if !resume {
+                return;
             }
         }
     }
+
+    /// Drives one hyper connection until it is parked, ends, or is cut.
+    async fn run_h1<I, S, B>(
+        &self,
+        conn: &mut http1::Connection<TokioIo<Gate<I>>, Tracked<S>>,
+        activity: &Activity,
+    ) -> Ended
+    where
+        I: Transport,
+        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+            + Send
+            + Unpin
+            + 'static,
+        S::Future: Send + Unpin + 'static,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let mut draining = false;
+        let mut parking = false;
+        loop {
+            let polled = std::future::poll_fn(|cx| {
+                if let Poll::Ready(done) = conn.poll_without_shutdown(cx) {
+                    return Poll::Ready(Some(done));
+                }
+                if !parking && !draining && activity.take_park() {
+                    // The gate saw it idle: no request in flight, the last
+                    // response flushed, nothing received. hyper, idle too,
+                    // ends the connection at once, leaving the socket open.
+                    Pin::new(&mut *conn).graceful_shutdown();
+                    parking = true;
+                    return Poll::Ready(None);
+                }
+                Poll::Pending
+            });
+            tokio::select! {
+                done = polled => match done {
+                    Some(Ok(())) if parking && !draining => return Ended::Parked,
+                    Some(done) => return Ended::Done(done),
+                    // Poll again, now shutting down.
+                    None => {}
+                },
+                () = self.stopping.cancelled(), if !draining => {
+                    // The response in progress says `connection: close`; an
+                    // idle connection ends now.
+                    Pin::new(&mut *conn).graceful_shutdown();
+                    draining = true;
+                }
+                () = self.cut.cancelled() => return Ended::Cut,
+            }
+        }
+    }
+}
+
+/// Reads the connection's first bytes, up to the length of HTTP/2's
+/// preface or until they differ from it: 0 if it closed first.
+async fn read_start<I: Transport>(gate: &mut Gate<I>, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let n = gate.read(&mut buf[filled..]).await?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+        if buf[..filled] != gate::H2_PREFACE[..filled] {
+            break;
+        }
+    }
+    Ok(filled)
 }
 
 /// The connection's service, counting its requests in flight for the gate

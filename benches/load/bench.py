@@ -503,11 +503,16 @@ def cmd_flips(a):
         try:
             if conn is None:
                 conn = http.client.HTTPConnection(host, int(port), timeout=2)
-            conn.request("POST", "/models/iris/flip")
+            if a.noop:
+                conn.request("GET", "/models/iris")
+            else:
+                conn.request("POST", "/models/iris/flip")
             r = conn.getresponse()
             body = r.read()
             statuses[str(r.status)] += 1
-            if r.status == 200 and json.loads(body).get("switched"):
+            if a.noop and r.status == 200:
+                pass
+            elif r.status == 200 and json.loads(body).get("switched"):
                 switched += 1
             elif len(errors) < 5:
                 errors.append(f"{r.status} {body[:200].decode(errors='replace')}")
@@ -892,22 +897,33 @@ def cmd_report(a):
     w("## switchyard: flip under load (HTTP/1.1, same wrk run)")
     w("")
     plain, flip = agg("h1", "switchyard"), agg("h1-flip", "switchyard")
-    flips = [load_json(p, {}) for p in sorted(glob.glob(os.path.join(out_dir, "flips-*.json")))]
+    calls = agg("h1-calls", "switchyard")
+    def loop_files(pattern):
+        return [load_json(p, {}) for p in sorted(glob.glob(os.path.join(out_dir, pattern)))]
+    flips, noops = loop_files("flips-*.json"), loop_files("calls-*.json")
     sent = sum(f.get("sent", 0) for f in flips)
     switched = sum(f.get("switched", 0) for f in flips)
     statuses = defaultdict(int)
     for f in flips:
         for k, v in f.get("statuses", {}).items():
             statuses[k] += v
-    w(f"A loop POSTs `/models/iris/flip` to the admin listener every {meta.get('flip_interval_ms', 100)} ms "
-      f"during the run; the two pools are two upstream processes (blue, green).")
+    interval = meta.get('flip_interval_ms', 100)
+    w(f"A loop POSTs `/models/iris/flip` to the admin listener every {interval} ms "
+      f"during the run; the two pools are two upstream processes (blue, green). The control run "
+      f"makes the same admin calls at the same pace from the same client, but `GET /models/iris`, "
+      f"which switches nothing: what it adds to p99 is the harness's and the admin call's, "
+      f"not the switch's.")
     w("")
     w("| run | req/s | p50 ms | p99 ms | errors (non-2xx + socket) | flips switched / sent | disturbed runs |")
     w("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     w(f"| without flips | {fmt(plain['rps'], 0)} | {fmt(plain['p50'], 3)} | {fmt(plain['p99'], 3)} | {plain['errors']} | — | "
       f"{plain['disturbed']}/{plain['runs']} |")
+    if calls["runs"]:
+        noop_sent = sum(f.get("sent", 0) for f in noops)
+        w(f"| status call every {interval} ms | {fmt(calls['rps'], 0)} | {fmt(calls['p50'], 3)} | "
+          f"{fmt(calls['p99'], 3)} | {calls['errors']} | 0 / {noop_sent} | {calls['disturbed']}/{calls['runs']} |")
     errs = str(flip["errors"]) + (f" ({flip['error_detail']})" if flip["errors"] else "")
-    w(f"| flip every {meta.get('flip_interval_ms', 100)} ms | {fmt(flip['rps'], 0)} | {fmt(flip['p50'], 3)} | "
+    w(f"| flip every {interval} ms | {fmt(flip['rps'], 0)} | {fmt(flip['p50'], 3)} | "
       f"{fmt(flip['p99'], 3)} | {errs} | {switched} / {sent} | {flip['disturbed']}/{flip['runs']} |")
     w("")
     def connects(mode):
@@ -915,7 +931,11 @@ def cmd_report(a):
     w(f"TCP connects per run (wrk's {meta.get('conns', 64)} included): {fmt(connects('h1'), 0)} without flips, "
       f"{fmt(connects('h1-flip'), 0)} with flips.")
     w("")
-    w(f"p99 with flips / without: {fmt(ratio(flip['p99'], plain['p99']), 2)}. "
+    control = ""
+    if calls["runs"]:
+        control = (f"p99 with status calls / without: {fmt(ratio(calls['p99'], plain['p99']), 2)}; "
+                   f"with flips / with status calls: {fmt(ratio(flip['p99'], calls['p99']), 2)}. ")
+    w(f"p99 with flips / without: {fmt(ratio(flip['p99'], plain['p99']), 2)}. {control}"
       f"Flip answers: {dict(statuses) or 'none'}; median flip call "
       f"{fmt(med([f.get('flip_p50_ms') for f in flips]), 1)} ms, slowest "
       f"{fmt(max([f.get('flip_max_ms') or 0 for f in flips] or [0]), 1)} ms.")
@@ -1068,7 +1088,7 @@ def main():
     s.add_argument("--out", required=True, help="results file (JSON lines, appended)")
     s.add_argument("--raw", required=True, help="where the load generator's output goes")
     s.add_argument("--target", required=True)
-    s.add_argument("--mode", required=True, help="h1, h1-flip or h2")
+    s.add_argument("--mode", required=True, help="h1, h1-flip, h1-calls or h2")
     s.add_argument("--rep", type=int, required=True)
     s.add_argument("--proxy-pids", default="")
     s.add_argument("--upstream-pids", default="")
@@ -1090,6 +1110,8 @@ def main():
     s.add_argument("--interval-ms", type=int, default=100)
     s.add_argument("--count", type=int, required=True)
     s.add_argument("--out", required=True)
+    s.add_argument("--noop", action="store_true",
+                   help="GET /models/iris instead: the same admin calls at the same pace, no switch (the control)")
     s.set_defaults(func=cmd_flips)
 
     s = sub.add_parser("rss")

@@ -13,7 +13,8 @@
 # POSTs with h2load, 64 connections each; the proxy's CPU time per request;
 # its memory idle and with 1,000 and 10,000 open keep-alive connections;
 # server-sent events through it; for switchyard, errors and p99 while the
-# model is flipped every 100 ms under the same load; and the same load
+# model is flipped every 100 ms under the same load, against a control run
+# with the same admin calls that switch nothing; and the same load
 # through a second switchyard whose model splits new requests 50/50 between
 # blue and green (target switchyard-split), interleaved with the others.
 #
@@ -497,16 +498,18 @@ run_h2() {
   sleep 1
 }
 
-# run_flip REP: the switchyard wrk run while a loop flips every 100 ms.
+# run_flip REP [--noop]: the switchyard wrk run while a loop flips every
+# 100 ms; with --noop, the control: the same loop, GET /models/iris instead.
 run_flip() {
-  local rep=$1 flipper
+  local rep=$1 noop=${2:-} flipper mode=h1-flip name=flips
+  [ -n "$noop" ] && mode=h1-calls name=calls
   "${PIN_LOAD[@]}" "${PY[@]}" flips --admin "127.0.0.1:$P_ADMIN" --interval-ms "$FLIP_INTERVAL_MS" \
-    --count $((DURATION * 1000 / FLIP_INTERVAL_MS)) --out "$OUT/flips-$rep.json" \
-    >"$OUT/logs/flips-$rep.log" 2>&1 &
+    --count $((DURATION * 1000 / FLIP_INTERVAL_MS)) --out "$OUT/$name-$rep.json" $noop \
+    >"$OUT/logs/$name-$rep.log" 2>&1 &
   flipper=$!
   PIDS+=("$flipper")
-  run_h1 switchyard "$rep" h1-flip
-  wait "$flipper" || log "warning: the flip loop failed; see $OUT/logs/flips-$rep.log"
+  run_h1 switchyard "$rep" "$mode"
+  wait "$flipper" || log "warning: the $name loop failed; see $OUT/logs/$name-$rep.log"
   forget "$flipper"
 }
 
@@ -522,6 +525,7 @@ log "== load: $REPEAT x ${DURATION} s per run, interleaved"
 for ((rep = 1; rep <= REPEAT; rep++)); do
   for t in "${LOAD_TARGETS[@]}"; do run_h1 "$t" "$rep"; done
   run_flip "$rep"
+  run_flip "$rep" --noop
   for t in "${LOAD_TARGETS[@]}"; do run_h2 "$t" "$rep"; done
 done
 

@@ -14,7 +14,11 @@
 //!   (hyper closes without a word); a connection that sent nothing of a head
 //!   (empty lines between requests do not count) is closed without one;
 //! - close a connection idle longer than the keep-alive timeout: no request
-//!   in flight and nothing received for that long (HTTP/2 included).
+//!   in flight and nothing received for that long (HTTP/2 included);
+//! - ask for an idle HTTP/1.1 connection to be parked
+//!   ([`GateLimits::park_after`]): the server then drops hyper's connection
+//!   and its buffers, and keeps only the socket and this gate until the
+//!   client sends again ([`Gate::poll_parked`]).
 //!
 //! The gate follows message boundaries: head (up to the blank line), then a
 //! body of `Content-Length` bytes or chunked framing (the same state machine
@@ -47,7 +51,7 @@ use tokio::time::{Instant, Sleep};
 
 /// The HTTP/2 connection preface: a connection that starts with it is
 /// passed through.
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Requests of one connection that hyper has handed to the service and whose
 /// responses have not finished. Shared by the gate and the service wrapper.
@@ -61,6 +65,9 @@ pub struct Activity {
     /// The gate's read, waiting for the last request to end to start the
     /// idle clock (hyper does not read again until the socket is readable).
     quiet: AtomicWaker,
+    /// Set by the gate once the connection has idled for the park delay;
+    /// taken by the server, which then parks it.
+    park: AtomicBool,
 }
 
 impl Activity {
@@ -72,6 +79,11 @@ impl Activity {
 
     fn idle(&self) -> bool {
         self.in_flight.load(Ordering::Acquire) == 0
+    }
+
+    /// Whether the gate asks for the connection to be parked; asks once.
+    pub fn take_park(&self) -> bool {
+        self.park.swap(false, Ordering::AcqRel)
     }
 
     /// Whether no request is in flight; if one is, `cx` is woken when the
@@ -106,6 +118,10 @@ pub struct GateLimits {
     pub idle_timeout: Duration,
     /// Past this many head bytes hyper answers 431; the gate stops following.
     pub max_head: usize,
+    /// After this long idle between HTTP/1.1 requests (no request in flight,
+    /// hyper's last response flushed, nothing received), the gate asks for
+    /// the connection to be parked; `None` never.
+    pub park_after: Option<Duration>,
 }
 
 /// See the module docs.
@@ -118,6 +134,9 @@ pub struct Gate<I> {
     armed: Option<Timer>,
     /// A response the gate writes itself, then the connection ends.
     refusal: Option<Refusal>,
+    /// Bytes read and inspected already, handed back by the server when it
+    /// parked the connection before hyper had parsed them: read first.
+    unread: bytes::Bytes,
     /// hyper wrote bytes it has not flushed yet.
     unflushed: bool,
     /// Woken when a flush completes, if a refusal waits for it.
@@ -140,6 +159,9 @@ struct Reader {
 enum Timer {
     Header,
     Idle,
+    /// The first part of an idle period: the park delay, then `Idle` for the
+    /// rest of the keep-alive timeout.
+    Park,
 }
 
 struct Refusal {
@@ -206,6 +228,7 @@ impl<I> Gate<I> {
             timer: Box::pin(tokio::time::sleep_until(first_head_by)),
             armed: Some(Timer::Header),
             refusal: None,
+            unread: bytes::Bytes::new(),
             unflushed: false,
             read_waker: None,
             eof: false,
@@ -230,6 +253,25 @@ impl<I> Gate<I> {
         }
     }
 
+    /// Whether an idle period that starts now begins with the park delay:
+    /// HTTP/1.1 between requests, and hyper's last response all flushed.
+    fn parks(&self) -> bool {
+        self.limits
+            .park_after
+            .is_some_and(|after| after < self.limits.idle_timeout)
+            && self.reader.framing == Framing::Head
+            && self.reader.partial.is_empty()
+            && self.unread.is_empty()
+            && !self.unflushed
+            && !self.activity.unsettled.load(Ordering::Acquire)
+    }
+
+    /// Gives back bytes hyper had read but not parsed when the connection was
+    /// parked; the next reads return them first.
+    pub fn unread(&mut self, bytes: bytes::Bytes) {
+        self.unread = bytes;
+    }
+
     fn refuse(&mut self, status: &str, why: &str) {
         let body = format!("{{\"error\":\"{why}\"}}");
         let response = format!(
@@ -240,6 +282,50 @@ impl<I> Gate<I> {
             response: response.into_bytes(),
             written: 0,
         });
+    }
+}
+
+/// A connection's transport, as the gate needs it to park.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Whether a connection on it can be parked: whether it can say when
+    /// the client has sent something without holding a read buffer.
+    const PARKS: bool;
+
+    /// Ready when a read would not wait (or would fail).
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl Transport for tokio::net::TcpStream {
+    const PARKS: bool = true;
+
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        tokio::net::TcpStream::poll_read_ready(self, cx)
+    }
+}
+
+/// TLS keeps decrypted bytes of its own, which socket readiness does not
+/// show: its connections are not parked.
+impl Transport for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
+    const PARKS: bool = false;
+
+    fn poll_read_ready(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<I: Transport> Gate<I> {
+    /// Waits, while the connection is parked, for the client: true once it
+    /// has sent something (or the socket failed, which the next read
+    /// reports), false when the keep-alive timeout has run out.
+    pub fn poll_parked(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        if !self.unread.is_empty() || self.inner.poll_read_ready(cx).is_ready() {
+            return Poll::Ready(true);
+        }
+        if self.armed == Some(Timer::Idle) {
+            ready!(self.timer.as_mut().poll(cx));
+            return Poll::Ready(false);
+        }
+        Poll::Pending
     }
 }
 
@@ -451,6 +537,11 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for Gate<I> {
         if this.eof {
             return Poll::Ready(Ok(()));
         }
+        if !this.unread.is_empty() {
+            let n = this.unread.len().min(buf.remaining());
+            buf.put_slice(&this.unread.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
@@ -461,10 +552,12 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for Gate<I> {
                 let verdict = this.reader.inspect(&buf.filled()[before..]);
                 // Data moved the connection on: the idle clock restarts, and
                 // a header clock only when a new head begins.
-                if this.armed == Some(Timer::Idle) || this.wanted_timer(None) != Some(Timer::Header)
+                if matches!(this.armed, Some(Timer::Idle | Timer::Park))
+                    || this.wanted_timer(None) != Some(Timer::Header)
                 {
                     this.armed = None;
                 }
+                this.activity.park.store(false, Ordering::Release);
                 if let Verdict::Refuse { keep, why } = verdict {
                     buf.set_filled(before + keep);
                     this.refuse("400 Bad Request", why);
@@ -483,13 +576,38 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for Gate<I> {
                     this.armed = None;
                     return Poll::Pending;
                 }
-                if this.armed != wanted {
-                    let after = match wanted {
-                        Some(Timer::Header) => this.limits.header_timeout,
-                        _ => this.limits.idle_timeout,
+                // An idle period in its park delay is still idle.
+                let armed = match (this.armed, wanted) {
+                    (Some(Timer::Park), Some(Timer::Idle)) => wanted,
+                    (armed, _) => armed,
+                };
+                if armed != wanted {
+                    let (after, timer) = match wanted {
+                        Some(Timer::Header) => (this.limits.header_timeout, Timer::Header),
+                        _ => match this.limits.park_after {
+                            Some(after) if this.parks() => (after, Timer::Park),
+                            _ => (this.limits.idle_timeout, Timer::Idle),
+                        },
                     };
                     this.timer.as_mut().reset(Instant::now() + after);
-                    this.armed = wanted;
+                    this.armed = Some(timer);
+                }
+                if this.armed == Some(Timer::Park) {
+                    ready!(this.timer.as_mut().poll(cx));
+                    // Parked or not, the idle clock runs on for the rest of
+                    // the keep-alive timeout.
+                    let rest = this
+                        .limits
+                        .idle_timeout
+                        .saturating_sub(this.limits.park_after.unwrap_or_default());
+                    this.timer.as_mut().reset(Instant::now() + rest);
+                    this.armed = Some(Timer::Idle);
+                    this.activity.park.store(true, Ordering::Release);
+                    // Registers the waker for the rest.
+                    ready!(this.timer.as_mut().poll(cx));
+                    this.armed = None;
+                    this.eof = true;
+                    return Poll::Ready(Ok(()));
                 }
                 ready!(this.timer.as_mut().poll(cx));
                 this.armed = None;
