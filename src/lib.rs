@@ -38,6 +38,7 @@ pub mod client;
 pub mod compare;
 pub mod config;
 pub mod demo;
+pub mod discovery;
 pub mod events;
 pub mod health;
 pub mod metrics;
@@ -184,9 +185,19 @@ pub async fn run(
         info!(model = m.name(), active = %m.active_name(), path_prefix = m.path_prefix(), "model loaded");
     }
 
-    let routes = Proxy::routes(&models);
     let events = Events::new();
+    // Dns pools get their first set before anything serves; side by side,
+    // each bounded by its query timeout.
+    let mut first = JoinSet::new();
+    for pool in discovery::dns_pools(&models) {
+        let (metrics, events) = (metrics.clone(), events.clone());
+        first.spawn(async move { discovery::resolve_first(&pool, &metrics, &events).await });
+    }
+    while first.join_next().await.is_some() {}
+    let routes = Proxy::routes(&models);
     let (checker, watch) = health::Checker::new(&models, events.clone());
+    let (discoverer, discovery) =
+        discovery::Discoverer::new(&models, metrics.clone(), events.clone());
     let switchboard =
         Arc::new(Switchboard::start(models, control, Arc::clone(&store), events).await?);
     let proxy = Arc::new(Proxy::new(
@@ -210,6 +221,7 @@ pub async fn run(
         Arc::clone(&switchboard),
         Arc::clone(&proxy),
         watch,
+        discovery,
         certificates,
     ));
     let watcher = watch::Watcher::new(Arc::clone(&switchboard));
@@ -258,6 +270,7 @@ pub async fn run(
             .map_done("admin"),
     );
     tasks.spawn(checker.run(root.child_token()).map_done("health"));
+    tasks.spawn(discoverer.run(root.child_token()).map_done("discovery"));
     tasks.spawn(watcher.run(root.child_token()).map_done("watch"));
     tasks.spawn(roller.run(root.child_token()).map_done("rollout"));
     tasks.spawn(

@@ -29,6 +29,7 @@ use serde::Serialize;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, ConfigError, LoadError};
+use crate::discovery;
 use crate::events::EventKind;
 use crate::health::Watch;
 use crate::metrics::Metrics;
@@ -50,6 +51,7 @@ pub struct Reloader {
     switchboard: Arc<Switchboard>,
     proxy: Arc<Proxy>,
     watch: Watch,
+    discovery: discovery::Watch,
     certificates: Vec<Arc<ServerTls>>,
 }
 
@@ -107,6 +109,7 @@ impl Reloader {
         switchboard: Arc<Switchboard>,
         proxy: Arc<Proxy>,
         watch: Watch,
+        discovery: discovery::Watch,
         certificates: Vec<Arc<ServerTls>>,
     ) -> Reloader {
         Reloader {
@@ -115,6 +118,7 @@ impl Reloader {
             switchboard,
             proxy,
             watch,
+            discovery,
             certificates,
         }
     }
@@ -250,9 +254,18 @@ impl Reloader {
             .cloned()
             .collect();
 
-        // New pools are probed before anything serves from them.
+        // New dns pools resolve their names first; then new pools are
+        // probed before anything serves from them.
+        let events = self.switchboard.events();
+        let mut first = tokio::task::JoinSet::new();
+        for pool in fresh.iter().filter(|p| p.discovery().is_some()) {
+            let (pool, metrics, events) = (Arc::clone(pool), self.metrics.clone(), events.clone());
+            first.spawn(async move { discovery::resolve_first(&pool, &metrics, &events).await });
+        }
+        while first.join_next().await.is_some() {}
         for pool in &fresh {
             self.watch.pool(Arc::clone(pool));
+            self.discovery.pool(Arc::clone(pool));
         }
         let refuse = |e: ReloadError| {
             for pool in &fresh {
@@ -331,13 +344,13 @@ fn forget_metrics(metrics: &Metrics, dropped: &[Arc<Pool>], live: &BTreeMap<Stri
     for pool in dropped {
         let Some(model) = live.get(pool.model()) else {
             metrics.forget_model(pool.model());
-            for endpoint in pool.endpoints() {
+            for endpoint in pool.endpoints().iter() {
                 metrics.forget_endpoint(pool.model(), pool.name(), endpoint.url());
             }
             continue;
         };
         let kept = model.pool(pool.name()).endpoints();
-        for endpoint in pool.endpoints() {
+        for endpoint in pool.endpoints().iter() {
             if !kept.iter().any(|k| k.url() == endpoint.url()) {
                 metrics.forget_endpoint(pool.model(), pool.name(), endpoint.url());
             }

@@ -17,6 +17,7 @@ fn pool_with(n: usize, eject_after: u32) -> Arc<Pool> {
             ..HealthConfig::default()
         },
         tls: None,
+        discovery: None,
     };
     Arc::new(Pool::new(
         "m".into(),
@@ -72,7 +73,9 @@ async fn two_choices_avoid_the_busier_endpoint() {
     let pool = pool(2);
     // Load endpoint 0 with three requests: every pick must take endpoint 1
     // until the loads are level.
-    let held: Vec<_> = (0..3).map(|_| InFlight::start(pool.clone(), 0)).collect();
+    let held: Vec<_> = (0..3)
+        .map(|_| InFlight::start(pool.clone(), pool.endpoints(), 0))
+        .collect();
     let picks: Vec<_> = (0..3).map(|_| pool.pick().unwrap()).collect();
     assert!(picks.iter().all(|g| g.endpoint().url().ends_with(":9001")));
     drop((held, picks));
@@ -82,7 +85,7 @@ async fn two_choices_avoid_the_busier_endpoint() {
 async fn picks_spread_over_many_endpoints() {
     let pool = pool(5);
     let held: Vec<_> = (0..500).map(|_| pool.pick().unwrap()).collect();
-    for e in pool.endpoints() {
+    for e in pool.endpoints().iter() {
         // Power of two choices keeps every endpoint near 100 of 500.
         assert!(
             (80..=120).contains(&e.in_flight()),
@@ -169,7 +172,8 @@ async fn a_request_moves_to_another_endpoint_never_the_one_it_left() {
             // Counted once, on the endpoint it is on now.
             assert_eq!(pool.in_flight(), 1);
             assert_eq!(pool.metrics().in_flight.get(), 1);
-            let on = |url: &str| pool.endpoints().iter().find(|e| e.url() == url).unwrap();
+            let on =
+                |url: &str| Arc::clone(pool.endpoints().iter().find(|e| e.url() == url).unwrap());
             assert_eq!((on(&from).in_flight(), on(&to).in_flight()), (0, 1));
             drop(g);
             assert_eq!(pool.in_flight(), 0);
