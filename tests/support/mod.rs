@@ -4,6 +4,7 @@
 //! [`eventually`], whose panic names what it waited for.
 #![allow(dead_code)]
 
+pub mod dns;
 pub mod etcd;
 pub mod inbound_tls;
 pub mod tls;
@@ -216,6 +217,11 @@ impl Upstream {
             .lock()
             .expect("replies lock")
             .insert(path.to_string(), (status, body.into()));
+    }
+
+    /// Requests held on `/hold` or `/stream` so far.
+    pub fn held(&self) -> usize {
+        *self.state.held.borrow()
     }
 
     /// Waits until `n` requests are held on `/hold` or `/stream`.
