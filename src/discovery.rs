@@ -492,14 +492,10 @@ fn tag(answer: Answer, source: usize) -> Answer {
 /// other failure is not.
 fn classify(e: &ResolveError) -> Answer {
     match e.proto().map(|p| p.kind()) {
-        Some(ProtoErrorKind::NoRecordsFound { response_code, .. })
-            if matches!(
-                response_code,
-                ResponseCode::NXDomain | ResponseCode::NoError
-            ) =>
-        {
-            Answer::Gone(e.to_string())
-        }
+        Some(ProtoErrorKind::NoRecordsFound {
+            response_code: ResponseCode::NXDomain | ResponseCode::NoError,
+            ..
+        }) => Answer::Gone(e.to_string()),
         _ => Answer::Failed(e.to_string()),
     }
 }
