@@ -12,6 +12,8 @@
 //!   by a fleet (with its local cache).
 //! - `pool`: endpoints, balancing, in-flight counting, the upstream client.
 //! - `health`: active probes, passive ejection, warm standby connections.
+//! - `discovery`: the endpoints of `discover = "dns"` pools, resolved again
+//!   every interval and installed as the pool's endpoint set.
 //! - `proxy`: the inbound listener and the forwarding of one request.
 //! - `admin`: the admin listener and its JSON handlers.
 //! - `client`: the command-line client of the admin API (`switchyard status`,

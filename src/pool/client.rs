@@ -5,9 +5,9 @@
 //! Why not hyper-util's pooled client: it serialises every checkout and
 //! checkin on a mutex, hashes the request's scheme and authority into a map
 //! to find the pool, and spawns a task per HTTP/1.1 request only to wait
-//! until the connection is free again. Here the pool knows its endpoints:
-//! a request finds its endpoint by comparing authorities among the pool's
-//! few, pops an idle connection (one compare-and-swap), and its response
+//! until the connection is free again. Here each endpoint carries its own
+//! connections ([`Slot`]): a request, sent to an endpoint, pops an idle
+//! connection from it (one compare-and-swap), and its response
 //! body pushes the connection back the moment it has read the last byte, in
 //! the task that read it. Only a connection still sending its request's
 //! body then (the upstream answered before reading all of it) waits in a
