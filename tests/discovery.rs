@@ -270,3 +270,41 @@ async fn check_names_the_line_of_each_bad_discovery_key() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_reload_that_keeps_the_pool_keeps_its_discovered_endpoints() {
+    let dns = Dns::start().await;
+    let a = Upstream::start("blue-a").await;
+    let green = Upstream::start("green").await;
+    let green2 = Upstream::start("green-2").await;
+    publish(&dns, &[&a]);
+    let proxy = Proxy::start(&dns_model(&dns, &green)).await;
+    served_by(&proxy, 5).await;
+    let before =
+        proxy.admin_get("/models/iris").await.json()["pools"]["blue"]["endpoints"][0].clone();
+    assert_eq!(before["url"], a.url());
+
+    // Only green changes: the model is rebuilt around the same blue pool.
+    let path = proxy.dir.path().join("switchyard.toml");
+    let text = std::fs::read_to_string(&path).expect("read config");
+    std::fs::write(&path, text.replace(&green.url(), &green2.url())).expect("write config");
+    let r = proxy.admin_post("/reload").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(
+        r.json()["changed"],
+        serde_json::json!(["iris"]),
+        "{}",
+        r.text()
+    );
+
+    let after =
+        proxy.admin_get("/models/iris").await.json()["pools"]["blue"]["endpoints"][0].clone();
+    assert_eq!(after["url"], a.url());
+    assert_eq!(after["state"], "healthy", "{after}");
+    assert!(
+        after["served"].as_u64() >= before["served"].as_u64(),
+        "counters kept: {before} then {after}"
+    );
+    assert_eq!(served_by(&proxy, 5).await, HashSet::from(["blue-a".into()]));
+    proxy.stop().await.expect("clean stop");
+}
