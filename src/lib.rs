@@ -188,14 +188,35 @@ pub async fn run(
     }
 
     let events = Events::new();
-    // Dns pools get their first set before anything serves; side by side,
-    // each bounded by its query timeout.
+    // Dns pools get their first set before anything serves: side by side,
+    // names too, all under one deadline (the longest round any may take),
+    // and shutdown ends the wait.
+    let mut shutdown = std::pin::pin!(shutdown);
+    let deadline = tokio::time::Instant::now()
+        + discovery::dns_pools(&models)
+            .filter_map(|p| p.discovery().map(discovery::round_limit))
+            .max()
+            .unwrap_or_default();
     let mut first = JoinSet::new();
     for pool in discovery::dns_pools(&models) {
         let (metrics, events) = (metrics.clone(), events.clone());
-        first.spawn(async move { discovery::resolve_first(&pool, &metrics, &events).await });
+        first.spawn(async move {
+            discovery::resolve_first(&pool, deadline, &metrics, &events).await;
+        });
     }
-    while first.join_next().await.is_some() {}
+    loop {
+        tokio::select! {
+            () = shutdown.as_mut() => {
+                info!("shutting down before serving: endpoint discovery was not done");
+                return Ok(());
+            }
+            done = first.join_next() => match done {
+                None => break,
+                Some(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Some(_) => {}
+            },
+        }
+    }
     let routes = Proxy::routes(&models);
     let (checker, watch) = health::Checker::new(&models, events.clone());
     let (discoverer, discovery) =

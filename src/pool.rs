@@ -6,15 +6,17 @@
 //!
 //! The endpoints are a set that can change while the pool serves (DNS
 //! discovery, `discovery.rs`): an `ArcSwap` of the current members. A
-//! request loads it once when it picks, keeps that `Arc` (so the endpoint
-//! it was sent to lives until its body ends, even if it was removed
-//! meanwhile: that is its drain), and never looks again. A static pool's
-//! set never changes after it is built.
+//! request reads it through a short `load()` guard when it picks and keeps
+//! only the `Arc` of the endpoint it chose (so that endpoint lives until its
+//! body ends, even if it was removed meanwhile: that is its drain), never
+//! the set: a removed endpoint, and its connections, go as soon as the
+//! requests on it end. A retry reads the current set again. A static
+//! pool's set never changes after it is built.
 
 use std::fmt;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -42,7 +44,7 @@ pub use connector::CountingConnector;
 pub use endpoint::Endpoint;
 use endpoint::EndpointSpec;
 
-/// A pool's endpoints at one moment.
+/// A pool's endpoints at one moment (status, probes: not the request path).
 pub type Members = Arc<Box<[Arc<Endpoint>]>>;
 
 /// The two pools of every model.
@@ -147,6 +149,11 @@ pub struct Pool {
     /// Endpoints discovery removed: alive while requests still hold them,
     /// counted by [`Pool::in_flight`] until then.
     draining: ArcSwap<Vec<Weak<Endpoint>>>,
+    /// The writer of `members` and `draining` ([`Pool::writer`]), and
+    /// whether discovery is paused (a reload is replacing this pool). A std
+    /// mutex suffices: held only for one synchronous install, never across
+    /// an `.await`, and never by the request path.
+    writer: Mutex<bool>,
     client: UpstreamClient,
     /// With `warm_connections = 0` on HTTP/1.1: the probes' own client, which
     /// keeps no idle connection, so every probe connects afresh (proving the
@@ -204,6 +211,7 @@ impl Pool {
             members: ArcSwap::from_pointee(Box::default()),
             members_changed: tokio::sync::Notify::new(),
             draining: ArcSwap::from_pointee(Vec::new()),
+            writer: Mutex::new(false),
             client: UpstreamClient::new(
                 config.protocol,
                 connector,
@@ -286,21 +294,56 @@ impl Pool {
         )
     }
 
-    /// Replaces the endpoints (discovery only): requests picked from now
-    /// on see `members`; those in flight keep the set they picked from.
-    pub fn set_members(&self, members: Box<[Arc<Endpoint>]>) {
-        let old = self.members.swap(Arc::new(members));
-        let now = self.members.load();
-        // Removed endpoints, and those still draining from before.
-        let draining: Vec<Weak<Endpoint>> = old
+    /// The one writer of the endpoint set, while the returned guard lives;
+    /// `None` while discovery is paused ([`Pool::pause_discovery`]).
+    pub(crate) fn writer(&self) -> Option<Writer<'_>> {
+        let paused = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        (!*paused).then_some(Writer { _paused: paused })
+    }
+
+    /// Stops discovery writing this pool's set, and so forgetting its
+    /// endpoints' metric series: a reload is building its replacement,
+    /// which shares those series. Waits for a round installing now.
+    pub(crate) fn pause_discovery(&self) {
+        *self.writer.lock().unwrap_or_else(PoisonError::into_inner) = true;
+    }
+
+    /// Undoes [`Pool::pause_discovery`] (the reload was refused).
+    pub(crate) fn resume_discovery(&self) {
+        *self.writer.lock().unwrap_or_else(PoisonError::into_inner) = false;
+    }
+
+    /// Whether a reload paused discovery of this pool.
+    pub(crate) fn is_discovery_paused(&self) -> bool {
+        *self.writer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Replaces the endpoints (discovery only, holding the [`Writer`]):
+    /// picks from now on see `members`. Removed endpoints leave rotation
+    /// for good and are counted as draining *before* the swap, so
+    /// [`Pool::in_flight`] never misses a request on one (for a moment it
+    /// may count one twice, which only makes a drain wait longer).
+    pub(crate) fn set_members(&self, _writer: &Writer<'_>, members: Box<[Arc<Endpoint>]>) {
+        // The writer is held: this is the set the swap below replaces.
+        let old = self.members.load_full();
+        let removed: Vec<&Arc<Endpoint>> = old
             .iter()
-            .filter(|e| !now.iter().any(|n| Arc::ptr_eq(n, e)))
+            .filter(|e| !members.iter().any(|n| Arc::ptr_eq(n, e)))
+            .collect();
+        for endpoint in &removed {
+            endpoint.mark_removed();
+        }
+        // Removed endpoints, and those still draining from before.
+        let draining: Vec<Weak<Endpoint>> = removed
+            .into_iter()
             .map(Arc::downgrade)
             .chain(self.draining.load().iter().cloned())
             .filter(|w| w.strong_count() > 0)
             .collect();
-        drop(old);
         self.draining.store(Arc::new(draining));
+        let replaced = self.members.swap(Arc::new(members));
+        debug_assert!(Arc::ptr_eq(&replaced, &old), "one writer at a time");
+        drop((old, replaced));
         // A permit if the prober is mid-round: it probes again at once.
         self.members_changed.notify_one();
     }
@@ -423,7 +466,6 @@ impl Pool {
         &self.metrics
     }
 
-    /// Requests in flight on this pool, across its endpoints.
     /// Requests in flight on this pool, across its endpoints (those removed
     /// by discovery and still draining included: their requests hold them).
     pub fn in_flight(&self) -> usize {
@@ -452,10 +494,12 @@ impl Pool {
     /// of all" causes. Only when both candidates are out of rotation does it
     /// scan for the least loaded endpoint still serving.
     pub fn pick(self: &Arc<Self>) -> Option<InFlight> {
-        // The one load of the set a request makes; the request keeps it.
-        let members = self.members.load_full();
+        // A short read of the set: only the chosen endpoint is kept.
+        let members = self.members.load();
         let index = choose(&members, None)?;
-        Some(InFlight::start(Arc::clone(self), members, index))
+        let endpoint = Arc::clone(&members[index]);
+        drop(members);
+        Some(InFlight::start(Arc::clone(self), endpoint))
     }
 
     /// An endpoint chosen as [`Pool::pick`] chooses, for a request that is
@@ -536,23 +580,27 @@ fn http_connector(connect_timeout: Duration) -> HttpConnector {
 /// body so the count ends when the body does, not at the headers.
 pub struct InFlight {
     pool: Arc<Pool>,
-    /// The set the request picked from: it keeps the endpoint alive.
-    members: Members,
-    endpoint: usize,
+    /// The endpoint the request is on: kept alive until the body ends, even
+    /// if discovery removed it (its drain). Only this one, not the set.
+    endpoint: Arc<Endpoint>,
     started: Instant,
+}
+
+/// Held while writing a pool's endpoint set: see [`Pool::writer`].
+pub(crate) struct Writer<'a> {
+    _paused: MutexGuard<'a, bool>,
 }
 
 // === impl InFlight ===
 
 impl InFlight {
-    fn start(pool: Arc<Pool>, members: Members, endpoint: usize) -> InFlight {
+    fn start(pool: Arc<Pool>, endpoint: Arc<Endpoint>) -> InFlight {
         // The counters feed balancing and status, which tolerate a
         // momentarily stale view; they are Relaxed atomics.
-        members[endpoint].start_request();
+        endpoint.start_request();
         pool.metrics.in_flight.inc();
         InFlight {
             pool,
-            members,
             endpoint,
             started: Instant::now(),
         }
@@ -568,34 +616,42 @@ impl InFlight {
     }
 
     pub fn endpoint(&self) -> &Endpoint {
-        &self.members[self.endpoint]
+        &self.endpoint
     }
 
-    /// Whether the set picked from has another endpoint to retry on.
+    /// Whether the pool's current set has another endpoint to retry on.
     pub fn has_others(&self) -> bool {
-        self.members.len() > 1
+        let members = self.pool.members.load();
+        match &members[..] {
+            [] => false,
+            [only] => !Arc::ptr_eq(only, &self.endpoint),
+            _ => true,
+        }
     }
 
-    /// For a retry: moves the request to another endpoint of the same pool,
-    /// chosen as [`Pool::pick`] chooses but never the current one. Returns
-    /// the endpoint it left and the one it moved to; `None`, and the request
+    /// For a retry: moves the request to another endpoint of the pool's
+    /// current set (never one discovery removed meanwhile), chosen as
+    /// [`Pool::pick`] chooses but never the current one. Returns the
+    /// endpoint it left and the one it moved to; `None`, and the request
     /// stays, when no other endpoint is in rotation.
     ///
     /// It stays one request: the pool's in-flight gauge does not move, and
     /// the duration observed when the guard drops runs from the first attempt.
-    pub fn move_to_other(&mut self) -> Option<(&Endpoint, &Endpoint)> {
-        let to = choose(&self.members, Some(self.endpoint))?;
+    pub fn move_to_other(&mut self) -> Option<(Arc<Endpoint>, &Endpoint)> {
+        let members = self.pool.members.load();
+        let skip = members.iter().position(|e| Arc::ptr_eq(e, &self.endpoint));
+        let to = Arc::clone(&members[choose(&members, skip)?]);
+        drop(members);
+        to.start_request();
         let left = std::mem::replace(&mut self.endpoint, to);
-        let endpoints = &self.members;
-        endpoints[to].start_request();
-        endpoints[left].end_request();
-        Some((&endpoints[left], &endpoints[to]))
+        left.end_request();
+        Some((left, &self.endpoint))
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.endpoint().end_request();
+        self.endpoint.end_request();
         let pool = &self.pool;
         let metrics = &self.pool.metrics;
         metrics.in_flight.dec();

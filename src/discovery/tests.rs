@@ -11,6 +11,7 @@ fn want(authority: &str, source: usize) -> Want {
 fn held(authority: &str, source: usize) -> Held<'_> {
     Held {
         authority,
+        host: Some("models.test:8000"),
         source: Some(source),
     }
 }
@@ -77,12 +78,44 @@ fn an_empty_pool_adds_everything() {
 }
 
 #[test]
-fn describe_names_addresses_without_the_scheme() {
+fn a_failed_name_keeps_its_endpoints_with_their_host() {
+    let current = [held("10.0.0.4:8000", 0)];
+    let answers = [Answer::Failed("timed out".into())];
+    assert_eq!(wanted(&answers, &current), vec![want("10.0.0.4:8000", 0)]);
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn gone() -> Answer {
+    Answer::Gone("no records".into())
+}
+
+fn failed() -> Answer {
+    Answer::Failed("timed out".into())
+}
+
+#[test]
+fn a_failure_of_either_family_is_a_failure() {
+    // An IPv4-only name whose A query timed out while AAAA said NODATA:
+    // not gone, whichever answered first.
+    assert_eq!(both(Err(failed()), Err(gone())), Err(failed()));
+    assert_eq!(both(Err(gone()), Err(failed())), Err(failed()));
+    // Dual stack with AAAA lost: not the IPv4 addresses alone.
+    assert_eq!(both(Ok(vec![ip("10.0.0.4")]), Err(failed())), Err(failed()));
+    assert_eq!(both(Err(failed()), Ok(vec![ip("fd00::4")])), Err(failed()));
+}
+
+#[test]
+fn gone_only_when_both_families_are_empty() {
+    assert_eq!(both(Err(gone()), Err(gone())), Err(gone()));
     assert_eq!(
-        describe(
-            &["http://10.0.0.5:8000".into()],
-            &["http://10.0.0.4:8000".into()]
-        ),
-        "10.0.0.5:8000 added, 10.0.0.4:8000 removed"
+        both(Ok(vec![ip("10.0.0.4")]), Err(gone())),
+        Ok(vec![ip("10.0.0.4")])
+    );
+    assert_eq!(
+        both(Ok(vec![ip("10.0.0.4")]), Ok(vec![ip("fd00::4")])),
+        Ok(vec![ip("10.0.0.4"), ip("fd00::4")])
     );
 }

@@ -34,6 +34,11 @@ pub struct Endpoint {
     passive_failures: AtomicU32,
     /// Failures in a row that eject the endpoint.
     eject_after: u32,
+    /// Set once discovery removed it: out of rotation for good, whatever
+    /// the prober publishes; requests on it finish (its drain).
+    removed: AtomicBool,
+    /// For a discovered endpoint, the name and port it came from.
+    host: Option<Authority>,
     /// Set by the request path when it ejects; the prober starts the
     /// back-off and clears it once the endpoint is back.
     eject_requested: AtomicBool,
@@ -97,6 +102,8 @@ impl Endpoint {
             state: AtomicU8::new(spec.state as u8),
             passive_failures: AtomicU32::new(0),
             eject_after,
+            removed: AtomicBool::new(false),
+            host: spec.host.cloned(),
             eject_requested: AtomicBool::new(false),
             open_connections,
             report: ArcSwapOption::empty(),
@@ -146,10 +153,25 @@ impl Endpoint {
         EndpointState::from_u8(self.state.load(Ordering::Relaxed))
     }
 
-    /// Whether balancing may send a request here: one atomic load.
+    /// Whether balancing may send a request here: two atomic loads.
     #[inline]
     pub fn is_serving(&self) -> bool {
-        self.state().is_serving()
+        self.state().is_serving() && !self.is_removed()
+    }
+
+    /// Whether discovery removed it from its pool: it drains.
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn mark_removed(&self) {
+        self.removed.store(true, Ordering::Relaxed);
+    }
+
+    /// For a discovered endpoint, the name and port it was found by:
+    /// `models.ns.svc:8000`.
+    pub fn host(&self) -> Option<&Authority> {
+        self.host.as_ref()
     }
 
     pub fn report(&self) -> Option<Arc<ProbeReport>> {

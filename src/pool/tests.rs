@@ -74,7 +74,7 @@ async fn two_choices_avoid_the_busier_endpoint() {
     // Load endpoint 0 with three requests: every pick must take endpoint 1
     // until the loads are level.
     let held: Vec<_> = (0..3)
-        .map(|_| InFlight::start(pool.clone(), pool.endpoints(), 0))
+        .map(|_| InFlight::start(pool.clone(), Arc::clone(&pool.endpoints()[0])))
         .collect();
     let picks: Vec<_> = (0..3).map(|_| pool.pick().unwrap()).collect();
     assert!(picks.iter().all(|g| g.endpoint().url().ends_with(":9001")));
