@@ -21,6 +21,11 @@ pub enum DnsMode {
     Answer,
     /// SERVFAIL to everything.
     ServFail,
+    /// A queries get no answer at all (a lost packet, a timeout); the rest
+    /// as `Answer`, so AAAA of a name with only A records is NODATA at once.
+    DropA,
+    /// SERVFAIL to A queries; the rest as `Answer`.
+    ServFailA,
 }
 
 #[derive(Default)]
@@ -28,7 +33,7 @@ struct Zone {
     /// Lower-case names without the final dot.
     srv: HashMap<String, Vec<(u16, String)>>,
     a: HashMap<String, Vec<Ipv4Addr>>,
-    servfail: bool,
+    mode: Option<DnsMode>,
 }
 
 pub struct Dns {
@@ -57,7 +62,7 @@ impl Dns {
                 };
                 q.fetch_add(1, Ordering::SeqCst);
                 let reply = answer(&z.lock().expect("zone lock"), &query);
-                if let Ok(bytes) = reply.to_vec() {
+                if let Some(Ok(bytes)) = reply.map(|r| r.to_vec()) {
                     let _ = socket.send_to(&bytes, peer).await;
                 }
             }
@@ -98,7 +103,7 @@ impl Dns {
     }
 
     pub fn set_mode(&self, mode: DnsMode) {
-        self.zone.lock().expect("zone lock").servfail = mode == DnsMode::ServFail;
+        self.zone.lock().expect("zone lock").mode = Some(mode);
     }
 
     /// Queries received so far.
@@ -113,7 +118,8 @@ impl Dns {
     }
 }
 
-fn answer(zone: &Zone, query: &Message) -> Message {
+/// The reply to `query`, or none (the query is dropped).
+fn answer(zone: &Zone, query: &Message) -> Option<Message> {
     let mut reply = Message::new();
     reply
         .set_id(query.id())
@@ -124,19 +130,28 @@ fn answer(zone: &Zone, query: &Message) -> Message {
         .set_recursion_available(true);
     let Some(q) = query.queries().first() else {
         reply.set_response_code(ResponseCode::FormErr);
-        return reply;
+        return Some(reply);
     };
     reply.add_query(q.clone());
-    if zone.servfail {
-        reply.set_response_code(ResponseCode::ServFail);
-        return reply;
+    let is_a = q.query_type() == RecordType::A;
+    match zone.mode {
+        Some(DnsMode::ServFail) => {
+            reply.set_response_code(ResponseCode::ServFail);
+            return Some(reply);
+        }
+        Some(DnsMode::ServFailA) if is_a => {
+            reply.set_response_code(ResponseCode::ServFail);
+            return Some(reply);
+        }
+        Some(DnsMode::DropA) if is_a => return None,
+        _ => {}
     }
     let name = q.name().to_ascii().trim_end_matches('.').to_lowercase();
     let owner = q.name().clone();
     let known = zone.srv.contains_key(&name) || zone.a.contains_key(&name);
     if !known {
         reply.set_response_code(ResponseCode::NXDomain);
-        return reply;
+        return Some(reply);
     }
     match q.query_type() {
         RecordType::SRV => {
@@ -157,5 +172,5 @@ fn answer(zone: &Zone, query: &Message) -> Message {
         // Known name, no such records (AAAA included): NOERROR, empty.
         _ => {}
     }
-    reply
+    Some(reply)
 }
