@@ -239,6 +239,50 @@ async fn a_lost_or_failed_a_query_keeps_the_endpoints() {
     proxy.stop().await.expect("clean stop");
 }
 
+/// A new endpoint takes no request while its first probe is out (held by
+/// the upstream), and is warm (a connection open) before its first request.
+#[tokio::test]
+async fn a_new_endpoint_serves_only_once_its_probe_passed() {
+    let dns = Dns::start().await;
+    let a = Upstream::start("blue-a").await;
+    let c = Upstream::start("blue-c").await;
+    let green = Upstream::start("green").await;
+    publish(&dns, &[&a]);
+    // Probes may take a second: the held one must not time out meanwhile.
+    let config = dns_model(&dns, &green)
+        .replace("health.interval = \"100ms\"", "health.interval = \"2s\"")
+        .replace("health.timeout = \"100ms\"", "health.timeout = \"2s\"");
+    let proxy = Proxy::start(&config).await;
+    assert_eq!(
+        served_by(&proxy, 10).await,
+        HashSet::from(["blue-a".into()])
+    );
+
+    c.hold_health();
+    publish(&dns, &[&a, &c]);
+    eventually("c's first probe arrived", || async { c.probes() > 0 }).await;
+    let listed = blue_endpoints(&proxy).await;
+    assert!(
+        listed
+            .iter()
+            .any(|(url, state, _)| url == &c.url() && state == "pending"),
+        "{listed:?}"
+    );
+    assert_eq!(
+        served_by(&proxy, 30).await,
+        HashSet::from(["blue-a".into()])
+    );
+    assert_eq!(c.hits(), 0, "c took traffic before its probe passed");
+    assert!(c.connections() > 0, "the probe opened a connection to c");
+
+    c.release_health();
+    eventually("c serves once probed", || async {
+        served_by(&proxy, 10).await.contains("blue-c")
+    })
+    .await;
+    proxy.stop().await.expect("clean stop");
+}
+
 #[tokio::test]
 async fn a_name_without_records_starts_empty_fills_later_and_empties_again() {
     let dns = Dns::start().await;

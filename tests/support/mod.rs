@@ -111,6 +111,8 @@ struct UpstreamState {
     delay_ms: AtomicUsize,
     held: watch::Sender<usize>,
     released: watch::Sender<bool>,
+    /// False while health probes are held unanswered ([`Upstream::hold_health`]).
+    health_open: watch::Sender<bool>,
     upload_started: watch::Sender<bool>,
     /// Canned answers by exact path, from [`Upstream::set_reply`]. A test
     /// server: a std mutex, never held across an await.
@@ -129,6 +131,7 @@ impl UpstreamState {
             delay_ms: AtomicUsize::new(0),
             held: watch::Sender::new(0),
             released: watch::Sender::new(false),
+            health_open: watch::Sender::new(true),
             upload_started: watch::Sender::new(false),
             replies: Mutex::new(HashMap::new()),
         }
@@ -235,6 +238,17 @@ impl Upstream {
         .expect("upstream alive");
     }
 
+    /// Holds health probes unanswered (counted in `probes` on arrival)
+    /// until [`Upstream::release_health`].
+    pub fn hold_health(&self) {
+        self.state.health_open.send_replace(false);
+    }
+
+    /// Answers the held health probes, and later ones at once.
+    pub fn release_health(&self) {
+        self.state.health_open.send_replace(true);
+    }
+
     /// Lets every held request (and every later one) finish.
     pub fn release(&self) {
         self.state.released.send_replace(true);
@@ -268,6 +282,8 @@ async fn upstream_handle(state: &UpstreamState, req: Request<Incoming>) -> Respo
     let name = state.name;
     if path == "/v2/health/ready" {
         state.probes.fetch_add(1, Ordering::SeqCst);
+        let mut open = state.health_open.subscribe();
+        let _ = open.wait_for(|o| *o).await;
         return if state.healthy.load(Ordering::SeqCst) {
             full(StatusCode::OK, "{}")
         } else {
