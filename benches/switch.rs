@@ -34,6 +34,7 @@ fn pool_config(endpoints: usize) -> PoolConfig {
             .collect(),
         health: HealthConfig::default(),
         tls: None,
+        discovery: None,
     }
 }
 

@@ -674,6 +674,7 @@ fn pool_detail(pool: &Pool, active: bool) -> Value {
             let report = e.report();
             json!({
                 "url": e.url(),
+                "discovered_from": e.source(),
                 "state": e.state(),
                 "in_flight": e.in_flight(),
                 "served": e.served(),
@@ -688,6 +689,7 @@ fn pool_detail(pool: &Pool, active: bool) -> Value {
     json!({
         "active": active,
         "protocol": pool.protocol(),
+        "discover": if pool.discovery().is_some() { "dns" } else { "static" },
         "healthy_endpoints": pool.healthy_count(),
         "in_flight": pool.in_flight(),
         // The standby with nothing in flight: safe to retire.

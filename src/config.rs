@@ -21,6 +21,7 @@ use toml::Spanned;
 use crate::pool::{PoolName, Protocol};
 use crate::tls::{TlsError, TlsFiles};
 
+mod discovery;
 mod health;
 mod rollout;
 mod shadow;
@@ -29,6 +30,7 @@ mod upstream_tls;
 mod validate;
 mod watch;
 
+pub use discovery::{Discovery, DnsName, Lookup, DEFAULT_RESOLVE_INTERVAL};
 use health::RawHealth;
 pub use health::{HealthConfig, EJECT_MAX};
 pub use rollout::{
@@ -277,6 +279,9 @@ pub struct PoolConfig {
     pub health: HealthConfig,
     /// Set exactly when the endpoints are `https://`: how to speak TLS to them.
     pub tls: Option<UpstreamTls>,
+    /// `discover = "dns"`: `endpoints` are names, and the pool serves the
+    /// addresses they resolve to; `None`: the endpoints as listed.
+    pub discovery: Option<Discovery>,
 }
 
 impl PoolConfig {
@@ -288,6 +293,7 @@ impl PoolConfig {
             && other.tls.is_none()
             && self.protocol == other.protocol
             && self.health == other.health
+            && self.discovery == other.discovery
             && self.endpoints.len() == other.endpoints.len()
             && self
                 .endpoints
@@ -466,6 +472,12 @@ struct RawPool {
     health: Option<RawHealth>,
     #[serde(default)]
     tls: Option<RawUpstreamTls>,
+    #[serde(default)]
+    discover: Option<Spanned<String>>,
+    #[serde(default)]
+    resolve_interval: Option<Spanned<String>>,
+    #[serde(default)]
+    dns_servers: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 // === loading ===
@@ -978,6 +990,7 @@ fn validate_pool(
     }
     let mut seen = HashSet::new();
     let mut endpoints = Vec::new();
+    let mut entries = Vec::new();
     let mut first_scheme: Option<(Scheme, &str)> = None;
     for e in raw.endpoints.get_ref() {
         match parse_endpoint(e.get_ref()) {
@@ -999,12 +1012,23 @@ fn validate_pool(
                         ),
                     );
                 }
+                entries.push((e.span(), endpoint.clone()));
                 endpoints.push(endpoint);
             }
             Err(why) => c.error(e.span(), format!("{key}.endpoints: {why}")),
         }
     }
-    let tls = upstream_tls::validate(
+    let discovery = discovery::validate(
+        c,
+        &key,
+        &discovery::RawDiscovery {
+            discover: raw.discover.as_ref(),
+            resolve_interval: raw.resolve_interval.as_ref(),
+            dns_servers: raw.dns_servers.as_ref(),
+        },
+        &entries,
+    );
+    let mut tls = upstream_tls::validate(
         c,
         &format!("models[{i}]"),
         pool,
@@ -1013,11 +1037,35 @@ fn validate_pool(
         m.tls.as_ref(),
         raw.tls.as_ref(),
     );
+    // Discovered endpoints are addresses: TLS verifies the name they came
+    // from, which must then be one name per pool unless `server_name` says.
+    if let (Some(d), Some(tls)) = (&discovery, tls.as_mut()) {
+        if tls.server_name.is_none() {
+            let mut hosts: Vec<&str> = d.names.iter().map(|n| n.lookup.server_name()).collect();
+            hosts.sort_unstable();
+            hosts.dedup();
+            match hosts.as_slice() {
+                [host] => match rustls_pki_types::ServerName::try_from(host.to_string()) {
+                    Ok(name) => tls.server_name = Some(name),
+                    Err(_) => c.error(
+                        raw.endpoints.span(),
+                        format!("{key}.endpoints: {host:?} is not a valid TLS server name; set tls.server_name"),
+                    ),
+                },
+                [] => {}
+                _ => c.error(
+                    raw.endpoints.span(),
+                    format!("{key}.endpoints: a dns pool over https:// verifies its endpoints by one name, and these are {}; set tls.server_name", hosts.join(", ")),
+                ),
+            }
+        }
+    }
     PoolConfig {
         protocol,
         endpoints,
         health,
         tls,
+        discovery,
     }
 }
 

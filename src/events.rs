@@ -77,6 +77,14 @@ pub enum EventKind {
         failures: u32,
         backoff_ms: u64,
     },
+    /// DNS discovery changed a pool's endpoints: `added` start out of
+    /// rotation until probed, `removed` drain.
+    Discovery {
+        model: String,
+        pool: PoolName,
+        added: Vec<String>,
+        removed: Vec<String>,
+    },
     /// An endpoint's probed health changed.
     Health {
         model: String,

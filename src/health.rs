@@ -44,7 +44,7 @@ pub use tracker::{EndpointState, Thresholds, Tracker};
 
 use crate::config::EJECT_MAX;
 use crate::events::{EventKind, Events};
-use crate::pool::{Pool, Protocol, UpstreamBody};
+use crate::pool::{Endpoint, Members, Pool, Protocol, UpstreamBody};
 use crate::switch::Model;
 use crate::ErrorChain;
 
@@ -153,7 +153,9 @@ async fn watch_pool(pool: Arc<Pool>, events: Events, token: CancellationToken) {
         eject_base: config.eject_backoff,
         eject_max: EJECT_MAX.max(config.eject_backoff),
     };
-    let mut trackers = vec![Tracker::new(thresholds); pool.endpoints().len()];
+    // Each endpoint's tracker, kept while the endpoint is in the pool: an
+    // endpoint discovery keeps keeps its health, a new one starts afresh.
+    let mut trackers: Vec<(Arc<Endpoint>, Tracker)> = Vec::new();
     let mut ticker = tokio::time::interval(config.interval);
     // A slow round pushes the next one back instead of firing a burst.
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -163,16 +165,29 @@ async fn watch_pool(pool: Arc<Pool>, events: Events, token: CancellationToken) {
             () = token.cancelled() => return,
             () = retired.cancelled() => return,
             _ = ticker.tick() => {}
+            // New endpoints wait for their first probe to take traffic:
+            // probe them now, not an interval later.
+            () = pool.members_changed() => ticker.reset(),
         }
+        let members = pool.endpoints();
         let outcomes = tokio::select! {
             () = token.cancelled() => return,
             () = retired.cancelled() => return,
-            outcomes = probe_round(&pool) => outcomes,
+            outcomes = probe_round(&pool, &members) => outcomes,
         };
         let now = Instant::now();
-        for (index, outcome) in outcomes.into_iter().enumerate() {
-            apply(&pool, index, &mut trackers[index], outcome, now, &events);
+        let mut kept = Vec::with_capacity(members.len());
+        for (endpoint, outcome) in members.iter().zip(outcomes) {
+            let mut tracker = trackers
+                .iter()
+                .position(|(e, _)| Arc::ptr_eq(e, endpoint))
+                .map_or_else(|| Tracker::new(thresholds), |i| trackers.swap_remove(i).1);
+            apply(&pool, endpoint, &mut tracker, outcome, now, &events);
+            kept.push((Arc::clone(endpoint), tracker));
         }
+        // Trackers of removed endpoints drop here, and with them the last
+        // references the prober held.
+        trackers = kept;
         pool.mark_probed();
     }
 }
@@ -180,13 +195,12 @@ async fn watch_pool(pool: Arc<Pool>, events: Events, token: CancellationToken) {
 /// Feeds one endpoint's round into its tracker and publishes the result.
 fn apply(
     pool: &Pool,
-    index: usize,
+    endpoint: &Endpoint,
     tracker: &mut Tracker,
     outcome: Outcome,
     now: Instant,
     events: &Events,
 ) {
-    let endpoint = &pool.endpoints()[index];
     let labels = (pool.model(), pool.name(), endpoint.url());
     // Read once: `publish` must know whether this round's state accounts
     // for an ejection the request path asked for, or raced it.
@@ -258,19 +272,20 @@ struct Outcome {
 
 /// Probes every endpoint of `pool` at once; one [`Outcome`] per endpoint,
 /// in endpoint order.
-async fn probe_round(pool: &Arc<Pool>) -> Vec<Outcome> {
+async fn probe_round(pool: &Arc<Pool>, members: &Members) -> Vec<Outcome> {
     let per_endpoint = match pool.protocol() {
         Protocol::Http1 => pool.health_config().warm_connections.max(1),
         Protocol::H2c | Protocol::H2 => 1,
     };
     let mut probes = JoinSet::new();
-    for index in 0..pool.endpoints().len() {
+    for (index, endpoint) in members.iter().enumerate() {
         for _ in 0..per_endpoint {
             let pool = Arc::clone(pool);
-            probes.spawn(async move { (index, probe_once(&pool, index).await) });
+            let endpoint = Arc::clone(endpoint);
+            probes.spawn(async move { (index, probe_once(&pool, &endpoint).await) });
         }
     }
-    let mut outcomes: Vec<Option<Outcome>> = (0..pool.endpoints().len()).map(|_| None).collect();
+    let mut outcomes: Vec<Option<Outcome>> = (0..members.len()).map(|_| None).collect();
     while let Some(joined) = probes.join_next().await {
         let Ok((index, (result, latency))) = joined else {
             continue;
@@ -313,15 +328,18 @@ async fn probe_round(pool: &Arc<Pool>) -> Vec<Outcome> {
 
 /// One probe request through the pool's client: what it found, and how long
 /// it took, failed or not (a probe that timed out took the whole timeout).
-async fn probe_once(pool: &Pool, index: usize) -> (Result<String, String>, Duration) {
+async fn probe_once(pool: &Pool, endpoint: &Endpoint) -> (Result<String, String>, Duration) {
     let started = Instant::now();
-    let result = probe_checked(pool, index, started).await;
+    let result = probe_checked(pool, endpoint, started).await;
     (result, started.elapsed())
 }
 
-async fn probe_checked(pool: &Pool, index: usize, started: Instant) -> Result<String, String> {
+async fn probe_checked(
+    pool: &Pool,
+    endpoint: &Endpoint,
+    started: Instant,
+) -> Result<String, String> {
     let config = pool.health_config();
-    let endpoint = &pool.endpoints()[index];
     let request = match pool.protocol() {
         Protocol::Http1 => http_probe(
             endpoint.uri(Some(&config.path.parse().map_err(|_| "bad health path")?)),
@@ -337,13 +355,17 @@ async fn probe_checked(pool: &Pool, index: usize, started: Instant) -> Result<St
     .map_err(|e| format!("cannot build probe: {e}"))?;
     let protocol = pool.protocol();
     let checked = tokio::time::timeout_at(started + config.timeout, async {
-        let response = pool.probe_client().request(request).await.map_err(|e| {
-            if e.is_connect() {
-                format!("connect failed: {}", ErrorChain(&e))
-            } else {
-                format!("request failed: {}", ErrorChain(&e))
-            }
-        })?;
+        let response = pool
+            .probe_client()
+            .request(endpoint, request)
+            .await
+            .map_err(|e| {
+                if e.is_connect() {
+                    format!("connect failed: {}", ErrorChain(&e))
+                } else {
+                    format!("request failed: {}", ErrorChain(&e))
+                }
+            })?;
         match protocol {
             Protocol::Http1 => check_http(response).await,
             Protocol::H2c | Protocol::H2 => check_grpc(response).await,

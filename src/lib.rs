@@ -12,6 +12,8 @@
 //!   by a fleet (with its local cache).
 //! - `pool`: endpoints, balancing, in-flight counting, the upstream client.
 //! - `health`: active probes, passive ejection, warm standby connections.
+//! - `discovery`: the endpoints of `discover = "dns"` pools, resolved again
+//!   every interval and installed as the pool's endpoint set.
 //! - `proxy`: the inbound listener and the forwarding of one request.
 //! - `admin`: the admin listener and its JSON handlers.
 //! - `client`: the command-line client of the admin API (`switchyard status`,
@@ -38,6 +40,7 @@ pub mod client;
 pub mod compare;
 pub mod config;
 pub mod demo;
+pub mod discovery;
 pub mod events;
 pub mod health;
 pub mod metrics;
@@ -184,9 +187,40 @@ pub async fn run(
         info!(model = m.name(), active = %m.active_name(), path_prefix = m.path_prefix(), "model loaded");
     }
 
-    let routes = Proxy::routes(&models);
     let events = Events::new();
+    // Dns pools get their first set before anything serves: side by side,
+    // names too, all under one deadline (the longest round any may take),
+    // and shutdown ends the wait.
+    let mut shutdown = std::pin::pin!(shutdown);
+    let deadline = tokio::time::Instant::now()
+        + discovery::dns_pools(&models)
+            .filter_map(|p| p.discovery().map(discovery::round_limit))
+            .max()
+            .unwrap_or_default();
+    let mut first = JoinSet::new();
+    for pool in discovery::dns_pools(&models) {
+        let (metrics, events) = (metrics.clone(), events.clone());
+        first.spawn(async move {
+            discovery::resolve_first(&pool, deadline, &metrics, &events).await;
+        });
+    }
+    loop {
+        tokio::select! {
+            () = shutdown.as_mut() => {
+                info!("shutting down before serving: endpoint discovery was not done");
+                return Ok(());
+            }
+            done = first.join_next() => match done {
+                None => break,
+                Some(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Some(_) => {}
+            },
+        }
+    }
+    let routes = Proxy::routes(&models);
     let (checker, watch) = health::Checker::new(&models, events.clone());
+    let (discoverer, discovery) =
+        discovery::Discoverer::new(&models, metrics.clone(), events.clone());
     let switchboard =
         Arc::new(Switchboard::start(models, control, Arc::clone(&store), events).await?);
     let proxy = Arc::new(Proxy::new(
@@ -210,6 +244,7 @@ pub async fn run(
         Arc::clone(&switchboard),
         Arc::clone(&proxy),
         watch,
+        discovery,
         certificates,
     ));
     let watcher = watch::Watcher::new(Arc::clone(&switchboard));
@@ -268,6 +303,7 @@ pub async fn run(
             .map_done("admin"),
     );
     tasks.spawn(checker.run(root.child_token()).map_done("health"));
+    tasks.spawn(discoverer.run(root.child_token()).map_done("discovery"));
     tasks.spawn(watcher.run(root.child_token()).map_done("watch"));
     tasks.spawn(roller.run(root.child_token()).map_done("rollout"));
     tasks.spawn(

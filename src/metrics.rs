@@ -30,6 +30,10 @@ pub const UPSTREAM_CONNECTIONS: &str = "switchyard_upstream_connections";
 pub const CLIENT_CONNECTIONS: &str = "switchyard_client_connections";
 pub const CLIENT_CONNECTIONS_PARKED: &str = "switchyard_client_connections_parked";
 pub const FAILOVERS_TOTAL: &str = "switchyard_failovers_total";
+// --- discovery family ---
+/// The `result` label of `switchyard_dns_resolutions_total`.
+pub const DNS_RESULTS: [&str; 3] = ["ok", "empty", "error"];
+pub const DNS_RESOLUTIONS_TOTAL: &str = "switchyard_dns_resolutions_total";
 // --- switch family ---
 pub const ACTIVE_POOL: &str = "switchyard_active_pool";
 pub const SWITCHES_TOTAL: &str = "switchyard_switches_total";
@@ -149,6 +153,7 @@ pub struct Metrics {
     unrouted: IntCounter,
     endpoint_healthy: IntGaugeVec,
     probes: IntCounterVec,
+    dns_resolutions: IntCounterVec,
     probe_duration: HistogramVec,
     ejections: IntCounterVec,
     connections: IntGaugeVec,
@@ -289,6 +294,14 @@ impl Metrics {
             &["model", "pool", "result"],
         )
         .expect("valid metric");
+        let dns_resolutions = IntCounterVec::new(
+            Opts::new(
+                DNS_RESOLUTIONS_TOTAL,
+                "DNS resolutions of a dns pool's names, by result (ok, empty: no such name or no records, error: no answer, kept the last set).",
+            ),
+            &["model", "pool", "result"],
+        )
+        .expect("valid metric");
         let probe_duration = HistogramVec::new(
             HistogramOpts::new(PROBE_DURATION_SECONDS, "Time a health probe took.")
                 .buckets(DURATION_BUCKETS.to_vec()),
@@ -391,6 +404,7 @@ impl Metrics {
         reg(Box::new(build_info));
         reg(Box::new(endpoint_healthy.clone()));
         reg(Box::new(probes.clone()));
+        reg(Box::new(dns_resolutions.clone()));
         reg(Box::new(probe_duration.clone()));
         reg(Box::new(ejections.clone()));
         reg(Box::new(connections.clone()));
@@ -405,6 +419,7 @@ impl Metrics {
             store,
             endpoint_healthy,
             probes,
+            dns_resolutions,
             probe_duration,
             ejections,
             connections,
@@ -461,6 +476,14 @@ impl Metrics {
         }
     }
 
+    /// `switchyard_dns_resolutions_total` of one pool, by [`DNS_RESULTS`].
+    pub fn dns_resolutions(&self, model: &str, pool: PoolName) -> [IntCounter; 3] {
+        DNS_RESULTS.map(|r| {
+            self.dns_resolutions
+                .with_label_values(&[model, pool.as_str(), r])
+        })
+    }
+
     /// Handles for one endpoint of one pool.
     pub fn endpoint(&self, model: &str, pool: PoolName, endpoint: &str) -> EndpointMetrics {
         let labels = [model, pool.as_str(), endpoint];
@@ -496,6 +519,9 @@ impl Metrics {
         }
         for r in ["ok", "fail"] {
             let _ = self.probes.remove_label_values(&[model, p, r]);
+        }
+        for r in DNS_RESULTS {
+            let _ = self.dns_resolutions.remove_label_values(&[model, p, r]);
         }
         for histogram in [&self.duration, &self.first_byte, &self.stream_event_gap] {
             let _ = histogram.remove_label_values(&[model, p]);

@@ -3,15 +3,25 @@
 //! uses, and the metric handles for its (model, pool) labels.
 //!
 //! A pool never decides whether it is active; `switch.rs` does.
+//!
+//! The endpoints are a set that can change while the pool serves (DNS
+//! discovery, `discovery.rs`): an `ArcSwap` of the current members. A
+//! request reads it through a short `load()` guard when it picks and keeps
+//! only the `Arc` of the endpoint it chose (so that endpoint lives until its
+//! body ends, even if it was removed meanwhile: that is its drain), never
+//! the set: a removed endpoint, and its connections, go as soon as the
+//! requests on it end. A retry reads the current set again. A static
+//! pool's set never changes after it is built.
 
 use std::fmt;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::uri::Scheme;
+use http::uri::{Authority, Scheme};
 use http::HeaderValue;
 use http_body_util::{Either, Full, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -19,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{HealthConfig, PoolConfig, UpstreamSettings};
+use crate::config::{Discovery, HealthConfig, PoolConfig, UpstreamSettings};
 use crate::health::EndpointState;
 use crate::metrics::{Metrics, PoolMetrics};
 use crate::proxy::{ClientBody, RetryBody};
@@ -32,6 +42,10 @@ mod stack;
 pub use client::{UpstreamClient, UpstreamError, UpstreamIncoming};
 pub use connector::CountingConnector;
 pub use endpoint::Endpoint;
+use endpoint::EndpointSpec;
+
+/// A pool's endpoints at one moment (status, probes: not the request path).
+pub type Members = Arc<Box<[Arc<Endpoint>]>>;
 
 /// The two pools of every model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -125,7 +139,21 @@ pub struct Pool {
     name: PoolName,
     model: Arc<str>,
     protocol: Protocol,
-    endpoints: Box<[Endpoint]>,
+    /// `http` or `https`, as all its endpoints are.
+    scheme: Scheme,
+    /// The current endpoints; swapped whole by [`Pool::set_members`].
+    members: ArcSwap<Box<[Arc<Endpoint>]>>,
+    /// Wakes the prober when endpoints were added, so they are probed (and
+    /// so can take traffic) without waiting out the probe interval.
+    members_changed: tokio::sync::Notify,
+    /// Endpoints discovery removed: alive while requests still hold them,
+    /// counted by [`Pool::in_flight`] until then.
+    draining: ArcSwap<Vec<Weak<Endpoint>>>,
+    /// The writer of `members` and `draining` ([`Pool::writer`]), and
+    /// whether discovery is paused (a reload is replacing this pool). A std
+    /// mutex suffices: held only for one synchronous install, never across
+    /// an `.await`, and never by the request path.
+    writer: Mutex<bool>,
     client: UpstreamClient,
     /// With `warm_connections = 0` on HTTP/1.1: the probes' own client, which
     /// keeps no idle connection, so every probe connects afresh (proving the
@@ -133,6 +161,8 @@ pub struct Pool {
     /// keep alive in `client`. Same connector, so its connections are counted.
     cold_probes: Option<UpstreamClient>,
     health: HealthConfig,
+    /// `discover = "dns"`: the names its endpoints are found by.
+    discovery: Option<Discovery>,
     /// Set by the prober once every endpoint has had its first probe.
     probed: AtomicBool,
     /// Wakes [`Pool::wait_probed`].
@@ -163,51 +193,34 @@ impl Pool {
         } else {
             Scheme::HTTP
         };
-        let endpoints: Box<[Endpoint]> = config
-            .endpoints
-            .iter()
-            .map(|e| {
-                Endpoint::new(
-                    e.url.clone(),
-                    scheme.clone(),
-                    e.authority.clone(),
-                    config.health.eject_after,
-                    metrics.endpoint(&model, name, &e.url),
-                )
-            })
-            .collect();
         let pool_metrics = metrics.pool(&model, name);
-        let counters = endpoints
-            .iter()
-            .map(|e| (e.authority().clone(), e.connection_counter()))
-            .collect();
         let connector = CountingConnector::new(
             http_connector(upstream.connect_timeout),
             config.tls.as_ref(),
             upstream.connect_timeout,
-            counters,
             pool_metrics.connections.clone(),
         );
-        let targets: Vec<_> = endpoints
-            .iter()
-            .map(|e| (scheme.clone(), e.authority().clone()))
-            .collect();
         let cold_probes = (config.protocol == Protocol::Http1
             && config.health.warm_connections == 0)
-            .then(|| UpstreamClient::new(config.protocol, connector.clone(), &targets, 0));
-        Pool {
+            .then(|| UpstreamClient::new(config.protocol, connector.clone(), 0, true));
+        let mut pool = Pool {
             name,
             model,
             protocol: config.protocol,
-            endpoints,
+            scheme,
+            members: ArcSwap::from_pointee(Box::default()),
+            members_changed: tokio::sync::Notify::new(),
+            draining: ArcSwap::from_pointee(Vec::new()),
+            writer: Mutex::new(false),
             client: UpstreamClient::new(
                 config.protocol,
                 connector,
-                &targets,
                 upstream.max_idle_per_endpoint,
+                false,
             ),
             cold_probes,
             health: config.health.clone(),
+            discovery: config.discovery.clone(),
             probed: AtomicBool::new(false),
             probed_notify: tokio::sync::Notify::new(),
             retired: CancellationToken::new(),
@@ -215,7 +228,139 @@ impl Pool {
             drained: tokio::sync::Notify::new(),
             header: HeaderValue::from_static(name.as_str()),
             metrics: pool_metrics,
+        };
+        // A dns pool starts empty: discovery fills it before serving.
+        if config.discovery.is_none() {
+            let endpoints: Box<[Arc<Endpoint>]> = config
+                .endpoints
+                .iter()
+                .map(|e| {
+                    Arc::new(pool.endpoint(
+                        EndpointSpec {
+                            url: e.url.clone(),
+                            scheme: pool.scheme.clone(),
+                            authority: e.authority.clone(),
+                            host: None,
+                            source: None,
+                            state: EndpointState::Unknown,
+                        },
+                        metrics,
+                    ))
+                })
+                .collect();
+            pool.members = ArcSwap::from_pointee(endpoints);
         }
+        pool
+    }
+
+    fn endpoint(&self, spec: EndpointSpec<'_>, metrics: &Metrics) -> Endpoint {
+        let endpoint_metrics = metrics.endpoint(&self.model, self.name, &spec.url);
+        Endpoint::new(
+            spec,
+            self.health.eject_after,
+            endpoint_metrics,
+            &self.client,
+            self.cold_probes.as_ref(),
+        )
+    }
+
+    /// A new endpoint for `authority` (a discovered address), found by the
+    /// entry `source`, whose name and port `host` is; out of rotation until
+    /// a probe passes (or serving until probed, with `pending` false: the
+    /// set a pool starts with, which no traffic has seen yet).
+    pub fn discovered_endpoint(
+        &self,
+        authority: Authority,
+        host: &Authority,
+        source: &Arc<str>,
+        pending: bool,
+        metrics: &Metrics,
+    ) -> Endpoint {
+        let url = format!("{}://{authority}", self.scheme);
+        self.endpoint(
+            EndpointSpec {
+                url,
+                scheme: self.scheme.clone(),
+                authority,
+                host: Some(host),
+                source: Some(Arc::clone(source)),
+                state: if pending {
+                    EndpointState::Pending
+                } else {
+                    EndpointState::Unknown
+                },
+            },
+            metrics,
+        )
+    }
+
+    /// The one writer of the endpoint set, while the returned guard lives;
+    /// `None` while discovery is paused ([`Pool::pause_discovery`]).
+    pub(crate) fn writer(&self) -> Option<Writer<'_>> {
+        let paused = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        (!*paused).then_some(Writer { _paused: paused })
+    }
+
+    /// Stops discovery writing this pool's set, and so forgetting its
+    /// endpoints' metric series: a reload is building its replacement,
+    /// which shares those series. Waits for a round installing now.
+    pub(crate) fn pause_discovery(&self) {
+        *self.writer.lock().unwrap_or_else(PoisonError::into_inner) = true;
+    }
+
+    /// Undoes [`Pool::pause_discovery`] (the reload was refused).
+    pub(crate) fn resume_discovery(&self) {
+        *self.writer.lock().unwrap_or_else(PoisonError::into_inner) = false;
+    }
+
+    /// Whether a reload paused discovery of this pool.
+    pub(crate) fn is_discovery_paused(&self) -> bool {
+        *self.writer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Replaces the endpoints (discovery only, holding the [`Writer`]):
+    /// picks from now on see `members`. Removed endpoints leave rotation
+    /// for good and are counted as draining *before* the swap, so
+    /// [`Pool::in_flight`] never misses a request on one (for a moment it
+    /// may count one twice, which only makes a drain wait longer).
+    pub(crate) fn set_members(&self, _writer: &Writer<'_>, members: Box<[Arc<Endpoint>]>) {
+        // The writer is held: this is the set the swap below replaces.
+        let old = self.members.load_full();
+        let removed: Vec<&Arc<Endpoint>> = old
+            .iter()
+            .filter(|e| !members.iter().any(|n| Arc::ptr_eq(n, e)))
+            .collect();
+        for endpoint in &removed {
+            endpoint.mark_removed();
+        }
+        // Removed endpoints, and those still draining from before.
+        let draining: Vec<Weak<Endpoint>> = removed
+            .into_iter()
+            .map(Arc::downgrade)
+            .chain(self.draining.load().iter().cloned())
+            .filter(|w| w.strong_count() > 0)
+            .collect();
+        self.draining.store(Arc::new(draining));
+        let replaced = self.members.swap(Arc::new(members));
+        debug_assert!(Arc::ptr_eq(&replaced, &old), "one writer at a time");
+        drop((old, replaced));
+        // A permit if the prober is mid-round: it probes again at once.
+        self.members_changed.notify_one();
+    }
+
+    /// Returns when [`Pool::set_members`] next runs.
+    pub(crate) async fn members_changed(&self) {
+        self.members_changed.notified().await;
+    }
+
+    /// How the endpoints are found by DNS, for a dns pool.
+    pub fn discovery(&self) -> Option<&Discovery> {
+        self.discovery.as_ref()
+    }
+
+    /// `http` or `https`.
+    pub fn scheme(&self) -> &Scheme {
+        &self.scheme
     }
 
     pub fn name(&self) -> PoolName {
@@ -230,8 +375,9 @@ impl Pool {
         self.protocol
     }
 
-    pub fn endpoints(&self) -> &[Endpoint] {
-        &self.endpoints
+    /// The endpoints now: a snapshot, which discovery may replace.
+    pub fn endpoints(&self) -> Members {
+        self.members.load_full()
     }
 
     pub fn client(&self) -> &UpstreamClient {
@@ -251,7 +397,8 @@ impl Pool {
 
     /// Endpoints whose probes pass now.
     pub fn healthy_count(&self) -> usize {
-        self.endpoints
+        self.members
+            .load()
             .iter()
             .filter(|e| e.state() == EndpointState::Healthy)
             .count()
@@ -319,14 +466,23 @@ impl Pool {
         &self.metrics
     }
 
-    /// Requests in flight on this pool, across its endpoints.
+    /// Requests in flight on this pool, across its endpoints (those removed
+    /// by discovery and still draining included: their requests hold them).
     pub fn in_flight(&self) -> usize {
-        self.endpoints.iter().map(Endpoint::in_flight).sum()
+        let current: usize = self.members.load().iter().map(|e| e.in_flight()).sum();
+        let draining: usize = self
+            .draining
+            .load()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|e| e.in_flight())
+            .sum();
+        current + draining
     }
 
-    /// Requests sent to this pool since start.
+    /// Requests sent to this pool's current endpoints since they joined.
     pub fn served(&self) -> u64 {
-        self.endpoints.iter().map(Endpoint::served).sum()
+        self.members.load().iter().map(|e| e.served()).sum()
     }
 
     /// Picks an endpoint by power of two choices on in-flight requests and
@@ -338,68 +494,73 @@ impl Pool {
     /// of all" causes. Only when both candidates are out of rotation does it
     /// scan for the least loaded endpoint still serving.
     pub fn pick(self: &Arc<Self>) -> Option<InFlight> {
-        let index = self.choose(None)?;
-        Some(InFlight::start(Arc::clone(self), index))
+        // A short read of the set: only the chosen endpoint is kept.
+        let members = self.members.load();
+        let index = choose(&members, None)?;
+        let endpoint = Arc::clone(&members[index]);
+        drop(members);
+        Some(InFlight::start(Arc::clone(self), endpoint))
     }
 
     /// An endpoint chosen as [`Pool::pick`] chooses, for a request that is
     /// not traffic (a shadow mirror): not counted in flight, served or in
     /// the pool's metrics, so it neither holds up a drain nor skews the
     /// watch.
-    pub fn choose_endpoint(&self) -> Option<&Endpoint> {
-        self.choose(None).map(|i| &self.endpoints[i])
+    pub fn choose_endpoint(&self) -> Option<Arc<Endpoint>> {
+        let members = self.members.load();
+        choose(&members, None).map(|i| Arc::clone(&members[i]))
     }
+}
 
-    /// [`Pool::pick`]'s choice among every endpoint but `skip`.
-    fn choose(&self, skip: Option<usize>) -> Option<usize> {
-        // Candidates are numbered 0..n without `skip`; `at` maps one back to
-        // its endpoint.
-        let n = self.endpoints.len() - usize::from(skip.is_some());
-        let at = |candidate: usize| match skip {
-            Some(s) if candidate >= s => candidate + 1,
-            _ => candidate,
-        };
-        let index = match n {
-            0 => return None,
-            1 => at(0),
-            2 => self.better(at(0), at(1)),
-            _ => {
-                let a = fastrand::usize(..n);
-                let mut b = fastrand::usize(..n - 1);
-                if b >= a {
-                    b += 1;
-                }
-                self.better(at(a), at(b))
+/// [`Pool::pick`]'s choice among every endpoint of `endpoints` but `skip`.
+fn choose(endpoints: &[Arc<Endpoint>], skip: Option<usize>) -> Option<usize> {
+    // Candidates are numbered 0..n without `skip`; `at` maps one back to
+    // its endpoint.
+    let n = endpoints.len().checked_sub(usize::from(skip.is_some()))?;
+    let at = |candidate: usize| match skip {
+        Some(s) if candidate >= s => candidate + 1,
+        _ => candidate,
+    };
+    let index = match n {
+        0 => return None,
+        1 => at(0),
+        2 => better(endpoints, at(0), at(1)),
+        _ => {
+            let a = fastrand::usize(..n);
+            let mut b = fastrand::usize(..n - 1);
+            if b >= a {
+                b += 1;
             }
-        };
-        if self.endpoints[index].is_serving() {
-            return Some(index);
+            better(endpoints, at(a), at(b))
         }
-        self.endpoints
-            .iter()
-            .enumerate()
-            .filter(|(i, e)| Some(*i) != skip && e.is_serving())
-            .min_by_key(|(_, e)| e.in_flight())
-            .map(|(i, _)| i)
+    };
+    if endpoints[index].is_serving() {
+        return Some(index);
     }
+    endpoints
+        .iter()
+        .enumerate()
+        .filter(|(i, e)| Some(*i) != skip && e.is_serving())
+        .min_by_key(|(_, e)| e.in_flight())
+        .map(|(i, _)| i)
+}
 
-    /// Of two endpoints, the one in rotation, else the less loaded, else either.
-    fn better(&self, a: usize, b: usize) -> usize {
-        let (ea, eb) = (&self.endpoints[a], &self.endpoints[b]);
-        match (ea.is_serving(), eb.is_serving()) {
-            (true, false) => return a,
-            (false, true) => return b,
-            _ => {}
-        }
-        match ea.in_flight().cmp(&eb.in_flight()) {
-            std::cmp::Ordering::Less => a,
-            std::cmp::Ordering::Greater => b,
-            std::cmp::Ordering::Equal => {
-                if fastrand::bool() {
-                    a
-                } else {
-                    b
-                }
+/// Of two endpoints, the one in rotation, else the less loaded, else either.
+fn better(endpoints: &[Arc<Endpoint>], a: usize, b: usize) -> usize {
+    let (ea, eb) = (&endpoints[a], &endpoints[b]);
+    match (ea.is_serving(), eb.is_serving()) {
+        (true, false) => return a,
+        (false, true) => return b,
+        _ => {}
+    }
+    match ea.in_flight().cmp(&eb.in_flight()) {
+        std::cmp::Ordering::Less => a,
+        std::cmp::Ordering::Greater => b,
+        std::cmp::Ordering::Equal => {
+            if fastrand::bool() {
+                a
+            } else {
+                b
             }
         }
     }
@@ -419,17 +580,24 @@ fn http_connector(connect_timeout: Duration) -> HttpConnector {
 /// body so the count ends when the body does, not at the headers.
 pub struct InFlight {
     pool: Arc<Pool>,
-    endpoint: usize,
+    /// The endpoint the request is on: kept alive until the body ends, even
+    /// if discovery removed it (its drain). Only this one, not the set.
+    endpoint: Arc<Endpoint>,
     started: Instant,
+}
+
+/// Held while writing a pool's endpoint set: see [`Pool::writer`].
+pub(crate) struct Writer<'a> {
+    _paused: MutexGuard<'a, bool>,
 }
 
 // === impl InFlight ===
 
 impl InFlight {
-    fn start(pool: Arc<Pool>, endpoint: usize) -> InFlight {
+    fn start(pool: Arc<Pool>, endpoint: Arc<Endpoint>) -> InFlight {
         // The counters feed balancing and status, which tolerate a
         // momentarily stale view; they are Relaxed atomics.
-        pool.endpoints[endpoint].start_request();
+        endpoint.start_request();
         pool.metrics.in_flight.inc();
         InFlight {
             pool,
@@ -448,36 +616,49 @@ impl InFlight {
     }
 
     pub fn endpoint(&self) -> &Endpoint {
-        &self.pool.endpoints[self.endpoint]
+        &self.endpoint
     }
 
-    /// For a retry: moves the request to another endpoint of the same pool,
-    /// chosen as [`Pool::pick`] chooses but never the current one. Returns
-    /// the endpoint it left and the one it moved to; `None`, and the request
+    /// Whether the pool's current set has another endpoint to retry on.
+    pub fn has_others(&self) -> bool {
+        let members = self.pool.members.load();
+        match &members[..] {
+            [] => false,
+            [only] => !Arc::ptr_eq(only, &self.endpoint),
+            _ => true,
+        }
+    }
+
+    /// For a retry: moves the request to another endpoint of the pool's
+    /// current set (never one discovery removed meanwhile), chosen as
+    /// [`Pool::pick`] chooses but never the current one. Returns the
+    /// endpoint it left and the one it moved to; `None`, and the request
     /// stays, when no other endpoint is in rotation.
     ///
     /// It stays one request: the pool's in-flight gauge does not move, and
     /// the duration observed when the guard drops runs from the first attempt.
-    pub fn move_to_other(&mut self) -> Option<(&Endpoint, &Endpoint)> {
-        let to = self.pool.choose(Some(self.endpoint))?;
+    pub fn move_to_other(&mut self) -> Option<(Arc<Endpoint>, &Endpoint)> {
+        let members = self.pool.members.load();
+        let skip = members.iter().position(|e| Arc::ptr_eq(e, &self.endpoint));
+        let to = Arc::clone(&members[choose(&members, skip)?]);
+        drop(members);
+        to.start_request();
         let left = std::mem::replace(&mut self.endpoint, to);
-        let endpoints = &self.pool.endpoints;
-        endpoints[to].start_request();
-        endpoints[left].end_request();
-        Some((&endpoints[left], &endpoints[to]))
+        left.end_request();
+        Some((left, &self.endpoint))
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.endpoint().end_request();
+        self.endpoint.end_request();
         let pool = &self.pool;
-        // One load when nobody waits; the sum only when someone does.
+        let metrics = &self.pool.metrics;
+        metrics.in_flight.dec();
+        // One load when nobody waits; the count only when someone does.
         if pool.drain_waiters.load(Ordering::Acquire) > 0 && pool.in_flight() == 0 {
             pool.drained.notify_waiters();
         }
-        let metrics = &self.pool.metrics;
-        metrics.in_flight.dec();
         metrics
             .duration
             .observe(self.started.elapsed().as_secs_f64());

@@ -73,7 +73,9 @@ use headers::{ClientInfo, X_SWITCHYARD_FAILOVER, X_SWITCHYARD_PREVIEW};
 pub use retry::RetryBody;
 
 use crate::metrics::UpstreamErrorKind;
-use crate::pool::{Pool, PoolName, Protocol, UpstreamBody, UpstreamError, UpstreamIncoming};
+use crate::pool::{
+    InFlight, Pool, PoolName, Protocol, UpstreamBody, UpstreamError, UpstreamIncoming,
+};
 use crate::route::RouteTable;
 use crate::server::{self, Limits};
 use crate::switch::Model;
@@ -236,7 +238,7 @@ impl Proxy {
         headers::prepare_request(&mut parts.headers, client, host);
         // Bodies without a (truthful) length are cut at the limit mid-stream.
         let limit = usize::try_from(model.max_body_bytes()).unwrap_or(usize::MAX);
-        let more_endpoints = pool.endpoints().len() > 1;
+        let more_endpoints = in_flight.has_others();
         let (mut body, body_read) = ClientBody::new(body);
         // Live traffic of the active pool only: a preview, a failover or a
         // request the split sent to the standby is not mirrored.
@@ -256,13 +258,13 @@ impl Proxy {
 
         // One deadline for the request, retry included.
         let deadline = Instant::now() + timeout;
-        let mut result = send(pool, upstream, deadline).await;
+        let mut result = send(&in_flight, upstream, deadline).await;
         let again = match (&result, replay) {
             (Ok(Err(e)), Some(replay)) => retry::retry(replay, e, &mut in_flight),
             _ => None,
         };
         if let Some(upstream) = again {
-            result = send(in_flight.pool(), upstream, deadline).await;
+            result = send(&in_flight, upstream, deadline).await;
         }
         // The pool is the same; the endpoint may not be.
         let pool = in_flight.pool();
@@ -332,13 +334,15 @@ impl Proxy {
     }
 }
 
-/// One attempt: the request through `pool`'s client, until `deadline`.
+/// One attempt: the request to the endpoint `in_flight` is on, through its
+/// pool's client, until `deadline`.
 async fn send(
-    pool: &Pool,
+    in_flight: &InFlight,
     request: Request<UpstreamBody>,
     deadline: Instant,
 ) -> Result<Result<Response<UpstreamIncoming>, UpstreamError>, Elapsed> {
-    tokio::time::timeout_at(deadline, pool.client().request(request)).await
+    let client = in_flight.pool().client();
+    tokio::time::timeout_at(deadline, client.request(in_flight.endpoint(), request)).await
 }
 
 /// Whether a response is a stream of server-sent events.

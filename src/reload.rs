@@ -21,14 +21,15 @@
 //! Reloads are serialised with each other and with switches (the
 //! switchboard's writer lock is held from build to install).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, ConfigError, LoadError};
+use crate::config::{Config, ConfigError, LoadError, UpstreamSettings};
+use crate::discovery;
 use crate::events::EventKind;
 use crate::health::Watch;
 use crate::metrics::Metrics;
@@ -50,6 +51,7 @@ pub struct Reloader {
     switchboard: Arc<Switchboard>,
     proxy: Arc<Proxy>,
     watch: Watch,
+    discovery: discovery::Watch,
     certificates: Vec<Arc<ServerTls>>,
 }
 
@@ -107,6 +109,7 @@ impl Reloader {
         switchboard: Arc<Switchboard>,
         proxy: Arc<Proxy>,
         watch: Watch,
+        discovery: discovery::Watch,
         certificates: Vec<Arc<ServerTls>>,
     ) -> Reloader {
         Reloader {
@@ -115,6 +118,7 @@ impl Reloader {
             switchboard,
             proxy,
             watch,
+            discovery,
             certificates,
         }
     }
@@ -182,6 +186,51 @@ impl Reloader {
         Ok(outcome)
     }
 
+    /// The first answers of every dns pool reloading `new` will build
+    /// (whose model or pool config changed): by (model, pool), names side
+    /// by side under one deadline, the longest round any pool may take.
+    async fn lookup_fresh(
+        &self,
+        new: &Config,
+        upstream: &UpstreamSettings,
+    ) -> HashMap<(String, PoolName), Vec<discovery::Answer>> {
+        let old = self.switchboard.models();
+        let mut wanted = Vec::new();
+        for config in &new.models {
+            let before = old.get(&config.name);
+            if before.is_some_and(|m| m.runs(config, upstream)) {
+                continue;
+            }
+            for p in PoolName::ALL {
+                let Some(d) = &config.pool(p).discovery else {
+                    continue;
+                };
+                if !before.is_some_and(|m| m.keeps_pool(config, upstream, p)) {
+                    wanted.push(((config.name.clone(), p), d.clone()));
+                }
+            }
+        }
+        let limit = wanted.iter().map(|(_, d)| discovery::round_limit(d)).max();
+        let deadline = tokio::time::Instant::now() + limit.unwrap_or_default();
+        let mut lookups = tokio::task::JoinSet::new();
+        for (key, d) in wanted {
+            lookups.spawn(async move { (key, discovery::lookup(&d, deadline).await) });
+        }
+        let mut answers = HashMap::new();
+        while let Some(done) = lookups.join_next().await {
+            match done {
+                Ok((key, found)) => {
+                    answers.insert(key, found);
+                }
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                // Not cancelled: the set lives to here. A missing answer
+                // is a failure (`not_resolved`).
+                Err(_) => {}
+            }
+        }
+        answers
+    }
+
     async fn apply(&self, current: &Config) -> Result<(Config, ReloadOutcome), ReloadError> {
         // Read and checked on the blocking pool (check files up to 16 MiB
         // each): with one worker thread, the runtime would stall meanwhile.
@@ -198,6 +247,10 @@ impl Reloader {
         }
         let upstream = new.proxy.upstream();
 
+        // DNS before the switch lock: a slow or silent server must not hold
+        // up flips, rollbacks and activations.
+        let mut answers = self.lookup_fresh(&new, &upstream).await;
+
         let mut control = self.switchboard.lock().await;
         // Before anything is built: a live rollout needs its config.
         for config in new.models.iter().filter(|m| m.rollout.is_none()) {
@@ -213,6 +266,11 @@ impl Reloader {
         let mut models = Vec::with_capacity(new.models.len());
         let mut states = BTreeMap::new();
         let mut fresh: Vec<Arc<Pool>> = Vec::new();
+        // Dns pools being replaced: their discovery is paused from before
+        // their replacement exists (which shares their metric series) until
+        // they retire, or until the reload is refused.
+        let mut paused: Vec<Arc<Pool>> = Vec::new();
+        let events = self.switchboard.events();
         for config in &new.models {
             let before = old.get(&config.name);
             let state = control
@@ -225,6 +283,16 @@ impl Reloader {
                     models.push(Arc::clone(model));
                 }
                 _ => {
+                    if let Some(model) = before {
+                        for p in PoolName::ALL {
+                            let pool = model.pool(p);
+                            if pool.discovery().is_some() && !model.keeps_pool(config, &upstream, p)
+                            {
+                                pool.pause_discovery();
+                                paused.push(Arc::clone(pool));
+                            }
+                        }
+                    }
                     let (model, built) = Model::rebuild(
                         config,
                         state.active,
@@ -237,6 +305,15 @@ impl Reloader {
                         outcome.changed.push(config.name.clone());
                     } else {
                         outcome.added.push(config.name.clone());
+                    }
+                    // New dns pools get their first set, from the answers
+                    // above (a name that failed keeps the predecessor's).
+                    for pool in built.iter().filter(|p| p.discovery().is_some()) {
+                        let answers = answers
+                            .remove(&(config.name.clone(), pool.name()))
+                            .unwrap_or_else(|| not_resolved(pool));
+                        let predecessor = before.map(|m| &**m.pool(pool.name()));
+                        discovery::seed(pool, &answers, predecessor, &self.metrics, events);
                     }
                     fresh.extend(built);
                     models.push(Arc::new(model));
@@ -253,10 +330,14 @@ impl Reloader {
         // New pools are probed before anything serves from them.
         for pool in &fresh {
             self.watch.pool(Arc::clone(pool));
+            self.discovery.pool(Arc::clone(pool));
         }
         let refuse = |e: ReloadError| {
             for pool in &fresh {
                 pool.retire();
+            }
+            for pool in &paused {
+                pool.resume_discovery();
             }
             forget_metrics(&self.metrics, &fresh, &old);
             Err(e)
@@ -321,6 +402,13 @@ impl Reloader {
     }
 }
 
+/// Every name failed: the answers for a pool whose names were not looked up.
+fn not_resolved(pool: &Pool) -> Vec<discovery::Answer> {
+    let names = pool.discovery().map_or(0, |d| d.names.len());
+    let why = "not resolved before the reload".to_string();
+    vec![discovery::Answer::Failed(why); names]
+}
+
 /// Removes the metric series only `dropped` pools had: every series of a
 /// model `live` does not have, and those of endpoints its live pool no
 /// longer lists. Series a live pool shares (a rebuilt pool has its
@@ -331,13 +419,13 @@ fn forget_metrics(metrics: &Metrics, dropped: &[Arc<Pool>], live: &BTreeMap<Stri
     for pool in dropped {
         let Some(model) = live.get(pool.model()) else {
             metrics.forget_model(pool.model());
-            for endpoint in pool.endpoints() {
+            for endpoint in pool.endpoints().iter() {
                 metrics.forget_endpoint(pool.model(), pool.name(), endpoint.url());
             }
             continue;
         };
         let kept = model.pool(pool.name()).endpoints();
-        for endpoint in pool.endpoints() {
+        for endpoint in pool.endpoints().iter() {
             if !kept.iter().any(|k| k.url() == endpoint.url()) {
                 metrics.forget_endpoint(pool.model(), pool.name(), endpoint.url());
             }

@@ -277,7 +277,7 @@ async fn run(
         ),
         Some(e) => (
             Some(e.url().to_string()),
-            send(&shadow, &standby, e, head, body).await,
+            send(&shadow, &standby, &e, head, body).await,
         ),
     };
     let live = timeout_at(deadline, async {
@@ -373,7 +373,7 @@ async fn send(
     let exchange = async {
         let response = standby
             .client()
-            .request(request)
+            .request(endpoint, request)
             .await
             .map_err(|e| format!("{}: {}", endpoint.url(), ErrorChain(&e)))?;
         let (parts, body) = response.into_parts();

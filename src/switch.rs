@@ -121,9 +121,7 @@ impl Model {
         let mut built = Vec::new();
         // Indexed by `PoolName::index`.
         let pools = PoolName::ALL.map(|p| {
-            let reusable = old.filter(|old| {
-                old.upstream == *upstream && old.config.pool(p).same_as(config.pool(p))
-            });
+            let reusable = old.filter(|old| old.keeps_pool(config, upstream, p));
             match reusable {
                 Some(old) => Arc::clone(old.pool(p)),
                 None => {
@@ -174,6 +172,17 @@ impl Model {
         };
         model.publish_active(active);
         (model, built)
+    }
+
+    /// Whether a model [`Model::rebuild`] builds from `config` (with
+    /// `upstream`) and this one keeps this one's pool `p`.
+    pub fn keeps_pool(
+        &self,
+        config: &ModelConfig,
+        upstream: &UpstreamSettings,
+        p: PoolName,
+    ) -> bool {
+        self.upstream == *upstream && self.config.pool(p).same_as(config.pool(p))
     }
 
     /// Whether `config` (with `upstream`) is exactly what this model runs.

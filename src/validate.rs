@@ -29,6 +29,8 @@ pub use judge::{judge, Answer, Fetched, NoAnswer};
 
 use crate::config::CheckConfig;
 use crate::health::EndpointState;
+use std::sync::Arc;
+
 use crate::pool::{Endpoint, Pool, PoolName, Protocol, UpstreamBody};
 use crate::proxy::headers::{new_request_id, X_REQUEST_ID};
 use crate::switch::{describe_endpoints, Model};
@@ -211,10 +213,11 @@ async fn reference(
     }
 }
 
-fn healthy(pool: &Pool) -> Vec<&Endpoint> {
+fn healthy(pool: &Pool) -> Vec<Arc<Endpoint>> {
     pool.endpoints()
         .iter()
         .filter(|e| e.state() == EndpointState::Healthy)
+        .cloned()
         .collect()
 }
 
@@ -228,7 +231,7 @@ async fn fetch(
 ) -> Fetched {
     let request = build(pool, endpoint, check, host);
     let timeout = check.timeout;
-    match tokio::time::timeout(timeout, exchange(pool, request)).await {
+    match tokio::time::timeout(timeout, exchange(pool, endpoint, request)).await {
         Ok(fetched) => fetched,
         Err(_) => Err(NoAnswer {
             status: None,
@@ -268,15 +271,19 @@ fn build(
     request
 }
 
-async fn exchange(pool: &Pool, request: Request<UpstreamBody>) -> Fetched {
-    let response = pool.client().request(request).await.map_err(|e| NoAnswer {
-        status: None,
-        reason: if e.is_connect() {
-            format!("connect failed: {}", ErrorChain(&e))
-        } else {
-            format!("request failed: {}", ErrorChain(&e))
-        },
-    })?;
+async fn exchange(pool: &Pool, endpoint: &Endpoint, request: Request<UpstreamBody>) -> Fetched {
+    let response = pool
+        .client()
+        .request(endpoint, request)
+        .await
+        .map_err(|e| NoAnswer {
+            status: None,
+            reason: if e.is_connect() {
+                format!("connect failed: {}", ErrorChain(&e))
+            } else {
+                format!("request failed: {}", ErrorChain(&e))
+            },
+        })?;
     let status = response.status();
     let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
         .collect()

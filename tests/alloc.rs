@@ -57,6 +57,7 @@ fn model(metrics: &Metrics, name: &str, prefix: &str) -> Arc<Model> {
             .collect(),
         health: HealthConfig::default(),
         tls: None,
+        discovery: None,
     };
     let config = ModelConfig {
         name: name.to_string(),

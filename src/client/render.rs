@@ -888,6 +888,19 @@ pub(super) fn event(e: &Value, paint: Paint) -> String {
             text(&e["failures"]),
             text(&e["backoff_ms"])
         ),
+        "discovery" => {
+            let list = |v: &Value| {
+                v.as_array()
+                    .map(|a| a.iter().map(str_of).collect::<Vec<_>>().join(", "))
+                    .unwrap_or_default()
+            };
+            format!(
+                "{} endpoints by dns: added [{}], removed [{}]",
+                str_of(&e["pool"]),
+                list(&e["added"]),
+                list(&e["removed"])
+            )
+        }
         "weight" => {
             let mut s = format!(
                 "{} to {} (was {}) by {}",

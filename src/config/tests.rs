@@ -786,3 +786,5 @@ mod shadow;
 mod state;
 // `[models.rollout]` and `sticky`: in their own file.
 mod rollout;
+// `discover`, `resolve_interval` and `dns_servers`: in their own file.
+mod discovery;

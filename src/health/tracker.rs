@@ -26,6 +26,10 @@ pub enum EndpointState {
     Healthy = 1,
     Unhealthy = 2,
     Ejected = 3,
+    /// Found by DNS discovery in a running pool and not probed yet: out of
+    /// rotation until its first probe passes (the prober's tracker starts
+    /// it as `Unknown`, so that probe decides).
+    Pending = 4,
 }
 
 impl EndpointState {
@@ -35,6 +39,7 @@ impl EndpointState {
             1 => EndpointState::Healthy,
             2 => EndpointState::Unhealthy,
             3 => EndpointState::Ejected,
+            4 => EndpointState::Pending,
             _ => EndpointState::Unknown,
         }
     }
@@ -52,6 +57,7 @@ impl EndpointState {
             EndpointState::Healthy => "healthy",
             EndpointState::Unhealthy => "unhealthy",
             EndpointState::Ejected => "ejected",
+            EndpointState::Pending => "pending",
         }
     }
 }

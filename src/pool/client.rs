@@ -5,9 +5,9 @@
 //! Why not hyper-util's pooled client: it serialises every checkout and
 //! checkin on a mutex, hashes the request's scheme and authority into a map
 //! to find the pool, and spawns a task per HTTP/1.1 request only to wait
-//! until the connection is free again. Here the pool knows its endpoints:
-//! a request finds its endpoint by comparing authorities among the pool's
-//! few, pops an idle connection (one compare-and-swap), and its response
+//! until the connection is free again. Here each endpoint carries its own
+//! connections ([`Slot`]): a request, sent to an endpoint, pops an idle
+//! connection from it (one compare-and-swap), and its response
 //! body pushes the connection back the moment it has read the last byte, in
 //! the task that read it. Only a connection still sending its request's
 //! body then (the upstream answered before reading all of it) waits in a
@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
-use std::{fmt, future, pin::Pin};
+use std::{fmt, pin::Pin};
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
@@ -45,10 +45,10 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
-use tower_service::Service;
 use tracing::debug;
 
-use super::connector::CountingConnector;
+use super::connector::{Counted, CountingConnector, UpstreamStream};
+use super::endpoint::Endpoint;
 use super::stack::Stack;
 use super::{Protocol, UpstreamBody};
 
@@ -77,9 +77,6 @@ pub enum UpstreamError {
     /// connection could take it.
     #[error("request failed")]
     Request(#[source] hyper::Error),
-    /// The request names no endpoint of the pool: a bug, never traffic.
-    #[error("{0} is not an endpoint of this pool")]
-    UnknownEndpoint(String),
 }
 
 impl UpstreamError {
@@ -90,21 +87,27 @@ impl UpstreamError {
     }
 }
 
-/// The client of one pool.
+/// The client of one pool. The connections themselves live in each
+/// endpoint's [`Slot`], so an endpoint discovery adds comes with its own,
+/// and one it removes takes its own away once its last request is done.
 pub struct UpstreamClient {
     protocol: Protocol,
     connector: CountingConnector,
-    /// Indexed like the pool's endpoints.
-    slots: Box<[Arc<Slot>]>,
+    max_idle: usize,
+    /// The probes' client of a pool with `warm_connections = 0`: it uses
+    /// each endpoint's cold slot, which keeps no connection.
+    cold: bool,
 }
 
 /// The connections of one endpoint.
-struct Slot {
+pub struct Slot {
     authority: Authority,
     /// `scheme://authority/`, what the connector connects to.
     target: Uri,
     /// `Host` for HTTP/1.1 requests that bring none.
     host: HeaderValue,
+    /// The endpoint's open-connection counter, handed to the connector.
+    connections: Arc<AtomicUsize>,
     /// HTTP/1.1: the idle connections, the last used on top; `None` keeps
     /// none (each request connects, and its connection closes after it).
     /// Bounded by `idle_count`.
@@ -127,61 +130,69 @@ struct Conn {
 }
 
 impl UpstreamClient {
-    /// A client for `endpoints` (scheme and authority each), keeping up to
-    /// `max_idle` idle HTTP/1.1 connections per endpoint (0: none).
+    /// A client keeping up to `max_idle` idle HTTP/1.1 connections per
+    /// endpoint (0: none); `cold` for the probes' client that uses the
+    /// endpoints' cold slots.
     pub fn new(
         protocol: Protocol,
         connector: CountingConnector,
-        endpoints: &[(Scheme, Authority)],
         max_idle: usize,
+        cold: bool,
     ) -> UpstreamClient {
-        let slots = endpoints
-            .iter()
-            .map(|(scheme, authority)| {
-                let target = Uri::builder()
-                    .scheme(scheme.clone())
-                    .authority(authority.clone())
-                    .path_and_query("/")
-                    .build()
-                    .unwrap_or_default();
-                let host = host_header(scheme, authority);
-                Arc::new(Slot {
-                    authority: authority.clone(),
-                    target,
-                    host,
-                    idle: (max_idle > 0 && protocol == Protocol::Http1).then(Stack::new),
-                    idle_count: AtomicUsize::new(0),
-                    max_idle,
-                    shared: ArcSwapOption::empty(),
-                    connecting: tokio::sync::Mutex::new(()),
-                })
-            })
-            .collect();
         UpstreamClient {
             protocol,
             connector,
-            slots,
+            max_idle,
+            cold,
         }
     }
 
-    /// Sends `request`, whose URI is absolute and names one of the pool's
-    /// endpoints, and returns the response head; its body streams.
+    /// The connections of one endpoint through this client: to `scheme`
+    /// and `authority`, with `host` (else the authority) as the `Host` of
+    /// HTTP/1.1 requests that bring none, counted on `connections`.
+    pub fn slot(
+        &self,
+        scheme: &Scheme,
+        authority: &Authority,
+        host: Option<&Authority>,
+        connections: Arc<AtomicUsize>,
+    ) -> Arc<Slot> {
+        let target = Uri::builder()
+            .scheme(scheme.clone())
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+            .unwrap_or_default();
+        Arc::new(Slot {
+            authority: authority.clone(),
+            target,
+            host: host_header(scheme, host.unwrap_or(authority)),
+            connections,
+            idle: (self.max_idle > 0 && self.protocol == Protocol::Http1).then(Stack::new),
+            idle_count: AtomicUsize::new(0),
+            max_idle: self.max_idle,
+            shared: ArcSwapOption::empty(),
+            connecting: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Whether this is the probes' client that keeps no connection.
+    pub fn is_cold(&self) -> bool {
+        self.cold
+    }
+
+    /// Sends `request`, whose URI is absolute and names `endpoint`, and
+    /// returns the response head; its body streams.
     pub async fn request(
         &self,
+        endpoint: &Endpoint,
         request: Request<UpstreamBody>,
     ) -> Result<Response<UpstreamIncoming>, UpstreamError> {
-        let Some(slot) = self.slot(request.uri()) else {
-            return Err(UpstreamError::UnknownEndpoint(request.uri().to_string()));
-        };
+        let slot = endpoint.slot(self.cold);
         match self.protocol {
             Protocol::Http1 => self.http1(slot, request).await,
             Protocol::H2c | Protocol::H2 => self.http2(slot, request).await,
         }
-    }
-
-    fn slot(&self, uri: &Uri) -> Option<&Arc<Slot>> {
-        let authority = uri.authority()?;
-        self.slots.iter().find(|s| s.authority == *authority)
     }
 
     async fn http1(
@@ -264,19 +275,14 @@ impl UpstreamClient {
     }
 
     /// Connects to the endpoint of `slot`: TCP, and TLS for https.
-    async fn connect(
-        &self,
-        slot: &Slot,
-    ) -> Result<<CountingConnector as Service<Uri>>::Response, UpstreamError> {
-        let failed = |source| UpstreamError::Connect {
-            authority: slot.authority.clone(),
-            source,
-        };
-        let mut connector = self.connector.clone();
-        future::poll_fn(|cx| connector.poll_ready(cx))
+    async fn connect(&self, slot: &Slot) -> Result<Counted<UpstreamStream>, UpstreamError> {
+        self.connector
+            .connect(slot.target.clone(), Arc::clone(&slot.connections))
             .await
-            .map_err(failed)?;
-        connector.call(slot.target.clone()).await.map_err(failed)
+            .map_err(|source| UpstreamError::Connect {
+                authority: slot.authority.clone(),
+                source,
+            })
     }
 
     async fn connect_http1(&self, slot: &Slot) -> Result<Conn, UpstreamError> {
@@ -354,7 +360,7 @@ impl fmt::Debug for UpstreamClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UpstreamClient")
             .field("protocol", &self.protocol)
-            .field("endpoints", &self.slots.len())
+            .field("cold", &self.cold)
             .finish()
     }
 }

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::uri::Authority;
 use http::Uri;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_rustls::{
@@ -41,8 +40,6 @@ pub struct CountingConnector {
     /// endpoint that accepts but never answers the handshake would otherwise
     /// hold the connect until the request's timeout.
     connect_timeout: Duration,
-    /// Per endpoint authority, its open-connection counter.
-    endpoints: Arc<[(Authority, Arc<AtomicUsize>)]>,
     /// `switchyard_upstream_connections{model,pool}`.
     pool_gauge: IntGauge,
 }
@@ -61,7 +58,6 @@ impl CountingConnector {
         http: HttpConnector,
         tls: Option<&UpstreamTls>,
         connect_timeout: Duration,
-        endpoints: Arc<[(Authority, Arc<AtomicUsize>)]>,
         pool_gauge: IntGauge,
     ) -> CountingConnector {
         let inner = match tls {
@@ -83,43 +79,32 @@ impl CountingConnector {
         CountingConnector {
             inner,
             connect_timeout,
-            endpoints,
             pool_gauge,
         }
     }
-}
 
-impl Service<Uri> for CountingConnector {
-    type Response = Counted<UpstreamStream>;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        match &mut self.inner {
-            Inner::Http(http) => http.poll_ready(cx).map_err(Into::into),
-            Inner::Https(https) => https.poll_ready(cx),
-        }
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        // Connects are rare next to requests: a scan of the pool's few
-        // endpoints here costs nothing on the request path.
-        let endpoint = uri.authority().and_then(|a| {
-            self.endpoints
-                .iter()
-                .find(|(e, _)| e == a)
-                .map(|(_, count)| Arc::clone(count))
-        });
+    /// Connects to `uri` (`scheme://authority/`), counting the connection
+    /// on `endpoint` (the endpoint's counter, which its slot of the
+    /// client hands over: the set of endpoints changes, the connector not)
+    /// and on the pool's gauge for as long as the socket lives.
+    pub fn connect(
+        &self,
+        uri: Uri,
+        endpoint: Arc<AtomicUsize>,
+    ) -> Pin<Box<dyn Future<Output = Result<Counted<UpstreamStream>, BoxError>> + Send>> {
+        let endpoint = Some(endpoint);
         let gauge = self.pool_gauge.clone();
-        match &mut self.inner {
-            Inner::Http(http) => {
+        // Both connectors are always ready (`poll_ready` returns at once),
+        // and cloning one copies a few `Arc`s.
+        match self.inner.clone() {
+            Inner::Http(mut http) => {
                 let connecting = http.call(uri);
                 Box::pin(async move {
                     let io = connecting.await?;
                     Ok(Counted::new(MaybeHttpsStream::Http(io), endpoint, gauge))
                 })
             }
-            Inner::Https(https) => {
+            Inner::Https(mut https) => {
                 let connecting = https.call(uri);
                 let limit = self.connect_timeout;
                 Box::pin(async move {

@@ -2,6 +2,9 @@
 //! served counters), and its health as the request path sees it. The
 //! request path reads the health with one atomic load and reports its own
 //! outcomes (passive checks); the prober (`health.rs`) writes the state.
+//! It also holds its connections ([`Slot`]), so they come and go with it:
+//! an endpoint that discovery removes closes them once the last request
+//! that holds it is done.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -10,11 +13,15 @@ use arc_swap::ArcSwapOption;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::Uri;
 
+use super::client::{Slot, UpstreamClient};
 use crate::health::{EndpointState, ProbeReport};
 use crate::metrics::EndpointMetrics;
 
 pub struct Endpoint {
     url: String,
+    /// For an endpoint DNS discovery found: the entry of `endpoints` it
+    /// came from (`http://models.ns.svc:8000`).
+    source: Option<Arc<str>>,
     /// `http` or `https`, as the pool's endpoints all are.
     scheme: Scheme,
     authority: Authority,
@@ -27,6 +34,11 @@ pub struct Endpoint {
     passive_failures: AtomicU32,
     /// Failures in a row that eject the endpoint.
     eject_after: u32,
+    /// Set once discovery removed it: out of rotation for good, whatever
+    /// the prober publishes; requests on it finish (its drain).
+    removed: AtomicBool,
+    /// For a discovered endpoint, the name and port it came from.
+    host: Option<Authority>,
     /// Set by the request path when it ejects; the prober starts the
     /// back-off and clears it once the endpoint is back.
     eject_requested: AtomicBool,
@@ -35,39 +47,88 @@ pub struct Endpoint {
     /// The prober's latest report, for status.
     report: ArcSwapOption<ProbeReport>,
     metrics: EndpointMetrics,
+    /// The connections requests and (warm) probes use.
+    slot: Arc<Slot>,
+    /// With `warm_connections = 0`: the probes', which keeps none.
+    cold_slot: Option<Arc<Slot>>,
+}
+
+/// What an endpoint is built from.
+pub(super) struct EndpointSpec<'a> {
+    pub url: String,
+    pub scheme: Scheme,
+    /// Where it connects: `host:port` as listed, or the address discovered.
+    pub authority: Authority,
+    /// For a discovered endpoint, the name and port it came from: the
+    /// `Host` of HTTP/1.1 requests that bring none.
+    pub host: Option<&'a Authority>,
+    pub source: Option<Arc<str>>,
+    /// `Unknown` (serving until probed) for endpoints listed in the config;
+    /// `Pending` (out of rotation until a probe passes) for ones
+    /// discovery adds to a running pool.
+    pub state: EndpointState,
 }
 
 // === impl Endpoint ===
 
 impl Endpoint {
     pub(super) fn new(
-        url: String,
-        scheme: Scheme,
-        authority: Authority,
+        spec: EndpointSpec<'_>,
         eject_after: u32,
         metrics: EndpointMetrics,
+        client: &UpstreamClient,
+        cold: Option<&UpstreamClient>,
     ) -> Endpoint {
+        let open_connections = Arc::new(AtomicUsize::new(0));
+        let slot = |c: &UpstreamClient| {
+            c.slot(
+                &spec.scheme,
+                &spec.authority,
+                spec.host,
+                Arc::clone(&open_connections),
+            )
+        };
+        let (slot, cold_slot) = (slot(client), cold.map(slot));
         // The gauge is not reset here: a new series starts at 0 anyway, and
         // an existing one belongs to the endpoint a reload is replacing,
         // which keeps serving (and publishing) until this one is probed.
         Endpoint {
-            url,
-            scheme,
-            authority,
+            url: spec.url,
+            source: spec.source,
+            scheme: spec.scheme,
+            authority: spec.authority,
             in_flight: AtomicUsize::new(0),
             served: AtomicU64::new(0),
-            state: AtomicU8::new(EndpointState::Unknown as u8),
+            state: AtomicU8::new(spec.state as u8),
             passive_failures: AtomicU32::new(0),
             eject_after,
+            removed: AtomicBool::new(false),
+            host: spec.host.cloned(),
             eject_requested: AtomicBool::new(false),
-            open_connections: Arc::new(AtomicUsize::new(0)),
+            open_connections,
             report: ArcSwapOption::empty(),
             metrics,
+            slot,
+            cold_slot,
         }
     }
 
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The `endpoints` entry DNS discovery found this endpoint by, if it did.
+    pub fn source(&self) -> Option<&str> {
+        self.source.as_deref()
+    }
+
+    /// The connections of `client` (the cold one's, if `cold` and the pool
+    /// has it).
+    pub(super) fn slot(&self, cold: bool) -> &Arc<Slot> {
+        match (&self.cold_slot, cold) {
+            (Some(slot), true) => slot,
+            _ => &self.slot,
+        }
     }
 
     pub fn authority(&self) -> &Authority {
@@ -88,18 +149,29 @@ impl Endpoint {
         self.open_connections.load(Ordering::Relaxed)
     }
 
-    pub(super) fn connection_counter(&self) -> Arc<AtomicUsize> {
-        Arc::clone(&self.open_connections)
-    }
-
     pub fn state(&self) -> EndpointState {
         EndpointState::from_u8(self.state.load(Ordering::Relaxed))
     }
 
-    /// Whether balancing may send a request here: one atomic load.
+    /// Whether balancing may send a request here: two atomic loads.
     #[inline]
     pub fn is_serving(&self) -> bool {
-        self.state().is_serving()
+        self.state().is_serving() && !self.is_removed()
+    }
+
+    /// Whether discovery removed it from its pool: it drains.
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn mark_removed(&self) {
+        self.removed.store(true, Ordering::Relaxed);
+    }
+
+    /// For a discovered endpoint, the name and port it was found by:
+    /// `models.ns.svc:8000`.
+    pub fn host(&self) -> Option<&Authority> {
+        self.host.as_ref()
     }
 
     pub fn report(&self) -> Option<Arc<ProbeReport>> {

@@ -2,6 +2,7 @@ use super::*;
 use crate::config::{EndpointConfig, UpstreamSettings};
 use crate::health::ProbeReport;
 use crate::metrics::Metrics;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 fn pool_with(n: usize, eject_after: u32) -> Arc<Pool> {
     let config = PoolConfig {
@@ -17,6 +18,7 @@ fn pool_with(n: usize, eject_after: u32) -> Arc<Pool> {
             ..HealthConfig::default()
         },
         tls: None,
+        discovery: None,
     };
     Arc::new(Pool::new(
         "m".into(),
@@ -72,7 +74,9 @@ async fn two_choices_avoid_the_busier_endpoint() {
     let pool = pool(2);
     // Load endpoint 0 with three requests: every pick must take endpoint 1
     // until the loads are level.
-    let held: Vec<_> = (0..3).map(|_| InFlight::start(pool.clone(), 0)).collect();
+    let held: Vec<_> = (0..3)
+        .map(|_| InFlight::start(pool.clone(), Arc::clone(&pool.endpoints()[0])))
+        .collect();
     let picks: Vec<_> = (0..3).map(|_| pool.pick().unwrap()).collect();
     assert!(picks.iter().all(|g| g.endpoint().url().ends_with(":9001")));
     drop((held, picks));
@@ -82,7 +86,7 @@ async fn two_choices_avoid_the_busier_endpoint() {
 async fn picks_spread_over_many_endpoints() {
     let pool = pool(5);
     let held: Vec<_> = (0..500).map(|_| pool.pick().unwrap()).collect();
-    for e in pool.endpoints() {
+    for e in pool.endpoints().iter() {
         // Power of two choices keeps every endpoint near 100 of 500.
         assert!(
             (80..=120).contains(&e.in_flight()),
@@ -169,7 +173,8 @@ async fn a_request_moves_to_another_endpoint_never_the_one_it_left() {
             // Counted once, on the endpoint it is on now.
             assert_eq!(pool.in_flight(), 1);
             assert_eq!(pool.metrics().in_flight.get(), 1);
-            let on = |url: &str| pool.endpoints().iter().find(|e| e.url() == url).unwrap();
+            let on =
+                |url: &str| Arc::clone(pool.endpoints().iter().find(|e| e.url() == url).unwrap());
             assert_eq!((on(&from).in_flight(), on(&to).in_flight()), (0, 1));
             drop(g);
             assert_eq!(pool.in_flight(), 0);
@@ -219,4 +224,138 @@ fn endpoint_uri_keeps_path_and_query() {
         "http://127.0.0.1:9000/v2/models/iris/infer?x=1"
     );
     assert_eq!(e.uri(None).to_string(), "http://127.0.0.1:9000/");
+}
+
+/// A pool of `n` endpoints and a new set of it without endpoint `gone`.
+fn without(pool: &Pool, gone: usize) -> Box<[Arc<Endpoint>]> {
+    let members = pool.endpoints();
+    members
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != gone)
+        .map(|(_, e)| Arc::clone(e))
+        .collect()
+}
+
+fn set(pool: &Pool, members: Box<[Arc<Endpoint>]>) {
+    let writer = pool.writer().expect("discovery not paused");
+    pool.set_members(&writer, members);
+}
+
+#[tokio::test]
+async fn a_request_on_a_removed_endpoint_is_in_flight_until_it_ends() {
+    let pool = pool(2);
+    let g = InFlight::start(pool.clone(), Arc::clone(&pool.endpoints()[1]));
+    set(&pool, without(&pool, 1));
+    assert_eq!(pool.endpoints().len(), 1);
+    assert_eq!(pool.in_flight(), 1, "the removed endpoint drains");
+    let mut drained = std::pin::pin!(pool.wait_drained());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(20), &mut drained)
+            .await
+            .is_err(),
+        "drained while a request on the removed endpoint is in flight"
+    );
+    drop(g);
+    within_a_second(drained).await;
+    assert_eq!(pool.in_flight(), 0);
+}
+
+async fn within_a_second(f: impl std::future::Future<Output = ()>) {
+    tokio::time::timeout(Duration::from_secs(1), f)
+        .await
+        .expect("drained once the request ended");
+}
+
+/// The swap and the draining list are written in the order that never lets
+/// `in_flight` miss a request on the endpoint being removed: a reader
+/// spinning beside the writer never sees 0 while one is held.
+#[tokio::test]
+async fn in_flight_never_misses_a_request_across_a_swap() {
+    let pool = pool(1);
+    let metrics = Metrics::new();
+    let source: Arc<str> = "http://models.test:8000".into();
+    let host: Authority = "models.test:8000".parse().unwrap();
+    // Odd while a request is held on the endpoint about to be removed.
+    let generation = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (pool, generation, stop) = (pool.clone(), generation.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut misses = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let before = generation.load(Ordering::SeqCst);
+                let n = pool.in_flight();
+                let after = generation.load(Ordering::SeqCst);
+                if before == after && before % 2 == 1 && n == 0 {
+                    misses += 1;
+                }
+            }
+            misses
+        })
+    };
+    let first = Arc::clone(&pool.endpoints()[0]);
+    for i in 0..5_000u16 {
+        let authority: Authority = format!("127.0.0.2:{}", 1000 + i).parse().unwrap();
+        let added = Arc::new(pool.discovered_endpoint(authority, &host, &source, false, &metrics));
+        set(&pool, Box::new([Arc::clone(&first), Arc::clone(&added)]));
+        let g = InFlight::start(pool.clone(), added);
+        generation.fetch_add(1, Ordering::SeqCst);
+        set(&pool, Box::new([Arc::clone(&first)]));
+        generation.fetch_add(1, Ordering::SeqCst);
+        drop(g);
+    }
+    stop.store(true, Ordering::SeqCst);
+    assert_eq!(
+        reader.join().expect("reader"),
+        0,
+        "in_flight read 0 with a request held"
+    );
+}
+
+#[tokio::test]
+async fn a_held_request_keeps_only_its_own_endpoint_alive() {
+    let pool = pool(2);
+    pool.endpoints()[1].publish(EndpointState::Unhealthy, report(false), false);
+    // On endpoint 0, the only one in rotation.
+    let g = pool.pick().unwrap();
+    assert!(g.endpoint().url().ends_with(":9000"));
+    let removed = Arc::downgrade(&pool.endpoints()[1]);
+    set(&pool, without(&pool, 1));
+    assert!(
+        removed.upgrade().is_none(),
+        "a request on another endpoint kept the removed one (and its connections)"
+    );
+    drop(g);
+}
+
+#[tokio::test]
+async fn a_retry_never_goes_to_a_removed_endpoint() {
+    let pool = pool(3);
+    let (a, b) = (
+        Arc::clone(&pool.endpoints()[0]),
+        Arc::clone(&pool.endpoints()[1]),
+    );
+    // Picked from the set that had b; b is removed before the retry.
+    let mut g = InFlight::start(pool.clone(), Arc::clone(&a));
+    let mut on_b = InFlight::start(pool.clone(), Arc::clone(&b));
+    set(&pool, without(&pool, 1));
+    // The prober cannot bring it back.
+    b.publish(EndpointState::Healthy, report(true), false);
+    assert!(!b.is_serving());
+    for _ in 0..50 {
+        let (_, to) = g.move_to_other().expect("another endpoint serves");
+        assert!(to.url().ends_with(":9002"), "{}", to.url());
+        let (_, to) = g.move_to_other().expect("another endpoint serves");
+        assert!(to.url().ends_with(":9000"), "{}", to.url());
+    }
+    // A request on the removed endpoint moves into the current set.
+    let (left, to) = on_b.move_to_other().expect("another endpoint serves");
+    assert!(Arc::ptr_eq(&left, &b));
+    assert!(!to.url().ends_with(":9001"));
+    assert_eq!(b.in_flight(), 0);
+    assert_eq!(pool.in_flight(), 2);
+    assert!(g.has_others());
+    drop((g, on_b));
+    assert_eq!(pool.in_flight(), 0);
 }

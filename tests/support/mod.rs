@@ -4,6 +4,7 @@
 //! [`eventually`], whose panic names what it waited for.
 #![allow(dead_code)]
 
+pub mod dns;
 pub mod etcd;
 pub mod inbound_tls;
 pub mod tls;
@@ -110,6 +111,8 @@ struct UpstreamState {
     delay_ms: AtomicUsize,
     held: watch::Sender<usize>,
     released: watch::Sender<bool>,
+    /// False while health probes are held unanswered ([`Upstream::hold_health`]).
+    health_open: watch::Sender<bool>,
     upload_started: watch::Sender<bool>,
     /// Canned answers by exact path, from [`Upstream::set_reply`]. A test
     /// server: a std mutex, never held across an await.
@@ -128,6 +131,7 @@ impl UpstreamState {
             delay_ms: AtomicUsize::new(0),
             held: watch::Sender::new(0),
             released: watch::Sender::new(false),
+            health_open: watch::Sender::new(true),
             upload_started: watch::Sender::new(false),
             replies: Mutex::new(HashMap::new()),
         }
@@ -218,6 +222,11 @@ impl Upstream {
             .insert(path.to_string(), (status, body.into()));
     }
 
+    /// Requests held on `/hold` or `/stream` so far.
+    pub fn held(&self) -> usize {
+        *self.state.held.borrow()
+    }
+
     /// Waits until `n` requests are held on `/hold` or `/stream`.
     pub async fn wait_held(&self, n: usize) {
         let mut rx = self.state.held.subscribe();
@@ -227,6 +236,17 @@ impl Upstream {
         )
         .await
         .expect("upstream alive");
+    }
+
+    /// Holds health probes unanswered (counted in `probes` on arrival)
+    /// until [`Upstream::release_health`].
+    pub fn hold_health(&self) {
+        self.state.health_open.send_replace(false);
+    }
+
+    /// Answers the held health probes, and later ones at once.
+    pub fn release_health(&self) {
+        self.state.health_open.send_replace(true);
     }
 
     /// Lets every held request (and every later one) finish.
@@ -262,6 +282,8 @@ async fn upstream_handle(state: &UpstreamState, req: Request<Incoming>) -> Respo
     let name = state.name;
     if path == "/v2/health/ready" {
         state.probes.fetch_add(1, Ordering::SeqCst);
+        let mut open = state.health_open.subscribe();
+        let _ = open.wait_for(|o| *o).await;
         return if state.healthy.load(Ordering::SeqCst) {
             full(StatusCode::OK, "{}")
         } else {
