@@ -20,7 +20,7 @@
 #
 # Pinning: the proxies on CPU 0; load generators, upstreams and the python
 # helpers on CPU 1. Needs 2 CPUs, root for apt-get when a tool is missing,
-# and about 8 minutes with the defaults (12 with --repeat 5).
+# and about 9 minutes with the defaults (14 with --repeat 5), plus the build.
 #
 # Writes every generated config, log and result under target/load/, prints the
 # markdown report and saves it as target/load/report.md. Every process it

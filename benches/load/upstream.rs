@@ -196,16 +196,23 @@ async fn main() -> std::io::Result<()> {
             let answers = answers.clone();
             hyper::service::service_fn(move |req| {
                 let answers = answers.clone();
-                async move { Ok::<_, Infallible>(answers.handle(req).await) }
+                Box::pin(async move { Ok::<_, Infallible>(answers.handle(req).await) })
             })
         };
-        servers.spawn(switchyard::server::serve(
-            "bench-upstream",
-            listener,
-            make,
-            token.child_token(),
-            DRAIN,
-        ));
+        let listening = switchyard::server::Listening {
+            name: "bench-upstream",
+            tls: None,
+            token: token.child_token(),
+            drain: DRAIN,
+            // Room for the memory run's 10,000 client connections beside
+            // the proxies' pooled ones (run.sh raises the fd limit to 20,000).
+            limits: switchyard::server::Limits {
+                max_connections: 19_000,
+                ..switchyard::server::Limits::default()
+            },
+            gauges: switchyard::server::ConnectionGauges::unregistered(),
+        };
+        servers.spawn(switchyard::server::serve_with(listener, make, listening));
     }
     stop_signal().await;
     token.cancel();
