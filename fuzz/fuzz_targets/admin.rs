@@ -605,6 +605,8 @@ green.protocol = "h2c"
     // Never run: a reload of this unchanged file builds no pool to probe.
     let events = Events::new();
     let (_checker, watch) = Checker::new(&models, events.clone());
+    let (_discoverer, discovery) =
+        switchyard::discovery::Discoverer::new(&models, metrics.clone(), events.clone());
     let switchboard = Arc::new(
         Switchboard::start(
             models,
@@ -622,6 +624,7 @@ green.protocol = "h2c"
         Arc::clone(&switchboard),
         proxy,
         watch,
+        discovery,
         Vec::new(),
     ));
     Admin::new(switchboard, metrics, token, metrics_require_token, reloader)
