@@ -27,6 +27,7 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus::IntGauge;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -54,6 +55,10 @@ pub const PARK_AFTER: Duration = Duration::from_millis(50);
 /// The HTTP/2 connection preface's length: the first bytes tell HTTP/2
 /// with prior knowledge from HTTP/1.1.
 const PREFACE_LEN: usize = 24;
+
+/// How long the end of a connection may wait on the client (TLS's
+/// close_notify going out).
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What one listener accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -312,6 +317,9 @@ where
         () = connections.wait() => {}
         () = tokio::time::sleep(drain) => {
             warn!(listener = name, drain_timeout = ?drain, "drain timed out; closing the remaining connections");
+            // Each connection drops its socket at once.
+            cut.cancel();
+            connections.wait().await;
         }
     }
 }
@@ -515,13 +523,15 @@ impl Conn {
             let read_buf = parts.read_buf;
             match ended {
                 Ended::Parked => {}
-                Ended::Done(done) => {
-                    if let Err(e) = done {
-                        debug!(listener = self.name, peer = %self.peer, error = %e, "connection ended with an error");
-                    }
-                    // What hyper does at the end of a connection it owns.
+                Ended::Done(Err(e)) => {
+                    debug!(listener = self.name, peer = %self.peer, error = %e, "connection ended with an error");
+                    return;
+                }
+                Ended::Done(Ok(())) => {
+                    // What hyper does at the end of a connection it owns (a
+                    // TLS close_notify waits on the client: bounded).
                     tokio::select! {
-                        _ = gate.shutdown() => {}
+                        _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, gate.shutdown()) => {}
                         () = self.cut.cancelled() => {}
                     }
                     return;
@@ -567,35 +577,36 @@ impl Conn {
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let mut draining = false;
-        let mut parking = false;
+        // Keep-alive is off: the connection ends after its response.
+        // (Shared by the poll below and the drain branch, in one task.)
+        let closing = std::sync::atomic::AtomicBool::new(false);
         loop {
             let polled = std::future::poll_fn(|cx| {
                 if let Poll::Ready(done) = conn.poll_without_shutdown(cx) {
-                    return Poll::Ready(Some(done));
+                    return Poll::Ready(Ended::Done(done));
                 }
-                if !parking && !draining && activity.take_park() {
+                if !closing.load(Relaxed) && activity.take_park() {
                     // The gate saw it idle: no request in flight, the last
                     // response flushed, nothing received. hyper, idle too,
                     // ends the connection at once, leaving the socket open.
                     Pin::new(&mut *conn).graceful_shutdown();
-                    parking = true;
-                    return Poll::Ready(None);
+                    match conn.poll_without_shutdown(cx) {
+                        Poll::Ready(Ok(())) => return Poll::Ready(Ended::Parked),
+                        Poll::Ready(done) => return Poll::Ready(Ended::Done(done)),
+                        // Not idle after all: keep-alive is now off, and the
+                        // connection ends with its response, not parked.
+                        Poll::Pending => closing.store(true, Relaxed),
+                    }
                 }
                 Poll::Pending
             });
             tokio::select! {
-                done = polled => match done {
-                    Some(Ok(())) if parking && !draining => return Ended::Parked,
-                    Some(done) => return Ended::Done(done),
-                    // Poll again, now shutting down.
-                    None => {}
-                },
-                () = self.stopping.cancelled(), if !draining => {
+                ended = polled => return ended,
+                () = self.stopping.cancelled(), if !closing.load(Relaxed) => {
                     // The response in progress says `connection: close`; an
                     // idle connection ends now.
                     Pin::new(&mut *conn).graceful_shutdown();
-                    draining = true;
+                    closing.store(true, Relaxed);
                 }
                 () = self.cut.cancelled() => return Ended::Cut,
             }

@@ -34,8 +34,7 @@
 //! empty), so they never interleave with a response hyper is sending.
 //!
 //! An HTTP/2 connection idle too long ends with the transport closed, not a
-//! GOAWAY: hyper's connection is inside the graceful-shutdown watcher, which
-//! the gate cannot reach.
+//! GOAWAY: the gate ends its reads, as for HTTP/1.1.
 
 use std::future::Future;
 use std::io;
@@ -132,6 +131,10 @@ pub struct Gate<I> {
     reader: Reader,
     timer: Pin<Box<Sleep>>,
     armed: Option<Timer>,
+    /// When the current idle period began, and whether its park delay has
+    /// run out already.
+    idle_since: Instant,
+    park_fired: bool,
     /// A response the gate writes itself, then the connection ends.
     refusal: Option<Refusal>,
     /// Bytes read and inspected already, handed back by the server when it
@@ -152,6 +155,10 @@ struct Reader {
     heads: u64,
     /// The bytes of a head that spans reads, so far.
     partial: Vec<u8>,
+    /// Empty lines arrived since the last message ended: hyper holds them
+    /// unparsed, and a hyper connection holding bytes is not idle, so the
+    /// connection is not parked until the next head is complete.
+    blank: bool,
     max_head: usize,
 }
 
@@ -227,6 +234,8 @@ impl<I> Gate<I> {
             // Armed for the first request head from the accept on.
             timer: Box::pin(tokio::time::sleep_until(first_head_by)),
             armed: Some(Timer::Header),
+            idle_since: first_head_by,
+            park_fired: false,
             refusal: None,
             unread: bytes::Bytes::new(),
             unflushed: false,
@@ -261,6 +270,7 @@ impl<I> Gate<I> {
             .is_some_and(|after| after < self.limits.idle_timeout)
             && self.reader.framing == Framing::Head
             && self.reader.partial.is_empty()
+            && !self.reader.blank
             && self.unread.is_empty()
             && !self.unflushed
             && !self.activity.unsettled.load(Ordering::Acquire)
@@ -337,6 +347,7 @@ impl Reader {
             framing: Framing::Start,
             heads: 0,
             partial: Vec::new(),
+            blank: false,
             max_head,
         }
     }
@@ -407,12 +418,14 @@ impl Reader {
                 .iter()
                 .take_while(|&&b| b == b'\r' || b == b'\n')
                 .count();
+            self.blank |= blank > 0;
             if blank == bytes.len() {
                 return Ok((blank, false));
             }
             if let Some(end) = head_end(bytes, 0) {
                 self.framing = framing(&bytes[..end])?;
                 self.heads += 1;
+                self.blank = false;
                 return Ok((end, true));
             }
         }
@@ -432,6 +445,7 @@ impl Reader {
                 }
                 self.framing = result?;
                 self.heads += 1;
+                self.blank = false;
                 Ok((end - before, true))
             }
             None => {
@@ -581,26 +595,39 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for Gate<I> {
                     (Some(Timer::Park), Some(Timer::Idle)) => wanted,
                     (armed, _) => armed,
                 };
+                let park_after = this.limits.park_after.unwrap_or_default();
                 if armed != wanted {
-                    let (after, timer) = match wanted {
-                        Some(Timer::Header) => (this.limits.header_timeout, Timer::Header),
-                        _ => match this.limits.park_after {
-                            Some(after) if this.parks() => (after, Timer::Park),
-                            _ => (this.limits.idle_timeout, Timer::Idle),
-                        },
-                    };
-                    this.timer.as_mut().reset(Instant::now() + after);
-                    this.armed = Some(timer);
+                    let now = Instant::now();
+                    if wanted == Some(Timer::Header) {
+                        this.timer.as_mut().reset(now + this.limits.header_timeout);
+                        this.armed = wanted;
+                    } else {
+                        // A new idle period.
+                        this.idle_since = now;
+                        this.park_fired = false;
+                        if this.parks() {
+                            this.timer.as_mut().reset(now + park_after);
+                            this.armed = Some(Timer::Park);
+                        } else {
+                            this.timer.as_mut().reset(now + this.limits.idle_timeout);
+                            this.armed = Some(Timer::Idle);
+                        }
+                    }
+                } else if this.armed == Some(Timer::Idle) && !this.park_fired && this.parks() {
+                    // It became parkable later in the period (hyper's last
+                    // flush had to wait for a slow reader): the park delay
+                    // still counts from the period's start.
+                    this.timer.as_mut().reset(this.idle_since + park_after);
+                    this.armed = Some(Timer::Park);
                 }
                 if this.armed == Some(Timer::Park) {
                     ready!(this.timer.as_mut().poll(cx));
-                    // Parked or not, the idle clock runs on for the rest of
+                    // Parked or not, the idle clock runs on to the end of
                     // the keep-alive timeout.
-                    let rest = this
-                        .limits
-                        .idle_timeout
-                        .saturating_sub(this.limits.park_after.unwrap_or_default());
-                    this.timer.as_mut().reset(Instant::now() + rest);
+                    this.park_fired = true;
+                    this.timer
+                        .as_mut()
+                        .reset(this.idle_since + this.limits.idle_timeout);
                     this.armed = Some(Timer::Idle);
                     this.activity.park.store(true, Ordering::Release);
                     // Registers the waker for the rest.
