@@ -204,7 +204,7 @@ pub fn seed(
     };
     let before = predecessor.map(Pool::endpoints).unwrap_or_default();
     let held = held(&before, &discovery.names);
-    record(pool, answers, &held, metrics);
+    record(pool, answers, &held, &mut Vec::new(), metrics);
     // Nothing is kept: the predecessor's endpoints belong to its client.
     let plan = diff(&[], &wanted(answers, &held));
     if !plan.added.is_empty() {
@@ -231,6 +231,8 @@ async fn watch_pool(pool: Arc<Pool>, metrics: Metrics, events: Events, token: Ca
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let retired = pool.retired().clone();
     let mut resolver = None;
+    // Per name: whether its last round failed (warned once, not each round).
+    let mut failing = vec![false; discovery.names.len()];
     loop {
         tokio::select! {
             () = token.cancelled() => return,
@@ -253,7 +255,7 @@ async fn watch_pool(pool: Arc<Pool>, metrics: Metrics, events: Events, token: Ca
         tokio::select! {
             () = token.cancelled() => return,
             () = retired.cancelled() => return,
-            () = refresh(&pool, resolver, &metrics, &events) => {}
+            () = refresh(&pool, resolver, &mut failing, &metrics, &events) => {}
         }
     }
 }
@@ -292,7 +294,13 @@ fn resolver(discovery: &Discovery) -> Result<TokioResolver, ResolveError> {
 
 /// One round of a serving pool: resolves every name, installs the set they
 /// give, unless a reload paused discovery meanwhile.
-async fn refresh(pool: &Pool, resolver: &TokioResolver, metrics: &Metrics, events: &Events) {
+async fn refresh(
+    pool: &Pool,
+    resolver: &TokioResolver,
+    failing: &mut Vec<bool>,
+    metrics: &Metrics,
+    events: &Events,
+) {
     let Some(discovery) = pool.discovery() else {
         return;
     };
@@ -303,7 +311,7 @@ async fn refresh(pool: &Pool, resolver: &TokioResolver, metrics: &Metrics, event
     };
     let current = pool.endpoints();
     let held = held(&current, &discovery.names);
-    record(pool, &answers, &held, metrics);
+    record(pool, &answers, &held, failing, metrics);
     let plan = diff(&held, &wanted(&answers, &held));
     if plan.added.is_empty() && plan.removed.is_empty() {
         return;
@@ -335,13 +343,27 @@ fn held<'a>(endpoints: &'a [Arc<Endpoint>], names: &[DnsName]) -> Vec<Held<'a>> 
         .collect()
 }
 
-/// Counts and logs each name's answer.
-fn record(pool: &Pool, answers: &[Answer], held: &[Held<'_>], metrics: &Metrics) {
+/// Counts and logs each name's answer. `failing` says, per name, whether
+/// its last round failed: a failure is a warning when it starts, and
+/// recovery is logged, not every failed round.
+fn record(
+    pool: &Pool,
+    answers: &[Answer],
+    held: &[Held<'_>],
+    failing: &mut Vec<bool>,
+    metrics: &Metrics,
+) {
     let Some(discovery) = pool.discovery() else {
         return;
     };
     let counters = metrics.dns_resolutions(pool.model(), pool.name());
+    failing.resize(discovery.names.len(), false);
     for (source, (answer, name)) in answers.iter().zip(&discovery.names).enumerate() {
+        let failed_before =
+            std::mem::replace(&mut failing[source], matches!(answer, Answer::Failed(_)));
+        if failed_before && !matches!(answer, Answer::Failed(_)) {
+            info!(model = pool.model(), pool = %pool.name(), name = %name.url, "DNS resolution works again");
+        }
         match answer {
             Answer::Found(_) => counters[0].inc(),
             Answer::Gone(why) => {
@@ -354,9 +376,13 @@ fn record(pool: &Pool, answers: &[Answer], held: &[Held<'_>], metrics: &Metrics)
                     tracing::debug!(model = pool.model(), pool = %pool.name(), name = %name.url, why = %why, "name has no records");
                 }
             }
+            Answer::Failed(why) if failed_before => {
+                counters[2].inc();
+                tracing::debug!(model = pool.model(), pool = %pool.name(), name = %name.url, error = %why, "DNS resolution still failing");
+            }
             Answer::Failed(why) => {
                 counters[2].inc();
-                warn!(model = pool.model(), pool = %pool.name(), name = %name.url, error = %why, "DNS resolution failed; keeping the endpoints last resolved");
+                warn!(model = pool.model(), pool = %pool.name(), name = %name.url, error = %why, "DNS resolution failed; keeping the endpoints last resolved until it works again");
             }
         }
     }
