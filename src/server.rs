@@ -446,7 +446,9 @@ impl Conn {
         };
         gate.unread(bytes::Bytes::copy_from_slice(&first[..read]));
         if first[..read] == gate::H2_PREFACE[..read] {
-            self.serve_h2(gate, service).await;
+            // Boxed: an HTTP/2 connection's state is kilobytes, which every
+            // HTTP/1.1 connection's task would otherwise keep room for.
+            Box::pin(self.serve_h2(gate, service)).await;
         } else {
             self.serve_h1(gate, service, &activity).await;
         }
@@ -468,9 +470,7 @@ impl Conn {
             .builders
             .h2
             .serve_connection(TokioIo::new(gate), service);
-        // Boxed: an HTTP/2 connection's state is kilobytes, which would
-        // otherwise be room in every connection's task.
-        let mut conn = Box::pin(conn);
+        let mut conn = std::pin::pin!(conn);
         let mut draining = false;
         let done = loop {
             tokio::select! {
@@ -515,12 +515,15 @@ impl Conn {
                     .serve_connection(TokioIo::new(gate), service),
             );
             let ended = self.run_h1(&mut conn, activity).await;
-            let parts = conn.into_parts();
-            gate = parts.io.into_inner();
-            service = parts.service;
-            // Even empty, it may hold hyper's whole read buffer: dropped
-            // unless it has bytes to give back.
-            let read_buf = parts.read_buf;
+            // In a block, so that no room for the parts stays in the task.
+            // The read buffer, even empty, may hold hyper's whole buffer:
+            // dropped unless it has bytes to give back.
+            let read_buf = {
+                let parts = conn.into_parts();
+                gate = parts.io.into_inner();
+                service = parts.service;
+                parts.read_buf
+            };
             match ended {
                 Ended::Parked => {}
                 Ended::Done(Err(e)) => {
@@ -530,8 +533,11 @@ impl Conn {
                 Ended::Done(Ok(())) => {
                     // What hyper does at the end of a connection it owns (a
                     // TLS close_notify waits on the client: bounded).
+                    // Boxed: rare, and its timer is large.
+                    let shutdown =
+                        Box::pin(tokio::time::timeout(SHUTDOWN_TIMEOUT, gate.shutdown()));
                     tokio::select! {
-                        _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, gate.shutdown()) => {}
+                        _ = shutdown => {}
                         () = self.cut.cancelled() => {}
                     }
                     return;
