@@ -533,7 +533,7 @@ impl Conn {
                 Ended::Done(Ok(())) => {
                     // What hyper does at the end of a connection it owns (a
                     // TLS close_notify waits on the client: bounded).
-                    // Boxed: rare, and its timer is large.
+                    // Boxed: rare, so the task keeps no room for its timer.
                     let shutdown =
                         Box::pin(tokio::time::timeout(SHUTDOWN_TIMEOUT, gate.shutdown()));
                     tokio::select! {
