@@ -180,6 +180,42 @@ pub async fn serve<M, S, B>(
     serve_with(listener, make, listening).await;
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A listener's service: it answers every request (its error is
+/// `Infallible`), and its futures are `Unpin` (boxed), so that an idle
+/// HTTP/1.1 connection can be taken apart and parked.
+pub trait ConnService<B>:
+    Service<Request<Incoming>, Response = Response<B>, Error = Infallible, Future = Self::Fut>
+    + Send
+    + Unpin
+    + 'static
+{
+    type Fut: Future<Output = Result<Response<B>, Infallible>> + Send + Unpin + 'static;
+}
+
+impl<S, B> ConnService<B> for S
+where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Send
+        + Unpin
+        + 'static,
+    S::Future: Send + Unpin + 'static,
+{
+    type Fut = S::Future;
+}
+
+/// A listener's response body.
+pub trait ConnBody: Body<Data: Send, Error: Into<BoxError>> + Send + 'static {}
+
+impl<B> ConnBody for B
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+}
+
 /// A service whose futures are boxed, so they are `Unpin`.
 struct Boxed<S>(S);
 
@@ -211,14 +247,8 @@ pub struct Listening {
 pub async fn serve_with<M, S, B>(listener: TcpListener, make: M, listening: Listening)
 where
     M: Fn(&Accepted) -> S,
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Send
-        + Unpin
-        + 'static,
-    S::Future: Send + Unpin + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: ConnService<B>,
+    B: ConnBody,
 {
     let Listening {
         name,
@@ -373,14 +403,8 @@ impl Conn {
         stream: tokio::net::TcpStream,
         service: S,
     ) where
-        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-            + Send
-            + Unpin
-            + 'static,
-        S::Future: Send + Unpin + 'static,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S: ConnService<B>,
+        B: ConnBody,
     {
         let (name, peer) = (self.name, self.peer);
         let handshake = tokio::time::timeout(handshake_timeout, tls.acceptor().accept(stream));
@@ -409,14 +433,8 @@ impl Conn {
     async fn serve<I, S, B>(self, io: I, service: S)
     where
         I: Transport,
-        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-            + Send
-            + Unpin
-            + 'static,
-        S::Future: Send + Unpin + 'static,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S: ConnService<B>,
+        B: ConnBody,
     {
         let activity = Arc::new(Activity::default());
         let mut limits = self.gate;
@@ -457,14 +475,8 @@ impl Conn {
     async fn serve_h2<I, S, B>(self, gate: Gate<I>, service: Tracked<S>)
     where
         I: Transport,
-        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-            + Send
-            + Unpin
-            + 'static,
-        S::Future: Send + Unpin + 'static,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S: ConnService<B>,
+        B: ConnBody,
     {
         let conn = self
             .builders
@@ -498,14 +510,8 @@ impl Conn {
         activity: &Activity,
     ) where
         I: Transport,
-        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-            + Send
-            + Unpin
-            + 'static,
-        S::Future: Send + Unpin + 'static,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S: ConnService<B>,
+        B: ConnBody,
     {
         loop {
             // Boxed: while parked, the connection's task holds no room for it.
@@ -574,14 +580,8 @@ impl Conn {
     ) -> Ended
     where
         I: Transport,
-        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-            + Send
-            + Unpin
-            + 'static,
-        S::Future: Send + Unpin + 'static,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S: ConnService<B>,
+        B: ConnBody,
     {
         // Keep-alive is off: the connection ends after its response.
         // (Shared by the poll below and the drain branch, in one task.)
