@@ -553,6 +553,29 @@ impl Checker<'_> {
     }
 
     /// A whole number within `range`, or `default` when absent.
+    /// A judged ratio: a share from 0 to `max` when `max` is 1, else a
+    /// multiple from 1 to `max`; `what` says which in the error.
+    fn ratio(
+        &mut self,
+        key: &str,
+        value: Option<&Spanned<f64>>,
+        max: f64,
+        what: &str,
+    ) -> Option<f64> {
+        let v = value?;
+        let n = *v.get_ref();
+        let min = if max > 1.0 { 1.0 } else { 0.0 };
+        if n.is_finite() && (min..=max).contains(&n) {
+            Some(n)
+        } else {
+            self.error(
+                v.span(),
+                format!("{key}: {n} is out of range; expected {what}"),
+            );
+            None
+        }
+    }
+
     fn count<T>(
         &mut self,
         key: &str,

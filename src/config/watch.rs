@@ -96,18 +96,7 @@ pub(super) fn validate(c: &mut Checker<'_>, key: &str, raw: &RawWatch) -> Option
         1..=1_000_000_000,
     );
     let mut ratio = |field: &str, value: Option<&Spanned<f64>>, max: f64, what: &str| {
-        let v = value?;
-        let n = *v.get_ref();
-        let min = if max > 1.0 { 1.0 } else { 0.0 };
-        if n.is_finite() && (min..=max).contains(&n) {
-            Some(n)
-        } else {
-            c.error(
-                v.span(),
-                format!("{}: {n} is out of range; expected {what}", k(field)),
-            );
-            None
-        }
+        c.ratio(&k(field), value, max, what)
     };
     let max_5xx_ratio = ratio(
         "max_5xx_ratio",
