@@ -102,6 +102,13 @@ impl Builders {
     fn new(limits: &Limits) -> Builders {
         let mut h1 = http1::Builder::new();
         h1.keep_alive(true)
+            // Head and body copied into one buffer and written with one
+            // `write`, instead of hyper's queue of both for `writev`: with
+            // inference-sized messages the copy is cheaper than the queue.
+            // Measured with the upstream connections set alike, in an
+            // interleaved A/B (benches/load/ab.sh, 6 rounds, twice): proxy
+            // CPU per request -7 %, req/s +5 %.
+            .writev(false)
             .timer(TokioTimer::new())
             .max_headers(limits.max_headers)
             // The gate times request heads, and answers 408 where hyper would

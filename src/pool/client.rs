@@ -287,14 +287,16 @@ impl UpstreamClient {
 
     async fn connect_http1(&self, slot: &Slot) -> Result<Conn, UpstreamError> {
         let io = self.connect(slot).await?;
-        let (sender, connection) =
-            http1::Builder::new()
-                .handshake(io)
-                .await
-                .map_err(|e| UpstreamError::Connect {
-                    authority: slot.authority.clone(),
-                    source: e.into(),
-                })?;
+        let (sender, connection) = http1::Builder::new()
+            // One write of head and body copied together, as the
+            // listener does (see server::Builders).
+            .writev(false)
+            .handshake(io)
+            .await
+            .map_err(|e| UpstreamError::Connect {
+                authority: slot.authority.clone(),
+                source: e.into(),
+            })?;
         let state = Arc::new(ConnState::busy());
         let closer = Arc::clone(&state);
         let authority = slot.authority.clone();
