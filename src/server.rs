@@ -32,7 +32,7 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -265,7 +265,6 @@ where
         limits,
         gauges,
     } = listening;
-    let builders = Arc::new(Builders::new(&limits));
     // One permit per open connection: at the cap, the loop stops accepting
     // (the kernel's backlog holds newcomers) until a connection closes.
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
@@ -278,13 +277,24 @@ where
     // would outlive `serve` and a "cut" drain would cut nothing.
     let cut = CancellationToken::new();
     let _cut_on_return = cut.clone().drop_guard();
+    // Cancelled with `token`, and also if this future is dropped: a parked
+    // connection waits for this one token only.
+    let stopping = token.child_token();
+    let _stop_on_return = stopping.clone().drop_guard();
     let handshake_timeout = limits.header_read_timeout;
-    let gate_limits = GateLimits {
-        header_timeout: limits.header_read_timeout,
-        idle_timeout: limits.keepalive_timeout,
-        max_head: limits.max_header_bytes.max(8192),
-        park_after: Some(PARK_AFTER),
-    };
+    let shared = Arc::new(Shared {
+        name,
+        builders: Builders::new(&limits),
+        gate: GateLimits {
+            header_timeout: limits.header_read_timeout,
+            idle_timeout: limits.keepalive_timeout,
+            max_head: limits.max_header_bytes.max(8192),
+            park_after: Some(PARK_AFTER),
+        },
+        stopping,
+        cut: cut.clone(),
+        gauges,
+    });
     loop {
         let permit = tokio::select! {
             () = token.cancelled() => break,
@@ -304,35 +314,19 @@ where
                         debug!(listener = name, %peer, error = %e, "cannot set TCP_NODELAY");
                     }
                     let accepted = Accepted { peer, tls: tls.is_some() };
-                    let first_head_by = tokio::time::Instant::now() + gate_limits.header_timeout;
+                    let first_head_by = tokio::time::Instant::now() + shared.gate.header_timeout;
                     let service = make(&accepted);
-                    let conn = Conn {
-                        name,
-                        peer,
-                        gate: gate_limits,
-                        first_head_by,
-                        builders: Arc::clone(&builders),
-                        stopping: token.clone(),
-                        cut: cut.clone(),
-                        gauges: gauges.clone(),
-                    };
-                    // Held for the connection's life: its slot under
-                    // max_connections, and the open gauge.
-                    let held = (permit, Counted::new(&conn.gauges.open));
+                    let conn = Conn::new(Arc::clone(&shared), peer, permit);
                     // Two tasks, each as large as it needs: a TLS stream
                     // and its handshake are kilobytes, which a plaintext
                     // connection's task would otherwise hold room for.
                     match tls.clone() {
                         None => {
-                            connections.spawn(async move {
-                                let _held = held;
-                                conn.serve(stream, service).await;
-                            });
+                            connections.spawn(conn.serve_tcp(stream, service, first_head_by));
                         }
                         Some(tls) => {
                             connections.spawn(async move {
-                                let _held = held;
-                                conn.serve_tls(&tls, handshake_timeout, stream, service).await;
+                                conn.serve_tls(&tls, handshake_timeout, stream, service, first_head_by).await;
                             });
                         }
                     }
@@ -377,18 +371,51 @@ impl Drop for Counted {
     }
 }
 
-/// One accepted connection, ready to serve HTTP once its bytes flow.
-struct Conn {
+/// What every connection of a listener shares.
+struct Shared {
     name: &'static str,
-    peer: SocketAddr,
+    builders: Builders,
     gate: GateLimits,
-    first_head_by: tokio::time::Instant,
-    builders: Arc<Builders>,
-    /// Cancelled when the listener starts draining.
+    /// Cancelled when the listener starts draining (or its future is
+    /// dropped).
     stopping: CancellationToken,
     /// Cancelled when the drain time is up.
     cut: CancellationToken,
     gauges: ConnectionGauges,
+}
+
+/// One accepted connection, ready to serve HTTP once its bytes flow. It
+/// holds the connection's slot under max_connections and counts it open
+/// until it drops.
+struct Conn {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Conn {
+    fn new(shared: Arc<Shared>, peer: SocketAddr, permit: OwnedSemaphorePermit) -> Conn {
+        shared.gauges.open.inc();
+        Conn {
+            shared,
+            peer,
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.shared.gauges.open.dec();
+    }
+}
+
+/// An HTTP/1.1 connection between requests, with no hyper connection: the
+/// socket and its gate, and the service that the next hyper connection
+/// serves.
+struct Parked<I, S> {
+    gate: Gate<I>,
+    service: Tracked<S>,
 }
 
 /// How one hyper connection of an HTTP/1.1 client connection ended.
@@ -402,18 +429,49 @@ enum Ended {
 }
 
 impl Conn {
-    /// The TLS handshake, then [`Conn::serve`].
+    /// A plaintext connection's task. It stays small: requests are served
+    /// in a boxed future, dropped while the connection is parked, so that a
+    /// parked connection's task holds its socket, gate and service, and no
+    /// room for serving a request.
+    async fn serve_tcp<S, B>(
+        self,
+        stream: tokio::net::TcpStream,
+        service: S,
+        first_head_by: tokio::time::Instant,
+    ) where
+        S: ConnService<B>,
+        B: ConnBody,
+    {
+        let mut parked = Box::pin(self.serve(stream, service, first_head_by)).await;
+        while let Some(Parked { mut gate, service }) = parked {
+            let resume = {
+                let _parked = Counted::new(&self.shared.gauges.parked);
+                tokio::select! {
+                    resume = std::future::poll_fn(|cx| gate.poll_parked(cx)) => resume,
+                    // Idle: nothing to drain. (Cancelled before the cut.)
+                    () = self.shared.stopping.cancelled() => false,
+                }
+            };
+            if !resume {
+                return;
+            }
+            parked = Box::pin(self.serve_h1(gate, service)).await;
+        }
+    }
+
+    /// The TLS handshake, then [`Conn::serve`] (never parked).
     async fn serve_tls<S, B>(
         self,
         tls: &ServerTls,
         handshake_timeout: Duration,
         stream: tokio::net::TcpStream,
         service: S,
+        first_head_by: tokio::time::Instant,
     ) where
         S: ConnService<B>,
         B: ConnBody,
     {
-        let (name, peer) = (self.name, self.peer);
+        let (name, peer) = (self.shared.name, self.peer);
         let handshake = tokio::time::timeout(handshake_timeout, tls.acceptor().accept(stream));
         let stream = tokio::select! {
             done = handshake => match done {
@@ -431,61 +489,71 @@ impl Conn {
             // no request, so there is nothing to drain. Close it, as a
             // plaintext connection waiting for its first request is closed,
             // instead of letting the drain wait for the handshake timeout.
-            () = self.stopping.cancelled() => return,
-            () = self.cut.cancelled() => return,
+            () = self.shared.stopping.cancelled() => return,
+            () = self.shared.cut.cancelled() => return,
         };
-        self.serve(stream, service).await;
+        // TLS connections are not parked: this ends with the connection.
+        self.serve(stream, service, first_head_by).await;
     }
 
-    async fn serve<I, S, B>(self, io: I, service: S)
+    /// Serves the connection until it ends, or until it is parked: then
+    /// returns what the next requests are served with.
+    async fn serve<I, S, B>(
+        &self,
+        io: I,
+        service: S,
+        first_head_by: tokio::time::Instant,
+    ) -> Option<Parked<I, S>>
     where
         I: Transport,
         S: ConnService<B>,
         B: ConnBody,
     {
         let activity = Arc::new(Activity::default());
-        let mut limits = self.gate;
+        let mut limits = self.shared.gate;
         if !I::PARKS {
             limits.park_after = None;
         }
-        let mut gate = Gate::new(io, Arc::clone(&activity), limits, self.first_head_by);
+        let mut gate = Gate::new(io, Arc::clone(&activity), limits, first_head_by);
         let service = Tracked {
             inner: service,
-            activity: Arc::clone(&activity),
+            activity,
         };
         // The first bytes tell HTTP/2's preface from an HTTP/1.1 request.
         let mut first = [0u8; PREFACE_LEN];
         let read = tokio::select! {
             read = read_start(&mut gate, &mut first) => read,
             // A connection that has sent no request has nothing to drain.
-            () = self.stopping.cancelled() => return,
-            () = self.cut.cancelled() => return,
+            () = self.shared.stopping.cancelled() => return None,
+            () = self.shared.cut.cancelled() => return None,
         };
         let read = match read {
-            Ok(0) => return,
+            Ok(0) => return None,
             Ok(n) => n,
             Err(e) => {
-                debug!(listener = self.name, peer = %self.peer, error = %e, "connection ended before its first request");
-                return;
+                debug!(listener = self.shared.name, peer = %self.peer, error = %e, "connection ended before its first request");
+                return None;
             }
         };
         gate.unread(bytes::Bytes::copy_from_slice(&first[..read]));
         if first[..read] == gate::H2_PREFACE[..read] {
             // Boxed: an HTTP/2 connection's state is kilobytes, which every
-            // HTTP/1.1 connection's task would otherwise keep room for.
+            // HTTP/1.1 connection would otherwise keep room for.
             Box::pin(self.serve_h2(gate, service)).await;
+            None
         } else {
-            self.serve_h1(gate, service, &activity).await;
+            self.serve_h1(gate, service).await
         }
     }
 
-    async fn serve_h2<I, S, B>(self, gate: Gate<I>, service: Tracked<S>)
+    async fn serve_h2<I, S, B>(&self, gate: Gate<I>, service: Tracked<S>)
     where
         I: Transport,
         S: ConnService<B>,
         B: ConnBody,
     {
         let conn = self
+            .shared
             .builders
             .h2
             .serve_connection(TokioIo::new(gate), service);
@@ -494,54 +562,60 @@ impl Conn {
         let done = loop {
             tokio::select! {
                 done = conn.as_mut() => break done,
-                () = self.stopping.cancelled(), if !draining => {
+                () = self.shared.stopping.cancelled(), if !draining => {
                     // GOAWAY; the streams open finish.
                     conn.as_mut().graceful_shutdown();
                     draining = true;
                 }
-                () = self.cut.cancelled() => {
-                    debug!(listener = self.name, peer = %self.peer, "connection cut at the end of the drain");
+                () = self.shared.cut.cancelled() => {
+                    debug!(listener = self.shared.name, peer = %self.peer, "connection cut at the end of the drain");
                     return;
                 }
             }
         };
         if let Err(e) = done {
-            debug!(listener = self.name, peer = %self.peer, error = %e, "connection ended with an error");
+            debug!(listener = self.shared.name, peer = %self.peer, error = %e, "connection ended with an error");
         }
     }
 
+    /// Serves HTTP/1.1 until the connection ends (`None`) or is parked.
     async fn serve_h1<I, S, B>(
-        self,
+        &self,
         mut gate: Gate<I>,
         mut service: Tracked<S>,
-        activity: &Activity,
-    ) where
+    ) -> Option<Parked<I, S>>
+    where
         I: Transport,
         S: ConnService<B>,
         B: ConnBody,
     {
+        let activity = Arc::clone(&service.activity);
         loop {
-            // Boxed: while parked, the connection's task holds no room for it.
-            let mut conn = Box::new(
-                self.builders
-                    .h1
-                    .serve_connection(TokioIo::new(gate), service),
-            );
-            let ended = self.run_h1(&mut conn, activity).await;
-            // In a block, so that no room for the parts stays in the task.
-            // The read buffer, even empty, may hold hyper's whole buffer:
-            // dropped unless it has bytes to give back.
-            let read_buf = {
+            // In a block: the box, emptied by `into_parts`, is freed at the
+            // end of its scope, which must not outlast the connection's
+            // serving (a parked connection kept it).
+            let (ended, read_buf) = {
+                // Boxed: the task serving a connection keeps no room for it
+                // between hyper connections.
+                let mut conn = Box::new(
+                    self.shared
+                        .builders
+                        .h1
+                        .serve_connection(TokioIo::new(gate), service),
+                );
+                let ended = self.run_h1(&mut conn, &activity).await;
+                // The read buffer, even empty, may hold hyper's whole
+                // buffer: dropped unless it has bytes to give back.
                 let parts = conn.into_parts();
                 gate = parts.io.into_inner();
                 service = parts.service;
-                parts.read_buf
+                (ended, parts.read_buf)
             };
             match ended {
                 Ended::Parked => {}
                 Ended::Done(Err(e)) => {
-                    debug!(listener = self.name, peer = %self.peer, error = %e, "connection ended with an error");
-                    return;
+                    debug!(listener = self.shared.name, peer = %self.peer, error = %e, "connection ended with an error");
+                    return None;
                 }
                 Ended::Done(Ok(())) => {
                     // What hyper does at the end of a connection it owns (a
@@ -551,13 +625,13 @@ impl Conn {
                         Box::pin(tokio::time::timeout(SHUTDOWN_TIMEOUT, gate.shutdown()));
                     tokio::select! {
                         _ = shutdown => {}
-                        () = self.cut.cancelled() => {}
+                        () = self.shared.cut.cancelled() => {}
                     }
-                    return;
+                    return None;
                 }
                 Ended::Cut => {
-                    debug!(listener = self.name, peer = %self.peer, "connection cut at the end of the drain");
-                    return;
+                    debug!(listener = self.shared.name, peer = %self.peer, "connection cut at the end of the drain");
+                    return None;
                 }
             }
             if !read_buf.is_empty() {
@@ -565,17 +639,8 @@ impl Conn {
                 gate.unread(read_buf);
                 continue;
             }
-            drop(read_buf);
-            let _parked = Counted::new(&self.gauges.parked);
-            let resume = tokio::select! {
-                resume = std::future::poll_fn(|cx| gate.poll_parked(cx)) => resume,
-                // Idle: nothing to drain.
-                () = self.stopping.cancelled() => false,
-                () = self.cut.cancelled() => false,
-            };
-            if !resume {
-                return;
-            }
+            gate.park();
+            return Some(Parked { gate, service });
         }
     }
 
@@ -615,13 +680,13 @@ impl Conn {
             });
             tokio::select! {
                 ended = polled => return ended,
-                () = self.stopping.cancelled(), if !closing.load(Relaxed) => {
+                () = self.shared.stopping.cancelled(), if !closing.load(Relaxed) => {
                     // The response in progress says `connection: close`; an
                     // idle connection ends now.
                     Pin::new(&mut *conn).graceful_shutdown();
                     closing.store(true, Relaxed);
                 }
-                () = self.cut.cancelled() => return Ended::Cut,
+                () = self.shared.cut.cancelled() => return Ended::Cut,
             }
         }
     }

@@ -151,8 +151,6 @@ pub struct Gate<I> {
 #[derive(Debug)]
 struct Reader {
     framing: Framing,
-    /// Heads completed so far: a new head gets a fresh header clock.
-    heads: u64,
     /// The bytes of a head that spans reads, so far.
     partial: Vec<u8>,
     /// Empty lines arrived since the last message ended: hyper holds them
@@ -276,6 +274,13 @@ impl<I> Gate<I> {
             && !self.activity.unsettled.load(Ordering::Acquire)
     }
 
+    /// The connection is parked: it gives up the buffer kept for request
+    /// heads that span reads, which a connection sending nothing has no use
+    /// for.
+    pub fn park(&mut self) {
+        self.reader.partial = Vec::new();
+    }
+
     /// Gives back bytes hyper had read but not parsed when the connection was
     /// parked; the next reads return them first.
     pub fn unread(&mut self, bytes: bytes::Bytes) {
@@ -345,7 +350,6 @@ impl Reader {
     fn new(max_head: usize) -> Reader {
         Reader {
             framing: Framing::Start,
-            heads: 0,
             partial: Vec::new(),
             blank: false,
             max_head,
@@ -424,7 +428,6 @@ impl Reader {
             }
             if let Some(end) = head_end(bytes, 0) {
                 self.framing = framing(&bytes[..end])?;
-                self.heads += 1;
                 self.blank = false;
                 return Ok((end, true));
             }
@@ -444,7 +447,6 @@ impl Reader {
                     self.partial.clear();
                 }
                 self.framing = result?;
-                self.heads += 1;
                 self.blank = false;
                 Ok((end - before, true))
             }
