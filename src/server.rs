@@ -272,8 +272,8 @@ where
     // handshake, so the drain counts it.
     let connections = TaskTracker::new();
     // Cancelled when the drain time is up, or if this future is dropped:
-    // every connection task listens and drops its connection (closing the
-    // socket). Connections run in their own tasks, so without this they
+    // every connection task listens (a parked one to `stopping`, cancelled
+    // first) and drops its connection (closing the socket). Connections run in their own tasks, so without this they
     // would outlive `serve` and a "cut" drain would cut nothing.
     let cut = CancellationToken::new();
     let _cut_on_return = cut.clone().drop_guard();
@@ -379,7 +379,8 @@ struct Shared {
     /// Cancelled when the listener starts draining (or its future is
     /// dropped).
     stopping: CancellationToken,
-    /// Cancelled when the drain time is up.
+    /// Cancelled when the drain time is up (or the listener's future is
+    /// dropped).
     cut: CancellationToken,
     gauges: ConnectionGauges,
 }
@@ -492,8 +493,10 @@ impl Conn {
             () = self.shared.stopping.cancelled() => return,
             () = self.shared.cut.cancelled() => return,
         };
-        // TLS connections are not parked: this ends with the connection.
-        self.serve(stream, service, first_head_by).await;
+        // TLS connections are not parked (`Transport::PARKS`): this ends
+        // with the connection.
+        let parked = self.serve(stream, service, first_head_by).await;
+        debug_assert!(parked.is_none(), "a TLS connection was parked");
     }
 
     /// Serves the connection until it ends, or until it is parked: then

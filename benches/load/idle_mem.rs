@@ -4,6 +4,12 @@
 //! since the last print; `kill -USR2` runs `malloc_trim(0)` first, to tell
 //! live bytes from freed memory glibc keeps.
 //!
+//! It serves on a current-thread runtime, as `switchyard serve` does with
+//! `worker_threads = 1` (the load comparison's setting); with more workers
+//! glibc's per-thread arenas make its RSS figures differ. Tracing captures
+//! backtraces inside the allocator: a traced size allocated while the same
+//! thread prints a backtrace (a panic with `RUST_BACKTRACE`) would deadlock.
+//!
 //! ```sh
 //! cargo build --release -j1 --example idle-mem
 //! target/release/examples/idle-mem --config switchyard.toml &
@@ -50,7 +56,12 @@ fn trace(ptr: *mut u8, size: usize) {
             !l.trim_start().starts_with("at ") && !l.contains("idle_mem") && !l.contains("alloc")
         })
         .take(6)
-        .map(|l| format!("{}\n", &l[..l.len().min(160)]))
+        .map(|l| {
+            format!(
+                "{}\n",
+                l.char_indices().nth(160).map_or(l, |(i, _)| &l[..i])
+            )
+        })
         .collect();
     if let Ok(mut o) = ORIGINS.lock() {
         o.push((ptr as usize, origin));
@@ -86,8 +97,8 @@ fn origins() {
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let p = unsafe { System.alloc(layout) };
-        trace(p, layout.size());
         if !p.is_null() {
+            trace(p, layout.size());
             self.bytes.fetch_add(layout.size() as i64, Relaxed);
             self.live[bucket(layout.size())].fetch_add(1, Relaxed);
         }
@@ -113,6 +124,8 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let p = unsafe { System.realloc(ptr, layout, new_size) };
         if !p.is_null() {
+            untrace(ptr, layout.size());
+            trace(p, new_size);
             self.bytes
                 .fetch_add(new_size as i64 - layout.size() as i64, Relaxed);
             self.live[bucket(layout.size())].fetch_sub(1, Relaxed);

@@ -278,6 +278,9 @@ impl<I> Gate<I> {
     /// heads that span reads, which a connection sending nothing has no use
     /// for.
     pub fn park(&mut self) {
+        // A park is asked for only with nothing of a head received
+        // (`parks`), so no bytes of one are dropped here.
+        debug_assert!(self.reader.partial.is_empty() && self.unread.is_empty());
         self.reader.partial = Vec::new();
     }
 
