@@ -11,6 +11,9 @@ Subcommands, each bounded in time and stopping by itself:
   flips                 POST /models/iris/flip to switchyard's admin every interval
   rss                   open N keep-alive connections (one GET each) to a proxy and
                         read the proxy's resident memory with them open
+  paced                 clients that pause between requests (a parked connection
+                        resumes on each one if the pause is over 50 ms): the proxy's
+                        CPU per request
   sse                   time to first byte and per-event delay of /sse streams, per target
   check-infer URL BODY  POST BODY to URL once; fail unless 200 with an inference answer
   get URL OUT           save one GET answer (switchyard's metrics)
@@ -636,6 +639,45 @@ def cmd_rss(a):
           + (f"  ERROR {result['error']}" if "error" in result else ""), file=sys.stderr)
 
 
+# === paced ===
+
+def cmd_paced(a):
+    import asyncio
+    with open(a.body, "rb") as f:
+        body = f.read()
+    request = (f"POST {a.path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    pids = pids_arg(a.pids)
+    done = 0
+
+    async def client(stop):
+        nonlocal done
+        reader, writer = await asyncio.open_connection("127.0.0.1", a.port)
+        try:
+            while time.monotonic() < stop:
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+                done += 1
+                await asyncio.sleep(a.interval_ms / 1000)
+        finally:
+            writer.close()
+
+    async def run(seconds):
+        stop = time.monotonic() + seconds
+        await asyncio.gather(*(client(stop) for _ in range(a.conns)))
+
+    asyncio.run(run(a.warmup))
+    done = 0
+    before = proc_cpu_seconds(pids)
+    asyncio.run(run(a.duration))
+    cpu = proc_cpu_seconds(pids) - before
+    per_request = cpu / done * 1e6 if done else None
+    print(f"  paced {a.conns} connections, {a.interval_ms:g} ms apart: {done} requests "
+          f"({done / a.duration:.0f}/s), proxy CPU {fmt(per_request, 1)} us per request")
+
+
 # === sse ===
 
 EVENT = re.compile(rb"data: [^\n]*\n\n")
@@ -1135,6 +1177,17 @@ def main():
     s.add_argument("--timeout", type=float, default=120)
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_rss)
+
+    s = sub.add_parser("paced")
+    s.add_argument("--port", type=int, required=True)
+    s.add_argument("--pids", required=True, help="the proxy's PIDs, for its CPU time")
+    s.add_argument("--conns", type=int, default=200)
+    s.add_argument("--interval-ms", type=float, required=True, help="pause after each answer")
+    s.add_argument("--duration", type=float, default=10)
+    s.add_argument("--warmup", type=float, default=2)
+    s.add_argument("--path", default="/v2/models/iris/infer")
+    s.add_argument("--body", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "body.json"))
+    s.set_defaults(func=cmd_paced)
 
     s = sub.add_parser("rss-now")
     s.add_argument("--pids", action="append", default=[], help="name=PID PID ...")
