@@ -11,16 +11,7 @@ cd "$(dirname "$0")/../.."
 ROUNDS=3
 if [ "${1:-}" = --rounds ]; then ROUNDS=$2; shift 2; fi
 (($# >= 2)) || { sed -n '6,7p' "$0" | sed 's/^# //'; exit 2; }
-CFG=target/load/switchyard/switchyard.toml
-B=target/load/bin
-[ -f "$CFG" ] && [ -x "$B/load-upstream" ] || { echo "error: run benches/load/run.sh --quick first" >&2; exit 1; }
-addrs=($(grep -o '127.0.0.1:[0-9]*' "$CFG"))
-PROXY=${addrs[0]} UP1=${addrs[2]} UP2=${addrs[3]}
-STATE=$(sed -n 's/^path = "\(.*state.json\)"/\1/p' "$CFG")
-pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
-taskset -c 1 "$B/load-upstream" --name blue --listen "$UP1" >/dev/null 2>&1 & pids+=($!)
-taskset -c 1 "$B/load-upstream" --name green --listen "$UP2" >/dev/null 2>&1 & pids+=($!)
+. benches/load/reuse.sh
 URL="http://$PROXY/v2/models/iris/infer"
 WRK=(taskset -c 1 wrk -t1 -c64 -s benches/load/post.lua)
 for round in $(seq 1 "$ROUNDS"); do

@@ -11,17 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROUNDS=3
 if [ "${1:-}" = --rounds ]; then ROUNDS=$2; shift 2; fi
-CFG=target/load/switchyard/switchyard.toml
-B=target/load/bin
+. benches/load/reuse.sh
 BIN=${1:-$B/switchyard}
-[ -f "$CFG" ] && [ -x "$B/load-upstream" ] || { echo "error: run benches/load/run.sh --quick first" >&2; exit 1; }
-addrs=($(grep -o '127.0.0.1:[0-9]*' "$CFG"))
-PROXY=${addrs[0]} UP1=${addrs[2]} UP2=${addrs[3]}
-STATE=$(sed -n 's/^path = "\(.*state.json\)"/\1/p' "$CFG")
-pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
-taskset -c 1 "$B/load-upstream" --name blue --listen "$UP1" >/dev/null 2>&1 & pids+=($!)
-taskset -c 1 "$B/load-upstream" --name green --listen "$UP2" >/dev/null 2>&1 & pids+=($!)
 rm -f "$STATE"
 taskset -c 0 "$BIN" serve --config "$CFG" >/dev/null 2>&1 &
 s=$!

@@ -279,10 +279,7 @@ impl UpstreamClient {
         self.connector
             .connect(slot.target.clone(), Arc::clone(&slot.connections))
             .await
-            .map_err(|source| UpstreamError::Connect {
-                authority: slot.authority.clone(),
-                source,
-            })
+            .map_err(|e| slot.connect_failed(e))
     }
 
     async fn connect_http1(&self, slot: &Slot) -> Result<Conn, UpstreamError> {
@@ -293,10 +290,7 @@ impl UpstreamClient {
             .writev(false)
             .handshake(io)
             .await
-            .map_err(|e| UpstreamError::Connect {
-                authority: slot.authority.clone(),
-                source: e.into(),
-            })?;
+            .map_err(|e| slot.connect_failed(e))?;
         let state = Arc::new(ConnState::busy());
         let closer = Arc::clone(&state);
         let authority = slot.authority.clone();
@@ -342,10 +336,7 @@ impl UpstreamClient {
             .keep_alive_while_idle(true)
             .handshake(io)
             .await
-            .map_err(|e| UpstreamError::Connect {
-                authority: slot.authority.clone(),
-                source: e.into(),
-            })?;
+            .map_err(|e| slot.connect_failed(e))?;
         let authority = slot.authority.clone();
         tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -370,6 +361,14 @@ impl fmt::Debug for UpstreamClient {
 // === impl Slot ===
 
 impl Slot {
+    /// No connection to this endpoint: TCP, TLS or the HTTP handshake.
+    fn connect_failed(&self, e: impl Into<BoxError>) -> UpstreamError {
+        UpstreamError::Connect {
+            authority: self.authority.clone(),
+            source: e.into(),
+        }
+    }
+
     /// An idle connection that its task has not closed, if any.
     fn checkout(&self) -> Option<Conn> {
         let idle = self.idle.as_ref()?;
