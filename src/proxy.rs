@@ -53,8 +53,11 @@ mod retry;
 mod stream;
 
 use std::convert::Infallible;
-use std::sync::atomic::Ordering;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -70,6 +73,7 @@ use tokio_util::sync::CancellationToken;
 pub use body::{ended, ClientBody, ClientBodyError, ProxyBody};
 pub use error::{json_response, ProxyError};
 use headers::{ClientInfo, X_SWITCHYARD_FAILOVER, X_SWITCHYARD_PREVIEW};
+use retry::Replay;
 pub use retry::RetryBody;
 
 use crate::metrics::UpstreamErrorKind;
@@ -78,7 +82,8 @@ use crate::pool::{
 };
 use crate::route::RouteTable;
 use crate::server::{self, Limits};
-use crate::switch::Model;
+use crate::shadow::AnswerSlot;
+use crate::switch::{Admission, Model};
 use crate::tls::ServerTls;
 use crate::ErrorChain;
 
@@ -131,15 +136,7 @@ impl Proxy {
         let make = move |conn: &server::Accepted| {
             let proxy = Arc::clone(&self);
             let client = Arc::new(client_info(conn, preview));
-            hyper::service::service_fn(move |req| {
-                let proxy = Arc::clone(&proxy);
-                let client = Arc::clone(&client);
-                // Boxed: hyper keeps room for the service's future in every
-                // connection for the connection's life, and this one is
-                // kilobytes; boxed, an idle keep-alive connection holds a
-                // pointer instead, and a request pays one allocation.
-                Box::pin(async move { Ok::<_, Infallible>(proxy.forward(&client, req).await) })
-            })
+            hyper::service::service_fn(move |req| proxy.forward(&client, req))
         };
         let listening = server::Listening {
             name: if preview { "preview" } else { "proxy" },
@@ -152,15 +149,17 @@ impl Proxy {
         server::serve_with(listener, make, listening).await;
     }
 
-    /// Forwards one request and returns the response to send the client.
-    pub async fn forward(
-        &self,
-        client: &ClientInfo,
-        mut req: Request<Incoming>,
-    ) -> Response<ProxyBody> {
+    /// Forwards one request: decides where it goes, before anything is
+    /// awaited, and returns the exchange with the upstream as a future that
+    /// owns what it needs, or the answer when the proxy gives it itself.
+    ///
+    /// Not an `async fn`: what is only decided takes no room in the future,
+    /// and the request is moved into it once. The future's size is copied
+    /// around on every request (see "Performance" in the README).
+    pub fn forward(&self, client: &ClientInfo, mut req: Request<Incoming>) -> Reply {
         if let Some(refused) = refusal(&req) {
             self.unrouted.inc();
-            return refused.into_response(None);
+            return Reply::answer(refused.into_response(None));
         }
         let host = request_host(&req);
         let host_str = host.as_ref().and_then(|h| h.to_str().ok());
@@ -174,14 +173,16 @@ impl Proxy {
         let Some(model) = model else {
             self.unrouted.inc();
             let path = req.uri().path().to_string();
-            return ProxyError::NoRoute { path }.into_response(None);
+            return Reply::answer(ProxyError::NoRoute { path }.into_response(None));
         };
 
         let (routed, active_name) = model.route(req.headers());
         // A preview serves from the pool it names, and only from it.
         let target = match preview_pool(client, &model, active_name, req.headers_mut()) {
             Ok(target) => target,
-            Err(value) => return answer(&routed, ProxyError::BadPreviewPool { value }),
+            Err(value) => {
+                return Reply::answer(answer(&routed, ProxyError::BadPreviewPool { value }))
+            }
         };
         let preview = target.is_some();
         // From here on "chosen" is the pool this request is for: the active
@@ -192,18 +193,18 @@ impl Proxy {
                 model: model.name().to_string(),
                 max: model.max_in_flight(),
             };
-            return answer(&chosen, error);
+            return Reply::answer(answer(&chosen, error));
         };
         let declared = content_length(&req);
         if declared.is_some_and(|len| len > model.max_body_bytes()) {
             // Refused before anything is sent; the rest of the body is never read.
-            return answer(&chosen, ProxyError::body_too_large(&model));
+            return Reply::answer(answer(&chosen, ProxyError::body_too_large(&model)));
         }
-        let (mut in_flight, failover) = match chosen.pick() {
+        let (in_flight, failover) = match chosen.pick() {
             Some(in_flight) => (in_flight, false),
             // A preview tests its pool: never another.
             None if preview => {
-                return answer(&chosen, ProxyError::no_healthy_endpoint(&chosen));
+                return Reply::answer(answer(&chosen, ProxyError::no_healthy_endpoint(&chosen)));
             }
             None => {
                 let active = model.pool(active_name);
@@ -220,7 +221,10 @@ impl Proxy {
                         .flatten()
                     {
                         Some(in_flight) => (in_flight, true),
-                        None => return answer(active, ProxyError::no_healthy_endpoint(active)),
+                        None => {
+                            let error = ProxyError::no_healthy_endpoint(active);
+                            return Reply::answer(answer(active, error));
+                        }
                     },
                 }
             }
@@ -257,15 +261,88 @@ impl Proxy {
         let upstream = Request::from_parts(parts, Either::Left(body));
 
         // One deadline for the request, retry included.
-        let deadline = Instant::now() + timeout;
-        let mut result = send(&in_flight, upstream, deadline).await;
-        let again = match (&result, replay) {
-            (Ok(Err(e)), Some(replay)) => retry::retry(replay, e, &mut in_flight),
-            _ => None,
+        let exchange = Exchange {
+            model,
+            in_flight,
+            admission,
+            failover,
+            preview,
+            client_version,
+            timeout,
+            deadline: Instant::now() + timeout,
+            body_read,
+            answer_slot,
+            replay,
         };
-        if let Some(upstream) = again {
-            result = send(&in_flight, upstream, deadline).await;
+        Reply::exchange(exchange.run(upstream))
+    }
+}
+
+/// A request the proxy sends upstream: where it went, and what its answer
+/// needs.
+struct Exchange {
+    model: Arc<Model>,
+    in_flight: InFlight,
+    admission: Admission,
+    failover: bool,
+    preview: bool,
+    client_version: Version,
+    timeout: Duration,
+    deadline: Instant,
+    /// Turns true once the client's body has been read whole.
+    body_read: Option<Arc<AtomicBool>>,
+    /// A shadow mirror's slot for the answer.
+    answer_slot: Option<AnswerSlot>,
+    replay: Option<Replay<Limited<ClientBody>>>,
+}
+
+impl Exchange {
+    /// Sends `upstream` (and, once, a retry) and returns the response to
+    /// send the client.
+    ///
+    /// An `async` block, not an `async fn`, which would keep a second copy
+    /// of `self` and of `upstream`: this future is moved on every request.
+    #[allow(clippy::manual_async_fn)]
+    fn run(
+        mut self,
+        upstream: Request<UpstreamBody>,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static {
+        async move {
+            let first = send(&self.in_flight, upstream, self.deadline).await;
+            let again = match (&first, self.replay.take()) {
+                (Ok(Err(e)), Some(replay)) => retry::retry(replay, e, &mut self.in_flight),
+                _ => None,
+            };
+            let result = match again {
+                Some(upstream) => {
+                    drop(first);
+                    // Boxed: rare, and inline it would make every
+                    // request's future larger.
+                    Box::pin(send(&self.in_flight, upstream, self.deadline)).await
+                }
+                None => first,
+            };
+            self.respond(result)
         }
+    }
+
+    /// The response to send the client for what the upstream answered.
+    fn respond(
+        self,
+        result: Result<Result<Response<UpstreamIncoming>, UpstreamError>, Elapsed>,
+    ) -> Response<ProxyBody> {
+        let Exchange {
+            model,
+            in_flight,
+            admission,
+            failover,
+            preview,
+            client_version,
+            timeout,
+            body_read,
+            answer_slot,
+            ..
+        } = self;
         // The pool is the same; the endpoint may not be.
         let pool = in_flight.pool();
         let error = match result {
@@ -334,15 +411,56 @@ impl Proxy {
     }
 }
 
+/// The future of one request's response: ready when the proxy answered
+/// it itself, else the exchange with the upstream.
+///
+/// The exchange is boxed: hyper keeps room for the service's future in
+/// every connection for the connection's life, and the exchange takes
+/// about a kilobyte; boxed, an idle keep-alive connection holds a pointer
+/// instead, and a forwarded request pays one allocation.
+pub struct Reply(ReplyState);
+
+enum ReplyState {
+    /// Boxed, as answers the proxy gives itself are rare: inline, the
+    /// head would make every `Reply` hundreds of bytes.
+    Answer(Option<Box<Response<ProxyBody>>>),
+    Exchange(Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send>>),
+}
+
+impl Reply {
+    fn answer(response: Response<ProxyBody>) -> Reply {
+        Reply(ReplyState::Answer(Some(Box::new(response))))
+    }
+
+    fn exchange(exchange: impl Future<Output = Response<ProxyBody>> + Send + 'static) -> Reply {
+        Reply(ReplyState::Exchange(Box::pin(exchange)))
+    }
+}
+
+impl Future for Reply {
+    type Output = Result<Response<ProxyBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.get_mut().0 {
+            // Polled again after it was ready: hyper never does.
+            ReplyState::Answer(response) => match response.take() {
+                Some(response) => Poll::Ready(Ok(*response)),
+                None => Poll::Pending,
+            },
+            ReplyState::Exchange(exchange) => exchange.as_mut().poll(cx).map(Ok),
+        }
+    }
+}
+
 /// One attempt: the request to the endpoint `in_flight` is on, through its
 /// pool's client, until `deadline`.
-async fn send(
+fn send(
     in_flight: &InFlight,
     request: Request<UpstreamBody>,
     deadline: Instant,
-) -> Result<Result<Response<UpstreamIncoming>, UpstreamError>, Elapsed> {
+) -> impl Future<Output = Result<Result<Response<UpstreamIncoming>, UpstreamError>, Elapsed>> + '_ {
     let client = in_flight.pool().client();
-    tokio::time::timeout_at(deadline, client.request(in_flight.endpoint(), request)).await
+    tokio::time::timeout_at(deadline, client.request(in_flight.endpoint(), request))
 }
 
 /// Whether a response is a stream of server-sent events.

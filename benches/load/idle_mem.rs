@@ -25,6 +25,10 @@ const BUCKETS: usize = 4097;
 
 struct Counting {
     bytes: AtomicI64,
+    /// Allocations made since the start (`alloc`, `alloc_zeroed`, and
+    /// `realloc` that moves or grows): per request, the difference of two
+    /// reports divided by the requests between them.
+    made: AtomicI64,
     live: [AtomicI64; BUCKETS],
 }
 
@@ -99,6 +103,7 @@ unsafe impl GlobalAlloc for Counting {
         let p = unsafe { System.alloc(layout) };
         if !p.is_null() {
             trace(p, layout.size());
+            self.made.fetch_add(1, Relaxed);
             self.bytes.fetch_add(layout.size() as i64, Relaxed);
             self.live[bucket(layout.size())].fetch_add(1, Relaxed);
         }
@@ -115,6 +120,7 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         let p = unsafe { System.alloc_zeroed(layout) };
         if !p.is_null() {
+            self.made.fetch_add(1, Relaxed);
             self.bytes.fetch_add(layout.size() as i64, Relaxed);
             self.live[bucket(layout.size())].fetch_add(1, Relaxed);
         }
@@ -126,6 +132,7 @@ unsafe impl GlobalAlloc for Counting {
         if !p.is_null() {
             untrace(ptr, layout.size());
             trace(p, new_size);
+            self.made.fetch_add(1, Relaxed);
             self.bytes
                 .fetch_add(new_size as i64 - layout.size() as i64, Relaxed);
             self.live[bucket(layout.size())].fetch_sub(1, Relaxed);
@@ -138,6 +145,7 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOC: Counting = Counting {
     bytes: AtomicI64::new(0),
+    made: AtomicI64::new(0),
     live: [const { AtomicI64::new(0) }; BUCKETS],
 };
 
@@ -181,7 +189,8 @@ fn report(previous: &mut Vec<i64>) {
     let info = unsafe { mallinfo2() };
     let live: i64 = now.iter().sum();
     eprintln!(
-        "live {} KiB in {} allocations; glibc in use {} KiB, free {} KiB, mmapped {} KiB; RSS {} KiB",
+        "{} allocations made; live {} KiB in {} allocations; glibc in use {} KiB, free {} KiB, mmapped {} KiB; RSS {} KiB",
+        ALLOC.made.load(Relaxed),
         ALLOC.bytes.load(Relaxed) / 1024,
         live,
         info.uordblks / 1024,

@@ -31,6 +31,7 @@
 //!   pinged every [`H2_PING_INTERVAL`] and closed if a ping goes unanswered
 //!   (a half-open connection would otherwise time every request out).
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
@@ -45,6 +46,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
+use tokio_util::either::Either;
 use tracing::debug;
 
 use super::connector::{Counted, CountingConnector, UpstreamStream};
@@ -183,93 +185,120 @@ impl UpstreamClient {
 
     /// Sends `request`, whose URI is absolute and names `endpoint`, and
     /// returns the response head; its body streams.
-    pub async fn request(
-        &self,
-        endpoint: &Endpoint,
-        request: Request<UpstreamBody>,
-    ) -> Result<Response<UpstreamIncoming>, UpstreamError> {
+    ///
+    /// Not an `async fn`: the request is readied here and moved once into
+    /// the future of its protocol, which is all the returned future holds.
+    /// Every level of `async fn` keeps its own copy of an argument, and
+    /// every copy is moved on each request (see "Performance" in the README).
+    pub fn request<'a>(
+        &'a self,
+        endpoint: &'a Endpoint,
+        mut request: Request<UpstreamBody>,
+    ) -> impl Future<Output = Result<Response<UpstreamIncoming>, UpstreamError>> + Send + 'a {
         let slot = endpoint.slot(self.cold);
         match self.protocol {
-            Protocol::Http1 => self.http1(slot, request).await,
-            Protocol::H2c | Protocol::H2 => self.http2(slot, request).await,
-        }
-    }
-
-    async fn http1(
-        &self,
-        slot: &Arc<Slot>,
-        mut request: Request<UpstreamBody>,
-    ) -> Result<Response<UpstreamIncoming>, UpstreamError> {
-        request
-            .headers_mut()
-            .entry(header::HOST)
-            .or_insert_with(|| slot.host.clone());
-        *request.version_mut() = http::Version::HTTP_11;
-        origin_form(request.uri_mut());
-        loop {
-            let (mut conn, reused) = match slot.checkout() {
-                Some(conn) => (conn, true),
-                // Boxed: connecting is rare, and inline its state would
-                // make every request's future (and so every client
-                // connection, which keeps room for one) kilobytes larger.
-                None => (Box::pin(self.connect_http1(slot)).await?, false),
-            };
-            if let Err(e) = conn.sender.ready().await {
-                // It closed while idle: the next one. A new one that
-                // closes before its first request is the endpoint's doing.
-                if reused {
-                    debug!(endpoint = %slot.authority, error = %e, "idle upstream connection closed; taking another");
-                    continue;
-                }
-                return Err(UpstreamError::Request(e));
+            Protocol::Http1 => {
+                request
+                    .headers_mut()
+                    .entry(header::HOST)
+                    .or_insert_with(|| slot.host.clone());
+                *request.version_mut() = http::Version::HTTP_11;
+                origin_form(request.uri_mut());
+                Either::Left(self.http1(slot, request))
             }
-            match conn.sender.try_send_request(request).await {
-                Ok(response) => {
-                    let checkin = slot.idle.is_some().then(|| Checkin {
-                        conn,
-                        slot: Arc::clone(slot),
-                    });
-                    return Ok(response.map(|body| UpstreamIncoming::new(body, checkin)));
-                }
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) if reused => {
-                        debug!(endpoint = %slot.authority, error = %e.error(), "idle upstream connection closed before the request; taking another");
-                        request = unsent;
-                    }
-                    _ => return Err(UpstreamError::Request(e.into_error())),
-                },
+            Protocol::H2c | Protocol::H2 => {
+                *request.version_mut() = http::Version::HTTP_2;
+                Either::Right(self.http2(slot, request))
             }
         }
     }
 
-    async fn http2(
-        &self,
-        slot: &Arc<Slot>,
+    /// Sends a readied HTTP/1.1 `request` on an idle connection of `slot`,
+    /// or a new one. One that closed while idle is passed over: the request
+    /// goes on the next.
+    ///
+    /// An `async` block, not an `async fn`, here and in `http2`: an `async
+    /// fn` keeps a second copy of each argument, and this future is moved
+    /// on every request.
+    #[allow(clippy::manual_async_fn)]
+    fn http1<'a>(
+        &'a self,
+        slot: &'a Arc<Slot>,
         mut request: Request<UpstreamBody>,
-    ) -> Result<Response<UpstreamIncoming>, UpstreamError> {
-        *request.version_mut() = http::Version::HTTP_2;
-        loop {
-            let (shared, reused) = match slot.shared.load_full() {
-                Some(shared) if !shared.is_closed() => (shared, true),
-                _ => Box::pin(self.connect_http2(slot)).await?,
-            };
-            let mut sender = (*shared).clone();
-            if let Err(e) = sender.ready().await {
-                slot.forget(&shared);
-                if reused {
-                    continue;
-                }
-                return Err(UpstreamError::Request(e));
-            }
-            match sender.try_send_request(request).await {
-                Ok(response) => return Ok(response.map(|body| UpstreamIncoming::new(body, None))),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) if reused => {
-                        slot.forget(&shared);
-                        request = unsent;
+    ) -> impl Future<Output = Result<Response<UpstreamIncoming>, UpstreamError>> + Send + 'a {
+        async move {
+            loop {
+                let (mut conn, reused) = match slot.checkout() {
+                    Some(conn) => (conn, true),
+                    // Boxed: connecting is rare, and inline its state would
+                    // make every request's future (and so every client
+                    // connection, which keeps room for one) kilobytes larger.
+                    None => (Box::pin(self.connect_http1(slot)).await?, false),
+                };
+                if let Err(e) = conn.sender.ready().await {
+                    // It closed while idle: the next one. A new one that
+                    // closes before its first request is the endpoint's doing.
+                    if reused {
+                        debug!(endpoint = %slot.authority, error = %e, "idle upstream connection closed; taking another");
+                        continue;
                     }
-                    _ => return Err(UpstreamError::Request(e.into_error())),
-                },
+                    return Err(UpstreamError::Request(e));
+                }
+                match conn.sender.try_send_request(request).await {
+                    Ok(response) => {
+                        let checkin = slot.idle.is_some().then(|| Checkin {
+                            conn,
+                            slot: Arc::clone(slot),
+                        });
+                        return Ok(response.map(|body| UpstreamIncoming::new(body, checkin)));
+                    }
+                    Err(mut e) => match e.take_message() {
+                        Some(unsent) if reused => {
+                            debug!(endpoint = %slot.authority, error = %e.error(), "idle upstream connection closed before the request; taking another");
+                            request = unsent;
+                        }
+                        _ => return Err(UpstreamError::Request(e.into_error())),
+                    },
+                }
+            }
+        }
+    }
+
+    /// Sends a readied HTTP/2 `request` on the shared connection of `slot`,
+    /// made first if there is none; one found dead is forgotten and the
+    /// request goes on a new one.
+    #[allow(clippy::manual_async_fn)]
+    fn http2<'a>(
+        &'a self,
+        slot: &'a Arc<Slot>,
+        mut request: Request<UpstreamBody>,
+    ) -> impl Future<Output = Result<Response<UpstreamIncoming>, UpstreamError>> + Send + 'a {
+        async move {
+            loop {
+                let (shared, reused) = match slot.shared.load_full() {
+                    Some(shared) if !shared.is_closed() => (shared, true),
+                    _ => Box::pin(self.connect_http2(slot)).await?,
+                };
+                let mut sender = (*shared).clone();
+                if let Err(e) = sender.ready().await {
+                    slot.forget(&shared);
+                    if reused {
+                        continue;
+                    }
+                    return Err(UpstreamError::Request(e));
+                }
+                match sender.try_send_request(request).await {
+                    Ok(response) => {
+                        return Ok(response.map(|body| UpstreamIncoming::new(body, None)))
+                    }
+                    Err(mut e) => match e.take_message() {
+                        Some(unsent) if reused => {
+                            slot.forget(&shared);
+                            request = unsent;
+                        }
+                        _ => return Err(UpstreamError::Request(e.into_error())),
+                    },
+                }
             }
         }
     }
