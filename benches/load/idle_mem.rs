@@ -246,7 +246,9 @@ fn main() -> anyhow::Result<()> {
                 tokio::select! {
                     _ = usr1.recv() => {}
                     _ = usr2.recv() => {
-                        unsafe { malloc_trim(0) };
+                        let started = std::time::Instant::now();
+                        let released = unsafe { malloc_trim(0) };
+                        eprintln!("malloc_trim(0): {} in {:?}", if released == 1 { "released memory" } else { "released nothing" }, started.elapsed());
                     }
                 }
                 report(&mut previous);
