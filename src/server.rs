@@ -434,29 +434,44 @@ impl Conn {
     /// in a boxed future, dropped while the connection is parked, so that a
     /// parked connection's task holds its socket, gate and service, and no
     /// room for serving a request.
-    async fn serve_tcp<S, B>(
+    ///
+    /// An `async` block, not an `async fn`: an `async fn` keeps a second
+    /// copy of `self`, and the parked state is kept whole rather than taken
+    /// apart, which would store its parts beside it. This future is what
+    /// every idle connection costs (see "Performance" in the README).
+    #[allow(clippy::manual_async_fn)]
+    fn serve_tcp<S, B>(
         self,
         stream: tokio::net::TcpStream,
         service: S,
         first_head_by: tokio::time::Instant,
-    ) where
+    ) -> impl Future<Output = ()> + Send
+    where
         S: ConnService<B>,
         B: ConnBody,
     {
-        let mut parked = Box::pin(self.serve(stream, service, first_head_by)).await;
-        while let Some(Parked { mut gate, service }) = parked {
-            let resume = {
-                let _parked = Counted::new(&self.shared.gauges.parked);
-                tokio::select! {
-                    resume = std::future::poll_fn(|cx| gate.poll_parked(cx)) => resume,
-                    // Idle: nothing to drain. (Cancelled before the cut.)
-                    () = self.shared.stopping.cancelled() => false,
-                }
-            };
-            if !resume {
+        async move {
+            let Some(mut parked) = Box::pin(self.serve(stream, service, first_head_by)).await
+            else {
                 return;
+            };
+            loop {
+                let resume = {
+                    let _parked = Counted::new(&self.shared.gauges.parked);
+                    tokio::select! {
+                        resume = std::future::poll_fn(|cx| parked.gate.poll_parked(cx)) => resume,
+                        // Idle: nothing to drain. (Cancelled before the cut.)
+                        () = self.shared.stopping.cancelled() => false,
+                    }
+                };
+                if !resume {
+                    return;
+                }
+                match Box::pin(self.serve_h1(parked.gate, parked.service)).await {
+                    Some(next) => parked = next,
+                    None => return,
+                }
             }
-            parked = Box::pin(self.serve_h1(gate, service)).await;
         }
     }
 

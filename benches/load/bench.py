@@ -604,7 +604,8 @@ def cmd_rss(a):
     limit = raise_nofile()
     pids = pids_arg(a.pids)
     counts = [int(c) for c in a.counts.split(",")]
-    result = {"target": a.target, "nofile": limit, "idle_kib": proc_rss_kib(pids), "levels": []}
+    result = {"target": a.target, "nofile": limit, "idle_kib": proc_rss_kib(pids), "levels": [],
+              "settle_s": a.settle}
     socks = []
     not_200 = 0
     deadline = time.monotonic() + a.timeout
@@ -1001,9 +1002,12 @@ def cmd_report(a):
     # Memory.
     w("## Resident memory (VmRSS summed over the proxy's processes)")
     w("")
+    settle = {load_json(os.path.join(out_dir, f"rss-{p}.json"), {}).get("settle_s") for p in targets} - {None}
+    read_at = (f", {fmt(max(settle), 1)} s after the last of them opened" if settle else "")
     w("Each connection sent one `GET /v2/health/ready` (proxied to the upstream) and stays open, idle, "
-      "while the memory is read. nginx: master + worker. direct: the upstream alone (the same accept loop "
-      "as switchyard's, `switchyard::server::serve`, with no proxying), for comparison.")
+      f"while the memory is read{read_at}; after closing: twice that after they closed. nginx: master + "
+      "worker. direct: the upstream alone (the same accept loop as switchyard's, `switchyard::server::serve`, "
+      "with no proxying), for comparison.")
     w("")
     w("| proxy | idle | 1,000 conns | 10,000 conns | per conn at 10k | after closing | idle after the load runs |")
     w("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")

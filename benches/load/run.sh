@@ -49,6 +49,7 @@ SSE_STREAMS=10
 SSE_EVENTS=20
 SSE_INTERVAL_MS=20
 RSS_COUNTS=1000,10000
+RSS_SETTLE=5
 FLIP_INTERVAL_MS=100
 WARMUP=2
 PROXY_CPU=0
@@ -435,9 +436,12 @@ done
 
 log "== memory with $RSS_COUNTS open keep-alive connections"
 # direct: the upstream alone, the same accept loop as switchyard's without the proxying.
+# Each level is read RSS_SETTLE seconds after its connections are open, for
+# every target: switchyard gives freed memory back to the kernel up to 2 s
+# after connections go idle (src/memory.rs).
 for p in "${TARGETS[@]}"; do
   step "${PIN_LOAD[@]}" "${PY[@]}" rss --target "$p" --port "${H1_PORT[$p]}" --pids "${MEM_PIDS[$p]}" \
-    --counts "$RSS_COUNTS" --out "$OUT/rss-$p.json"
+    --counts "$RSS_COUNTS" --settle "$RSS_SETTLE" --out "$OUT/rss-$p.json"
   sleep 1
 done
 
