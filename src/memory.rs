@@ -12,12 +12,13 @@
 //! (`benches/load/idle_mem.rs`, `kill -USR2`).
 //!
 //! So a task looks every [`CHECK_EVERY`] at how much freed memory glibc
-//! holds (`mallinfo2`), and trims when that grew by [`TRIM_AFTER`] over the
-//! least it held since the last trim: memory that was freed in bulk, and
-//! not reused since. Under steady load what is freed is reused at once and
-//! the task never trims; a trim holds glibc's locks, so a request that
-//! allocates meanwhile waits for it (milliseconds, once after a wave of
-//! connections went idle). Both calls run on a blocking thread.
+//! holds (`mallinfo2`), against the least it held since the last trim, and
+//! trims ([`should_trim`]) once that grew by [`TRIM_AFTER`] (a wave of
+//! connections going idle), or by [`TRIM_SETTLED`] that then held still for
+//! a look (a smaller wave, over). Under steady load what is freed is
+//! reused at once and the task does not trim; a trim holds glibc's locks,
+//! so a request that allocates meanwhile waits for it (milliseconds, once
+//! after a wave). Both calls run on a blocking thread.
 //!
 //! Only with glibc; elsewhere the task just waits for the shutdown.
 
@@ -26,11 +27,19 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// How often the freed memory glibc holds is looked at.
-pub const CHECK_EVERY: Duration = Duration::from_secs(2);
+pub const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Growth of the freed memory held, over the least held since the last
-/// trim, that makes the next trim.
+/// trim, that trims at once.
 pub const TRIM_AFTER: usize = 8 << 20;
+
+/// Growth that trims once it has held still, within [`STILL`], between two
+/// looks.
+pub const TRIM_SETTLED: usize = 1 << 20;
+
+/// How much the freed memory held may move between two looks and count as
+/// still.
+pub const STILL: usize = 256 << 10;
 
 /// Trims now and then until `token` is cancelled (see the module docs).
 pub async fn trim_freed(token: CancellationToken) {
@@ -40,10 +49,15 @@ pub async fn trim_freed(token: CancellationToken) {
     token.cancelled().await;
 }
 
-/// The trimming rule: freed memory held now, `free`, against the least held
-/// since the last trim, `low`.
-pub fn should_trim(free: usize, low: usize) -> bool {
-    free.saturating_sub(low) >= TRIM_AFTER
+/// The trimming rule: freed memory held now, `free`, against what the last
+/// look saw, `last`, and the least held since the last trim, `low` (each
+/// `None` before the first look).
+pub fn should_trim(free: usize, last: Option<usize>, low: Option<usize>) -> bool {
+    let (Some(last), Some(low)) = (last, low) else {
+        return false;
+    };
+    let grown = free.saturating_sub(low);
+    grown >= TRIM_AFTER || (grown >= TRIM_SETTLED && free.abs_diff(last) <= STILL)
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -66,7 +80,7 @@ mod glibc {
     pub async fn trim_freed(token: CancellationToken) {
         let mut ticks = tokio::time::interval(CHECK_EVERY);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut low = usize::MAX;
+        let (mut last, mut low) = (None, None::<usize>);
         loop {
             tokio::select! {
                 () = token.cancelled() => return,
@@ -74,7 +88,7 @@ mod glibc {
             }
             let checked = tokio::task::spawn_blocking(move || {
                 let free = held_free();
-                if !should_trim(free, low) {
+                if !should_trim(free, last, low) {
                     return (free, None);
                 }
                 let started = Instant::now();
@@ -86,8 +100,9 @@ mod glibc {
             .await;
             match checked {
                 Ok((free, None)) => {
-                    tracing::trace!(free, low, "freed memory held");
-                    low = low.min(free);
+                    tracing::trace!(free, ?low, "freed memory held");
+                    low = Some(low.map_or(free, |low| low.min(free)));
+                    last = Some(free);
                 }
                 Ok((free, Some((before, released, took)))) => {
                     debug!(
@@ -96,7 +111,7 @@ mod glibc {
                         ?took,
                         "returned freed memory to the kernel"
                     );
-                    low = free;
+                    (last, low) = (Some(free), Some(free));
                 }
                 // The runtime is shutting down: so is everything else.
                 Err(_) => return token.cancelled().await,
@@ -133,16 +148,26 @@ mod glibc {
 mod tests {
     use super::*;
 
+    const MIB: usize = 1 << 20;
+
     #[test]
     fn trims_after_a_wave_of_frees_not_while_memory_is_reused() {
-        // First look: nothing held yet to compare with.
-        assert!(!should_trim(30 << 20, usize::MAX));
-        // Held free memory moving by less than the threshold: reuse.
-        assert!(!should_trim(5 << 20, 1 << 20));
-        // Grown by the threshold over the least seen: freed in bulk.
-        assert!(should_trim(9 << 20, 1 << 20));
-        // After a trim the baseline is what was held then.
-        assert!(!should_trim(24 << 20, 24 << 20));
+        // First looks: nothing to compare with.
+        assert!(!should_trim(30 * MIB, None, None));
+        // A wave: grown by TRIM_AFTER over the least held, still growing.
+        assert!(should_trim(20 * MIB, Some(15 * MIB), Some(10 * MIB)));
+        // A smaller wave, still growing: wait.
+        assert!(!should_trim(13 * MIB, Some(11 * MIB), Some(10 * MIB)));
+        // ... and over: it held still since the last look.
+        assert!(should_trim(13 * MIB, Some(13 * MIB), Some(10 * MIB)));
+        // Steady reuse: what is held moves, and not above the least seen.
+        assert!(!should_trim(
+            10 * MIB + MIB / 2,
+            Some(10 * MIB),
+            Some(10 * MIB)
+        ));
+        // Right after a trim the least held is what was held then.
+        assert!(!should_trim(24 * MIB, Some(24 * MIB), Some(24 * MIB)));
     }
 
     #[tokio::test]
