@@ -62,6 +62,7 @@ pub fn should_trim(free: usize, last: Option<usize>, low: Option<usize>) -> bool
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 mod glibc {
+    use std::sync::OnceLock;
     use std::time::Instant;
 
     use tokio::time::MissedTickBehavior;
@@ -70,14 +71,36 @@ mod glibc {
 
     use super::{should_trim, CHECK_EVERY};
 
-    /// Freed bytes glibc holds in all its arenas.
-    pub fn held_free() -> usize {
+    type Mallinfo2 = unsafe extern "C" fn() -> libc::mallinfo2;
+
+    /// glibc's `mallinfo2`, looked up when the process runs: it exists
+    /// since glibc 2.33, and linking it directly would keep switchyard from
+    /// building against an older one.
+    fn mallinfo2() -> Option<Mallinfo2> {
+        static FOUND: OnceLock<Option<Mallinfo2>> = OnceLock::new();
+        *FOUND.get_or_init(|| {
+            // SAFETY: a lookup by a NUL-terminated name; the result is only
+            // used as the function glibc exports under that name.
+            let symbol = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"mallinfo2".as_ptr()) };
+            // SAFETY: glibc's mallinfo2 has exactly this signature.
+            (!symbol.is_null())
+                .then(|| unsafe { std::mem::transmute::<*mut libc::c_void, Mallinfo2>(symbol) })
+        })
+    }
+
+    /// Freed bytes glibc holds in all its arenas; `None` with a glibc older
+    /// than 2.33.
+    pub fn held_free() -> Option<usize> {
         // SAFETY: mallinfo2 takes no arguments and only reads the
         // allocator's state, under its locks.
-        unsafe { libc::mallinfo2() }.fordblks
+        mallinfo2().map(|mallinfo2| unsafe { mallinfo2() }.fordblks)
     }
 
     pub async fn trim_freed(token: CancellationToken) {
+        if held_free().is_none() {
+            debug!("glibc has no mallinfo2 (older than 2.33): freed memory is not trimmed");
+            return token.cancelled().await;
+        }
         let mut ticks = tokio::time::interval(CHECK_EVERY);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let (mut last, mut low) = (None, None::<usize>);
@@ -87,7 +110,7 @@ mod glibc {
                 _ = ticks.tick() => {}
             }
             let checked = tokio::task::spawn_blocking(move || {
-                let free = held_free();
+                let free = held_free().unwrap_or(0);
                 if !should_trim(free, last, low) {
                     return (free, None);
                 }
@@ -95,7 +118,8 @@ mod glibc {
                 // SAFETY: malloc_trim only releases free memory, under the
                 // allocator's locks; 0 keeps no padding at the top.
                 let released = unsafe { libc::malloc_trim(0) } == 1;
-                (held_free(), Some((free, released, started.elapsed())))
+                let after = held_free().unwrap_or(0);
+                (after, Some((free, released, started.elapsed())))
             })
             .await;
             match checked {
@@ -133,10 +157,10 @@ mod glibc {
                 freed.push(vec![1u8; 8 << 10]);
                 kept.push(vec![1u8; 64]);
             }
-            let before = held_free();
+            let before = held_free().expect("glibc >= 2.33 here");
             drop(freed);
             assert!(
-                held_free() >= before + (8 << 20),
+                held_free().expect("glibc >= 2.33 here") >= before + (8 << 20),
                 "the freed 16 MiB is held"
             );
             drop(kept);

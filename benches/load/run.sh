@@ -535,6 +535,8 @@ done
 
 # === after the load ===
 
+# As for the levels above: switchyard trims up to 2 s after the load ends.
+sleep "$RSS_SETTLE"
 rss_now=()
 for p in "${TARGETS[@]}"; do rss_now+=(--pids "$p=${MEM_PIDS[$p]}"); done
 "${PY[@]}" rss-now "${rss_now[@]}" --out "$OUT/rss-after-load.json"
