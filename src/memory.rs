@@ -20,7 +20,8 @@
 //! so a request that allocates meanwhile waits for it (milliseconds, once
 //! after a wave). Both calls run on a blocking thread.
 //!
-//! Only with glibc; elsewhere the task just waits for the shutdown.
+//! Only with glibc 2.33 or later (`mallinfo2`); elsewhere the task just
+//! waits for the shutdown.
 
 use std::time::Duration;
 
