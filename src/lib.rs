@@ -20,7 +20,6 @@
 //!   `flip`, ...).
 //! - `metrics`: metric names, the registry, per-pool handles.
 //! - `server`: the accept loop and graceful drain every listener shares.
-//! - `memory`: freed memory given back to the kernel after connections park.
 //! - `reload`: SIGHUP and `POST /reload`: the config applied again, or not.
 //! - `demo`: the built-in toy model servers behind `switchyard demo`.
 //! - `tls`: certificates and keys, inbound TLS with reload, upstream TLS.
@@ -44,7 +43,6 @@ pub mod demo;
 pub mod discovery;
 pub mod events;
 pub mod health;
-pub mod memory;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
@@ -314,7 +312,6 @@ pub async fn run(
             .map_done("state store"),
     );
     tasks.spawn(on_hangup(hangups, reloader, root.child_token()).map_done("reload"));
-    tasks.spawn(memory::trim_freed(root.child_token()).map_done("memory"));
 
     let result = tokio::select! {
         () = shutdown => {

@@ -576,6 +576,20 @@ async fn serve_runs_until_sigterm_and_exits_zero() {
     .await;
     let r = get(&format!("http://{proxy}/v2/models/iris/infer")).await;
     assert_eq!((r.status.as_u16(), r.pool()), (200, "blue"));
+    // The binary's jemalloc runs with its options (`main.rs`): its
+    // background thread, which gives freed pages back to the kernel, runs.
+    #[cfg(all(target_os = "linux", feature = "jemalloc"))]
+    {
+        let tasks = format!("/proc/{}/task", running.child.id());
+        let threads: Vec<String> = std::fs::read_dir(&tasks)
+            .unwrap()
+            .map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).unwrap())
+            .collect();
+        assert!(
+            threads.iter().any(|t| t.trim() == "jemalloc_bg_thd"),
+            "no jemalloc background thread among {threads:?}"
+        );
+    }
 
     running.signal("TERM");
     let (status, stderr) = running.wait().await;
