@@ -153,7 +153,8 @@ pub struct Accepted {
 /// finish their requests for at most `drain`, and whatever is still open then
 /// is cut, so nothing this listener accepted outlives the call.
 ///
-/// `make` builds the service for one connection. `name` labels the log lines
+/// `make` builds the service for one connection, called by the accept loop
+/// in the order connections arrive. `name` labels the log lines
 /// (`proxy`, `admin`, ...).
 ///
 /// The service's futures are boxed here; [`serve_with`] wants futures that
@@ -251,9 +252,9 @@ pub struct Listening {
 }
 
 /// [`serve`] with TLS, [`Limits`] and connection gauges.
-pub async fn serve_with<M, S, B>(listener: TcpListener, make: M, listening: Listening)
+pub async fn serve_with<M, S, B>(listener: TcpListener, mut make: M, listening: Listening)
 where
-    M: Fn(&Accepted) -> S,
+    M: FnMut(&Accepted) -> S,
     S: ConnService<B>,
     B: ConnBody,
 {

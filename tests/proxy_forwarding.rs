@@ -136,6 +136,46 @@ async fn forwarded_headers_are_added_when_the_client_sent_none() {
 }
 
 #[tokio::test]
+async fn each_connection_forwards_its_own_clients_address() {
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let proxy = Proxy::start(&model("iris", "/", &blue.url(), &green.url())).await;
+
+    // Connections from the same address in a row share what the proxy
+    // knows of their client: a change of address must not reuse it.
+    for from in [
+        "127.0.0.2",
+        "127.0.0.2",
+        "127.0.0.1",
+        "127.0.0.3",
+        "127.0.0.2",
+    ] {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+        let stream = within("connect", socket.connect(proxy.addr))
+            .await
+            .expect("connect");
+        let (mut conn, driver) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .expect("h1 handshake");
+        tokio::spawn(driver);
+        for _ in 0..2 {
+            let req = Request::get("/echo").body(full_body("")).unwrap();
+            let response = within("a request", async {
+                conn.ready().await?;
+                conn.send_request(req).await
+            })
+            .await
+            .expect("a response");
+            let body = read_body(response.into_body()).await;
+            let seen: Value = serde_json::from_slice(&body).expect("the echo's JSON");
+            assert_eq!(seen["headers"]["x-forwarded-for"], from, "{seen}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn an_http2_client_is_forwarded_with_its_authority_as_host() {
     let blue = Upstream::start("blue").await;
     let green = Upstream::start("green").await;
