@@ -283,15 +283,20 @@ where
     let stopping = token.child_token();
     let _stop_on_return = stopping.clone().drop_guard();
     let handshake_timeout = limits.header_read_timeout;
+    let gate = GateLimits {
+        header_timeout: limits.header_read_timeout,
+        idle_timeout: limits.keepalive_timeout,
+        max_head: limits.max_header_bytes.max(8192),
+        park_after: Some(PARK_AFTER),
+    };
     let shared = Arc::new(Shared {
         name,
         builders: Builders::new(&limits),
-        gate: GateLimits {
-            header_timeout: limits.header_read_timeout,
-            idle_timeout: limits.keepalive_timeout,
-            max_head: limits.max_header_bytes.max(8192),
-            park_after: Some(PARK_AFTER),
-        },
+        gate: Arc::new(gate),
+        gate_unparked: Arc::new(GateLimits {
+            park_after: None,
+            ..gate
+        }),
         stopping,
         cut: cut.clone(),
         gauges,
@@ -376,7 +381,9 @@ impl Drop for Counted {
 struct Shared {
     name: &'static str,
     builders: Builders,
-    gate: GateLimits,
+    gate: Arc<GateLimits>,
+    /// The same, for connections that are not parked (TLS).
+    gate_unparked: Arc<GateLimits>,
     /// Cancelled when the listener starts draining (or its future is
     /// dropped).
     stopping: CancellationToken,
@@ -413,9 +420,10 @@ impl Drop for Conn {
 }
 
 /// An HTTP/1.1 connection between requests, with no hyper connection: the
-/// socket and its gate, and the service that the next hyper connection
-/// serves.
+/// connection's slot, the socket and its gate, and the service that the next
+/// hyper connection serves.
 struct Parked<I, S> {
+    conn: Conn,
     gate: Gate<I>,
     service: Tracked<S>,
 }
@@ -436,10 +444,13 @@ impl Conn {
     /// parked connection's task holds its socket, gate and service, and no
     /// room for serving a request.
     ///
-    /// An `async` block, not an `async fn`: an `async fn` keeps a second
-    /// copy of `self`, and the parked state is kept whole rather than taken
-    /// apart, which would store its parts beside it. This future is what
-    /// every idle connection costs (see "Performance" in the README).
+    /// An `async` block, not an `async fn`: an `async fn` keeps its
+    /// arguments for its whole life, and so would the block if it took
+    /// them. The first serving future, which owns them, is made before it;
+    /// the serving futures own the connection and hand it back, with the
+    /// rest, in `Parked`, kept whole rather than taken apart, which would
+    /// store its parts beside it. This future is what every idle connection
+    /// costs (see "Performance" in the README).
     #[allow(clippy::manual_async_fn)]
     fn serve_tcp<S, B>(
         self,
@@ -451,24 +462,30 @@ impl Conn {
         S: ConnService<B>,
         B: ConnBody,
     {
+        let first = Box::pin(self.serve(stream, service, first_head_by));
         async move {
-            let Some(mut parked) = Box::pin(self.serve(stream, service, first_head_by)).await
-            else {
+            let Some(mut parked) = first.await else {
                 return;
             };
             loop {
                 let resume = {
-                    let _parked = Counted::new(&self.shared.gauges.parked);
+                    let shared = &parked.conn.shared;
+                    let _parked = Counted::new(&shared.gauges.parked);
                     tokio::select! {
                         resume = std::future::poll_fn(|cx| parked.gate.poll_parked(cx)) => resume,
                         // Idle: nothing to drain. (Cancelled before the cut.)
-                        () = self.shared.stopping.cancelled() => false,
+                        () = shared.stopping.cancelled() => false,
                     }
                 };
                 if !resume {
                     return;
                 }
-                match Box::pin(self.serve_h1(parked.gate, parked.service)).await {
+                let Parked {
+                    conn,
+                    gate,
+                    service,
+                } = parked;
+                match Box::pin(conn.serve_h1(gate, service)).await {
                     Some(next) => parked = next,
                     None => return,
                 }
@@ -518,7 +535,7 @@ impl Conn {
     /// Serves the connection until it ends, or until it is parked: then
     /// returns what the next requests are served with.
     async fn serve<I, S, B>(
-        &self,
+        self,
         io: I,
         service: S,
         first_head_by: tokio::time::Instant,
@@ -529,11 +546,12 @@ impl Conn {
         B: ConnBody,
     {
         let activity = Arc::new(Activity::default());
-        let mut limits = self.shared.gate;
-        if !I::PARKS {
-            limits.park_after = None;
-        }
-        let mut gate = Gate::new(io, Arc::clone(&activity), limits, first_head_by);
+        let limits = if I::PARKS {
+            &self.shared.gate
+        } else {
+            &self.shared.gate_unparked
+        };
+        let mut gate = Gate::new(io, Arc::clone(&activity), Arc::clone(limits), first_head_by);
         let service = Tracked {
             inner: service,
             activity,
@@ -599,7 +617,7 @@ impl Conn {
 
     /// Serves HTTP/1.1 until the connection ends (`None`) or is parked.
     async fn serve_h1<I, S, B>(
-        &self,
+        self,
         mut gate: Gate<I>,
         mut service: Tracked<S>,
     ) -> Option<Parked<I, S>>
@@ -659,7 +677,11 @@ impl Conn {
                 continue;
             }
             gate.park();
-            return Some(Parked { gate, service });
+            return Some(Parked {
+                conn: self,
+                gate,
+                service,
+            });
         }
     }
 

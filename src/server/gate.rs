@@ -127,7 +127,8 @@ pub struct GateLimits {
 pub struct Gate<I> {
     inner: I,
     activity: Arc<Activity>,
-    limits: GateLimits,
+    /// The listener's, shared: every connection keeps them.
+    limits: Arc<GateLimits>,
     reader: Reader,
     timer: Pin<Box<Sleep>>,
     armed: Option<Timer>,
@@ -135,8 +136,9 @@ pub struct Gate<I> {
     /// run out already.
     idle_since: Instant,
     park_fired: bool,
-    /// A response the gate writes itself, then the connection ends.
-    refusal: Option<Refusal>,
+    /// A response the gate writes itself, then the connection ends. Boxed:
+    /// rare, and every idle connection would keep room for it.
+    refusal: Option<Box<Refusal>>,
     /// Bytes read and inspected already, handed back by the server when it
     /// parked the connection before hyper had parsed them: read first.
     unread: bytes::Bytes,
@@ -221,14 +223,14 @@ impl<I> Gate<I> {
     pub fn new(
         inner: I,
         activity: Arc<Activity>,
-        limits: GateLimits,
+        limits: Arc<GateLimits>,
         first_head_by: Instant,
     ) -> Gate<I> {
         Gate {
             inner,
             activity,
-            limits,
             reader: Reader::new(limits.max_head),
+            limits,
             // Armed for the first request head from the accept on.
             timer: Box::pin(tokio::time::sleep_until(first_head_by)),
             armed: Some(Timer::Header),
@@ -296,10 +298,10 @@ impl<I> Gate<I> {
             "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
             body.len()
         );
-        self.refusal = Some(Refusal {
+        self.refusal = Some(Box::new(Refusal {
             response: response.into_bytes(),
             written: 0,
-        });
+        }));
     }
 }
 
