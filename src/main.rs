@@ -22,13 +22,14 @@ use switchyard::config::{parse_duration, parse_permille, Config, LoadError};
 use switchyard::pool::PoolName;
 use switchyard::{ErrorChain, Listeners, RunError};
 
-/// The allocator: jemalloc, which keeps each allocation size on pages of its
-/// own. With glibc's malloc the small allocations an idle connection keeps
-/// were scattered among the buffers its requests had freed, so that freed
-/// memory stayed resident even after `malloc_trim`: RSS at 10,000 parked
-/// connections 33 MiB, 26 with jemalloc; CPU per request unchanged (see
-/// "Performance" in the README).
-#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+/// The allocator on Linux: jemalloc, which keeps each allocation size on
+/// pages of its own. With glibc's malloc the small allocations an idle
+/// connection keeps were scattered among the buffers its requests had
+/// freed, so that freed memory stayed resident even after `malloc_trim`:
+/// RSS at 10,000 parked connections 32 MiB, 26 with jemalloc; CPU per
+/// request unchanged (see "Performance" in the README). Elsewhere the
+/// system's allocator (jemalloc's background thread is Linux's only).
+#[cfg(all(feature = "jemalloc", target_os = "linux"))]
 mod allocator {
     #[global_allocator]
     static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -39,7 +40,7 @@ mod allocator {
     /// gives them back to the kernel: without it jemalloc returns memory
     /// only while allocating, and a process whose connections all went idle
     /// allocates nothing.
-    #[export_name = "_rjem_malloc_conf"]
+    #[unsafe(export_name = "_rjem_malloc_conf")]
     static MALLOC_CONF: &u8 =
         &b"background_thread:true,max_background_threads:1,dirty_decay_ms:1000,muzzy_decay_ms:0\0"
             [0];

@@ -136,19 +136,16 @@ impl Proxy {
         // Connections from the same address in a row share their client's
         // info: a sidecar's clients, or a gateway's behind a load balancer,
         // all come from one address, and an idle connection then keeps no
-        // copy of its own (about 130 bytes).
-        let mut last: Option<(server::Accepted, Arc<ClientInfo>)> = None;
+        // copy of its own (about 130 bytes). The rest of it (scheme,
+        // preview) is the listener's.
+        let mut last: Option<(std::net::IpAddr, Arc<ClientInfo>)> = None;
         let make = move |conn: &server::Accepted| {
             let proxy = Arc::clone(&self);
             let client = match &last {
-                Some((seen, client))
-                    if seen.peer.ip() == conn.peer.ip() && seen.tls == conn.tls =>
-                {
-                    Arc::clone(client)
-                }
+                Some((ip, client)) if *ip == conn.peer.ip() => Arc::clone(client),
                 _ => {
                     let client = Arc::new(client_info(conn, preview));
-                    last = Some((*conn, Arc::clone(&client)));
+                    last = Some((conn.peer.ip(), Arc::clone(&client)));
                     client
                 }
             };

@@ -423,9 +423,10 @@ impl Drop for Conn {
 /// connection's slot, the socket and its gate, and the service that the next
 /// hyper connection serves.
 struct Parked<I, S> {
-    conn: Conn,
     gate: Gate<I>,
     service: Tracked<S>,
+    /// Last: its slot is given back once the socket has closed.
+    conn: Conn,
 }
 
 /// How one hyper connection of an HTTP/1.1 client connection ended.
@@ -451,7 +452,6 @@ impl Conn {
     /// rest, in `Parked`, kept whole rather than taken apart, which would
     /// store its parts beside it. This future is what every idle connection
     /// costs (see "Performance" in the README).
-    #[allow(clippy::manual_async_fn)]
     fn serve_tcp<S, B>(
         self,
         stream: tokio::net::TcpStream,
@@ -481,9 +481,9 @@ impl Conn {
                     return;
                 }
                 let Parked {
-                    conn,
                     gate,
                     service,
+                    conn,
                 } = parked;
                 match Box::pin(conn.serve_h1(gate, service)).await {
                     Some(next) => parked = next,
@@ -678,9 +678,9 @@ impl Conn {
             }
             gate.park();
             return Some(Parked {
-                conn: self,
                 gate,
                 service,
+                conn: self,
             });
         }
     }

@@ -583,7 +583,8 @@ async fn serve_runs_until_sigterm_and_exits_zero() {
         let tasks = format!("/proc/{}/task", running.child.id());
         let threads: Vec<String> = std::fs::read_dir(&tasks)
             .unwrap()
-            .map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).unwrap())
+            // A thread may end between the listing and the read.
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
             .collect();
         assert!(
             threads.iter().any(|t| t.trim() == "jemalloc_bg_thd"),

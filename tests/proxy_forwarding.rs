@@ -135,6 +135,8 @@ async fn forwarded_headers_are_added_when_the_client_sent_none() {
     assert_ne!(ids[0], ids[1], "each request gets its own id");
 }
 
+// Binds 127.0.0.2 and .3, which only Linux routes to loopback by default.
+#[cfg(target_os = "linux")]
 #[tokio::test]
 async fn each_connection_forwards_its_own_clients_address() {
     let blue = Upstream::start("blue").await;

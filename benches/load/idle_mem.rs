@@ -5,8 +5,10 @@
 //! live bytes from freed memory glibc keeps.
 //!
 //! It serves on a current-thread runtime, as `switchyard serve` does with
-//! `worker_threads = 1` (the load comparison's setting); with more workers
-//! glibc's per-thread arenas make its RSS figures differ. Tracing captures
+//! `worker_threads = 1` (the load comparison's setting). Its allocator is
+//! glibc's, counted, not the binary's jemalloc: its live bytes, sizes and
+//! allocation counts hold for both; its RSS and glibc figures only for a
+//! build without jemalloc (`--no-default-features`). Tracing captures
 //! backtraces inside the allocator: a traced size allocated while the same
 //! thread prints a backtrace (a panic with `RUST_BACKTRACE`) would deadlock.
 //!

@@ -437,8 +437,8 @@ done
 log "== memory with $RSS_COUNTS open keep-alive connections"
 # direct: the upstream alone, the same accept loop as switchyard's without the proxying.
 # Each level is read RSS_SETTLE seconds after its connections are open, for
-# every target: switchyard gives freed memory back to the kernel up to 2 s
-# after connections go idle (src/memory.rs).
+# every target: switchyard's allocator (jemalloc, src/main.rs) gives pages
+# freed when connections go idle back to the kernel about a second later.
 for p in "${TARGETS[@]}"; do
   step "${PIN_LOAD[@]}" "${PY[@]}" rss --target "$p" --port "${H1_PORT[$p]}" --pids "${MEM_PIDS[$p]}" \
     --counts "$RSS_COUNTS" --settle "$RSS_SETTLE" --out "$OUT/rss-$p.json"
@@ -535,7 +535,8 @@ done
 
 # === after the load ===
 
-# As for the levels above: switchyard trims up to 2 s after the load ends.
+# As for the levels above: switchyard's allocator gives back what the load
+# freed about a second after it ends.
 sleep "$RSS_SETTLE"
 rss_now=()
 for p in "${TARGETS[@]}"; do rss_now+=(--pids "$p=${MEM_PIDS[$p]}"); done
