@@ -5,13 +5,15 @@
 # once first, e.g. with --quick), and its pinning: proxy on CPU 0, wrk and
 # the two upstreams on CPU 1.
 #
-#   benches/load/ab.sh [--rounds N] [--epoll | --rss] BINARY_A BINARY_B [...]
+#   benches/load/ab.sh [--rounds N] [--epoll | --rss | --flips] BINARY_A BINARY_B [...]
 #
 #   --epoll  also the proxy's epoll_wait calls per request (perf stat, from
 #            Debian's linux-perf)
 #   --rss    memory instead of the load: RSS idle and with 1,000 and 10,000
 #            idle keep-alive connections, read as run.sh reads it
 #            (bench.py rss, 5 s after the connections opened)
+#   --flips  p99 without, then with, a flip every 100 ms (bench.py flips, as
+#            run.sh), and their ratio
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 usage() { sed -n '8p' "$0" | sed 's/^#   /usage: /' >&2; exit 2; }
@@ -21,6 +23,7 @@ while (($#)); do
     --rounds) (($# >= 2)) || usage; ROUNDS=$2; shift 2 ;;
     --epoll) MODE=epoll; shift ;;
     --rss) MODE=rss; shift ;;
+    --flips) MODE=flips; shift ;;
     -*) usage ;;
     *) break ;;
   esac
@@ -34,6 +37,7 @@ fi
 # 10,000 connections need as many descriptors, in the proxy and in bench.py.
 [ "$MODE" = rss ] && { ulimit -n 30000 2>/dev/null || ulimit -n "$(ulimit -Hn)"; }
 URL="http://$PROXY/v2/models/iris/infer"
+ADMIN=$(grep -o '127.0.0.1:[0-9]*' "$CFG" | sed -n 2p)
 WRK=(taskset -c 1 wrk -t1 -c64 -s benches/load/post.lua)
 tmp=$(mktemp -d)
 trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$tmp"' EXIT
@@ -50,6 +54,18 @@ for round in $(seq 1 "$ROUNDS"); do
       continue
     fi
     "${WRK[@]}" -d2s "$URL" -- benches/load/body.json >/dev/null
+    if [ "$MODE" = flips ]; then
+      p99() { grep '^JSON' | python3 -c 'import json,sys; print(json.loads(sys.stdin.read()[5:])["p99_us"])'; }
+      calm=$("${WRK[@]}" -d8s --latency "$URL" -- benches/load/body.json | p99)
+      taskset -c 1 python3 benches/load/bench.py flips --admin "$ADMIN" --interval-ms 100 --count 80 \
+        --out "$tmp/flips.json" >/dev/null 2>&1 &
+      flipper=$!
+      flipping=$("${WRK[@]}" -d8s --latency "$URL" -- benches/load/body.json | p99)
+      wait "$flipper" || echo "warning: the flip loop failed" >&2
+      echo "round $round  $bin  p99 ${calm} us, with flips ${flipping} us: x$(python3 -c "print(round($flipping/$calm, 2))")"
+      kill $s; wait $s 2>/dev/null || true
+      continue
+    fi
     c0=$(awk '{print $14+$15}' /proc/$s/stat)
     if [ "$MODE" = epoll ]; then
       perf stat -x, -e syscalls:sys_enter_epoll_wait -p "$s" -o "$tmp/perf.csv" -- sleep 6 &
