@@ -18,8 +18,15 @@ use support::*;
 
 /// Sends `req` on a fresh HTTP/1.1 connection and reads the whole response.
 async fn send_h1(addr: SocketAddr, req: Request<TestBody>) -> Reply {
+    send_on(&mut h1_connection(addr).await, req).await
+}
+
+/// Sends `req` on `conn` and reads the whole response.
+async fn send_on(
+    conn: &mut hyper::client::conn::http1::SendRequest<TestBody>,
+    req: Request<TestBody>,
+) -> Reply {
     let what = format!("{} {}", req.method(), req.uri());
-    let mut conn = h1_connection(addr).await;
     let response = within(&what, async {
         conn.ready().await?;
         conn.send_request(req).await
@@ -152,26 +159,10 @@ async fn each_connection_forwards_its_own_clients_address() {
         "127.0.0.3",
         "127.0.0.2",
     ] {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
-        let stream = within("connect", socket.connect(proxy.addr))
-            .await
-            .expect("connect");
-        let (mut conn, driver) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .expect("h1 handshake");
-        tokio::spawn(driver);
+        let mut conn = h1_connection_from(from.parse().unwrap(), proxy.addr).await;
         for _ in 0..2 {
             let req = Request::get("/echo").body(full_body("")).unwrap();
-            let response = within("a request", async {
-                conn.ready().await?;
-                conn.send_request(req).await
-            })
-            .await
-            .expect("a response");
-            let body = read_body(response.into_body()).await;
-            let seen: Value = serde_json::from_slice(&body).expect("the echo's JSON");
+            let seen = send_on(&mut conn, req).await.json();
             assert_eq!(seen["headers"]["x-forwarded-for"], from, "{seen}");
         }
     }

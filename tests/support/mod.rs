@@ -813,6 +813,33 @@ pub fn channel_body() -> (mpsc::Sender<Result<Frame<Bytes>, BoxError>>, TestBody
 /// One HTTP/1.1 connection, for tests that must stay on a single connection.
 pub async fn h1_connection(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<TestBody> {
     let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    h1_handshake(stream).await
+}
+
+/// One HTTP/1.1 connection from the local address `from` (e.g. 127.0.0.2,
+/// which Linux routes to loopback), for tests of what the proxy sees of
+/// its client.
+pub async fn h1_connection_from(
+    from: std::net::IpAddr,
+    addr: SocketAddr,
+) -> hyper::client::conn::http1::SendRequest<TestBody> {
+    let socket = match from {
+        std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .expect("a socket");
+    socket
+        .bind(SocketAddr::new(from, 0))
+        .expect("bind the local address");
+    let stream = within("connect", socket.connect(addr))
+        .await
+        .expect("connect");
+    h1_handshake(stream).await
+}
+
+async fn h1_handshake(
+    stream: tokio::net::TcpStream,
+) -> hyper::client::conn::http1::SendRequest<TestBody> {
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .expect("h1 handshake");
