@@ -6,9 +6,10 @@
 //!
 //! An HTTP/1.1 keep-alive connection that idles for [`PARK_AFTER`] is
 //! parked: hyper's connection, with its read and write buffers (16 KiB), is
-//! taken apart and dropped, and only the socket and its gate wait for the
-//! client's next request, when a new hyper connection picks up where the
-//! last one ended. A gateway with thousands of mostly idle clients pays for
+//! taken apart and dropped, and so are the gate's state and timer; only the
+//! socket waits for the client's next request, on its listener's
+//! [`clock::IdleClock`] for the keep-alive timeout, and a new hyper
+//! connection picks up where the last one ended. A gateway with thousands of mostly idle clients pays for
 //! the requests in flight, not for every open connection. (TLS connections
 //! are not parked: see [`gate::Transport`].)
 
@@ -38,8 +39,10 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::tls::ServerTls;
-use gate::{Activity, Busy, Gate, GateLimits, Transport};
+use clock::IdleClock;
+use gate::{Activity, Busy, Gate, GateLimits, ParkedIo, Transport};
 
+mod clock;
 mod gate;
 
 /// How long to pause after a failed accept (typically out of file
@@ -297,10 +300,17 @@ where
             park_after: None,
             ..gate
         }),
+        idle: Arc::new(IdleClock::new(gate.idle_timeout, stopping.clone())),
         stopping,
         cut: cut.clone(),
         gauges,
     });
+    if tls.is_none() {
+        // Only plaintext connections are parked. The clock's task ends with
+        // `stopping`, which this function's end cancels.
+        let idle = Arc::clone(&shared.idle);
+        tokio::spawn(async move { idle.run().await });
+    }
     loop {
         let permit = tokio::select! {
             () = token.cancelled() => break,
@@ -391,6 +401,8 @@ struct Shared {
     /// dropped).
     cut: CancellationToken,
     gauges: ConnectionGauges,
+    /// Closes parked connections at their keep-alive timeout.
+    idle: Arc<IdleClock>,
 }
 
 /// One accepted connection, ready to serve HTTP once its bytes flow. It
@@ -420,11 +432,11 @@ impl Drop for Conn {
 }
 
 /// An HTTP/1.1 connection between requests, with no hyper connection: the
-/// connection's slot, the socket and its gate, and the service that the next
-/// hyper connection serves.
+/// connection's slot, the socket, and the service that the next hyper
+/// connection serves.
 struct Parked<I, S> {
-    gate: Gate<I>,
-    service: Tracked<S>,
+    io: ParkedIo<I>,
+    service: S,
     /// Last: its slot is given back once the socket has closed.
     conn: Conn,
 }
@@ -471,20 +483,16 @@ impl Conn {
                 let resume = {
                     let shared = &parked.conn.shared;
                     let _parked = Counted::new(&shared.gauges.parked);
-                    tokio::select! {
-                        resume = std::future::poll_fn(|cx| parked.gate.poll_parked(cx)) => resume,
-                        // Idle: nothing to drain. (Cancelled before the cut.)
-                        () = shared.stopping.cancelled() => false,
-                    }
+                    // Idle: a drain (`stopping`, which also stops the clock,
+                    // is cancelled before the cut) has nothing to wait for.
+                    shared.idle.wait(&parked.io).await
                 };
                 if !resume {
                     return;
                 }
-                let Parked {
-                    gate,
-                    service,
-                    conn,
-                } = parked;
+                let Parked { io, service, conn } = parked;
+                let service = Tracked::new(service);
+                let gate = io.resume(Arc::clone(&service.activity), Arc::clone(&conn.shared.gate));
                 match Box::pin(conn.serve_h1(gate, service)).await {
                     Some(next) => parked = next,
                     None => return,
@@ -545,17 +553,14 @@ impl Conn {
         S: ConnService<B>,
         B: ConnBody,
     {
-        let activity = Arc::new(Activity::default());
         let limits = if I::PARKS {
             &self.shared.gate
         } else {
             &self.shared.gate_unparked
         };
-        let mut gate = Gate::new(io, Arc::clone(&activity), Arc::clone(limits), first_head_by);
-        let service = Tracked {
-            inner: service,
-            activity,
-        };
+        let service = Tracked::new(service);
+        let activity = Arc::clone(&service.activity);
+        let mut gate = Gate::new(io, activity, Arc::clone(limits), first_head_by);
         // The first bytes tell HTTP/2's preface from an HTTP/1.1 request.
         let mut first = [0u8; PREFACE_LEN];
         let read = tokio::select! {
@@ -676,10 +681,9 @@ impl Conn {
                 gate.unread(read_buf);
                 continue;
             }
-            gate.park();
             return Some(Parked {
-                gate,
-                service,
+                io: gate.park(),
+                service: service.inner,
                 conn: self,
             });
         }
@@ -755,6 +759,16 @@ async fn read_start<I: Transport>(gate: &mut Gate<I>, buf: &mut [u8]) -> std::io
 struct Tracked<S> {
     inner: S,
     activity: Arc<Activity>,
+}
+
+impl<S> Tracked<S> {
+    /// A fresh count, for a connection's start or its resumption.
+    fn new(inner: S) -> Tracked<S> {
+        Tracked {
+            inner,
+            activity: Arc::new(Activity::default()),
+        }
+    }
 }
 
 impl<S, B> Service<Request<Incoming>> for Tracked<S>

@@ -17,8 +17,8 @@
 //!   in flight and nothing received for that long (HTTP/2 included);
 //! - ask for an idle HTTP/1.1 connection to be parked
 //!   ([`GateLimits::park_after`]): the server then drops hyper's connection
-//!   and its buffers, and keeps only the socket and this gate until the
-//!   client sends again ([`Gate::poll_parked`]).
+//!   and its buffers, and keeps only the socket and its keep-alive deadline
+//!   until the client sends again ([`Gate::park`], [`ParkedIo::resume`]).
 //!
 //! The gate follows message boundaries: head (up to the blank line), then a
 //! body of `Content-Length` bytes or chunked framing (the same state machine
@@ -276,14 +276,20 @@ impl<I> Gate<I> {
             && !self.activity.unsettled.load(Ordering::Acquire)
     }
 
-    /// The connection is parked: it gives up the buffer kept for request
-    /// heads that span reads, which a connection sending nothing has no use
-    /// for.
-    pub fn park(&mut self) {
-        // A park is asked for only with nothing of a head received
-        // (`parks`), so no bytes of one are dropped here.
-        debug_assert!(self.reader.partial.is_empty() && self.unread.is_empty());
-        self.reader.partial = Vec::new();
+    /// The connection is parked: of the gate, it keeps its socket and when
+    /// its keep-alive timeout runs out, and gives up the rest (its timer
+    /// among it: see [`super::clock`]) until [`ParkedIo::resume`].
+    pub fn park(self) -> ParkedIo<I> {
+        // A park is asked for only between requests with nothing of a head
+        // received and nothing of the gate's own to write (`parks`), so all
+        // the gate gives up here is at its start state.
+        debug_assert!(
+            self.reader.partial.is_empty()
+                && self.unread.is_empty()
+                && self.refusal.is_none()
+                && !self.eof
+        );
+        ParkedIo::new(self.inner, self.idle_since + self.limits.idle_timeout)
     }
 
     /// Gives back bytes hyper had read but not parsed when the connection was
@@ -333,19 +339,53 @@ impl Transport for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
     }
 }
 
-impl<I: Transport> Gate<I> {
-    /// Waits, while the connection is parked, for the client: true once it
-    /// has sent something (or the socket failed, which the next read
-    /// reports), false when the keep-alive timeout has run out.
-    pub fn poll_parked(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
-        if !self.unread.is_empty() || self.inner.poll_read_ready(cx).is_ready() {
-            return Poll::Ready(true);
+/// What a parked connection keeps of its gate ([`Gate::park`]).
+pub struct ParkedIo<I> {
+    inner: I,
+    /// When the keep-alive timeout runs out.
+    deadline: Instant,
+}
+
+impl<I> ParkedIo<I> {
+    /// `inner`, parked until `deadline`.
+    pub fn new(inner: I, deadline: Instant) -> ParkedIo<I> {
+        ParkedIo { inner, deadline }
+    }
+
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// The gate for the connection's next requests, once the client has
+    /// sent something: between requests, as it was parked.
+    pub fn resume(self, activity: Arc<Activity>, limits: Arc<GateLimits>) -> Gate<I> {
+        Gate {
+            inner: self.inner,
+            activity,
+            reader: Reader {
+                framing: Framing::Head,
+                ..Reader::new(limits.max_head)
+            },
+            limits,
+            // Armed by the next read that waits, which resets it.
+            timer: Box::pin(tokio::time::sleep_until(self.deadline)),
+            armed: None,
+            idle_since: self.deadline,
+            park_fired: true,
+            refusal: None,
+            unread: bytes::Bytes::new(),
+            unflushed: false,
+            read_waker: None,
+            eof: false,
         }
-        if self.armed == Some(Timer::Idle) {
-            ready!(self.timer.as_mut().poll(cx));
-            return Poll::Ready(false);
-        }
-        Poll::Pending
+    }
+}
+
+impl<I: Transport> ParkedIo<I> {
+    /// Ready once the client has sent something (or the socket failed,
+    /// which the next read reports).
+    pub fn poll_sent(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.inner.poll_read_ready(cx).map(|_| ())
     }
 }
 
