@@ -9,9 +9,10 @@
 //! taken apart and dropped, and so are the gate's state and timer; only the
 //! socket waits for the client's next request, on its listener's
 //! [`clock::IdleClock`] for the keep-alive timeout, and a new hyper
-//! connection picks up where the last one ended. A gateway with thousands of mostly idle clients pays for
-//! the requests in flight, not for every open connection. (TLS connections
-//! are not parked: see [`gate::Transport`].)
+//! connection picks up where the last one ended. A gateway with thousands
+//! of mostly idle clients pays for the requests in flight, not for every
+//! open connection. (TLS connections are not parked: see
+//! [`gate::Transport`].)
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -305,70 +306,74 @@ where
         cut: cut.clone(),
         gauges,
     });
-    if tls.is_none() {
-        // Only plaintext connections are parked. The clock's task ends with
-        // `stopping`, which this function's end cancels.
-        let idle = Arc::clone(&shared.idle);
-        tokio::spawn(async move { idle.run().await });
-    }
-    loop {
-        let permit = tokio::select! {
-            () = token.cancelled() => break,
-            permit = Arc::clone(&permits).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                // Never closed while this loop runs.
-                Err(_) => break,
-            },
-        };
-        tokio::select! {
-            () = token.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    // Latency over throughput: inference responses are small
-                    // and each extra 40 ms of Nagle would show in p99.
-                    if let Err(e) = stream.set_nodelay(true) {
-                        debug!(listener = name, %peer, error = %e, "cannot set TCP_NODELAY");
-                    }
-                    let accepted = Accepted { peer, tls: tls.is_some() };
-                    let first_head_by = tokio::time::Instant::now() + shared.gate.header_timeout;
-                    let service = make(&accepted);
-                    let conn = Conn::new(Arc::clone(&shared), peer, permit);
-                    // Two tasks, each as large as it needs: a TLS stream
-                    // and its handshake are kilobytes, which a plaintext
-                    // connection's task would otherwise hold room for.
-                    match tls.clone() {
-                        None => {
-                            connections.spawn(conn.serve_tcp(stream, service, first_head_by));
+    // Only plaintext connections are parked. The clock runs beside the
+    // accept loop, in this task, and ends with `stopping`, before the drain.
+    let clock = async {
+        if tls.is_none() {
+            shared.idle.run().await;
+        }
+    };
+    let serving = async {
+        loop {
+            let permit = tokio::select! {
+                () = token.cancelled() => break,
+                permit = Arc::clone(&permits).acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    // Never closed while this loop runs.
+                    Err(_) => break,
+                },
+            };
+            tokio::select! {
+                () = token.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        // Latency over throughput: inference responses are small
+                        // and each extra 40 ms of Nagle would show in p99.
+                        if let Err(e) = stream.set_nodelay(true) {
+                            debug!(listener = name, %peer, error = %e, "cannot set TCP_NODELAY");
                         }
-                        Some(tls) => {
-                            connections.spawn(async move {
-                                conn.serve_tls(&tls, handshake_timeout, stream, service, first_head_by).await;
-                            });
+                        let accepted = Accepted { peer, tls: tls.is_some() };
+                        let first_head_by = tokio::time::Instant::now() + shared.gate.header_timeout;
+                        let service = make(&accepted);
+                        let conn = Conn::new(Arc::clone(&shared), peer, permit);
+                        // Two tasks, each as large as it needs: a TLS stream
+                        // and its handshake are kilobytes, which a plaintext
+                        // connection's task would otherwise hold room for.
+                        match tls.clone() {
+                            None => {
+                                connections.spawn(conn.serve_tcp(stream, service, first_head_by));
+                            }
+                            Some(tls) => {
+                                connections.spawn(async move {
+                                    conn.serve_tls(&tls, handshake_timeout, stream, service, first_head_by).await;
+                                });
+                            }
                         }
                     }
-                }
-                Err(e) => {
-                    warn!(listener = name, error = %e, "accept failed; retrying");
-                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    Err(e) => {
+                        warn!(listener = name, error = %e, "accept failed; retrying");
+                        tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    }
                 }
             }
         }
-    }
-    drop(listener);
-    connections.close();
-    let open = connections.len();
-    if open > 0 {
-        info!(listener = name, connections = open, "draining connections");
-    }
-    tokio::select! {
-        () = connections.wait() => {}
-        () = tokio::time::sleep(drain) => {
-            warn!(listener = name, drain_timeout = ?drain, "drain timed out; closing the remaining connections");
-            // Each connection drops its socket at once.
-            cut.cancel();
-            connections.wait().await;
+        drop(listener);
+        connections.close();
+        let open = connections.len();
+        if open > 0 {
+            info!(listener = name, connections = open, "draining connections");
         }
-    }
+        tokio::select! {
+            () = connections.wait() => {}
+            () = tokio::time::sleep(drain) => {
+                warn!(listener = name, drain_timeout = ?drain, "drain timed out; closing the remaining connections");
+                // Each connection drops its socket at once.
+                cut.cancel();
+                connections.wait().await;
+            }
+        }
+    };
+    tokio::join!(clock, serving);
 }
 
 /// A gauge raised while the value lives.
@@ -454,8 +459,8 @@ enum Ended {
 impl Conn {
     /// A plaintext connection's task. It stays small: requests are served
     /// in a boxed future, dropped while the connection is parked, so that a
-    /// parked connection's task holds its socket, gate and service, and no
-    /// room for serving a request.
+    /// parked connection's task holds its socket, deadline and service, and
+    /// its wait on the listener's clock, and no room for serving a request.
     ///
     /// An `async` block, not an `async fn`: an `async fn` keeps its
     /// arguments for its whole life, and so would the block if it took

@@ -249,6 +249,43 @@ async fn a_parked_connection_still_closes_after_keepalive_timeout() {
 }
 
 #[tokio::test]
+async fn a_resumed_connection_gets_a_whole_keepalive_timeout_again() {
+    let (blue, _green, proxy) = setup("keepalive_timeout = \"600ms\"").await;
+    let mut socket = TcpStream::connect(proxy.addr).await.unwrap();
+    socket.write_all(REQUEST).await.unwrap();
+    read_response(&mut socket).await;
+    wait_gauge(&proxy, PARKED, 1.0).await;
+
+    // Resumed well before its deadline, then parked again: the first
+    // deadline no longer applies, a new one counts from the last response.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    socket.write_all(REQUEST).await.unwrap();
+    let response = read_response(&mut socket).await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let answered = tokio::time::Instant::now();
+    wait_gauge(&proxy, PARKED, 1.0).await;
+
+    let mut rest = [0u8; 16];
+    let n = within("the keep-alive timeout to close it", socket.read(&mut rest))
+        .await
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed without a word");
+    // The old deadline was about 300 ms after `answered`; the new one is
+    // 600 ms after the proxy sent the response (a little before
+    // `answered`, by the time the client took to read it).
+    let idle = answered.elapsed();
+    assert!(
+        idle >= Duration::from_millis(500),
+        "closed at its first deadline: {idle:?}"
+    );
+    assert!(idle < Duration::from_secs(3), "closed late: {idle:?}");
+    assert_eq!(blue.hits(), 2);
+    wait_gauge(&proxy, OPEN, 0.0).await;
+    wait_gauge(&proxy, PARKED, 0.0).await;
+    proxy.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn the_drain_closes_a_parked_connection_at_once() {
     let (_blue, _green, proxy) = setup("drain_timeout = \"30s\"").await;
     let mut socket = TcpStream::connect(proxy.addr).await.unwrap();

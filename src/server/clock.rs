@@ -189,9 +189,75 @@ impl<I: Transport> Future for Wait<'_, I> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io;
+    use std::sync::atomic::AtomicBool;
     use std::sync::Arc;
-    use tokio::io::AsyncWriteExt;
-    use tokio::net::{TcpListener, TcpStream};
+
+    use atomic_waker::AtomicWaker;
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+    /// A parked connection's socket, as the clock sees it: readable once
+    /// its client has sent. No real socket: the clock is paused.
+    struct Socket(Arc<Client>);
+
+    #[derive(Default)]
+    struct Client {
+        sent: AtomicBool,
+        waker: AtomicWaker,
+    }
+
+    impl Client {
+        fn send(&self) {
+            self.sent.store(true, Ordering::Release);
+            self.waker.wake();
+        }
+    }
+
+    impl Transport for Socket {
+        const PARKS: bool = true;
+
+        fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.0.waker.register(cx.waker());
+            match self.0.sent.load(Ordering::Acquire) {
+                true => Poll::Ready(Ok(())),
+                false => Poll::Pending,
+            }
+        }
+    }
+
+    impl AsyncRead for Socket {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Socket {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A connection parked until `deadline`, and its client.
+    fn parked(deadline: Instant) -> (ParkedIo<Socket>, Arc<Client>) {
+        let client = Arc::new(Client::default());
+        (ParkedIo::new(Socket(Arc::clone(&client)), deadline), client)
+    }
 
     /// A clock of `timeout`, its task running, and its `stopping`.
     fn clock(timeout: Duration) -> (Arc<IdleClock>, CancellationToken) {
@@ -206,46 +272,31 @@ mod tests {
 
     /// `clock.wait(io)`, failing (not hanging) if it is not over 2 s after
     /// the deadline.
-    async fn wait(clock: &IdleClock, io: &ParkedIo<TcpStream>) -> bool {
+    async fn wait(clock: &IdleClock, io: &ParkedIo<Socket>) -> bool {
         let by = io.deadline() + Duration::from_secs(2);
         tokio::time::timeout_at(by, clock.wait(io))
             .await
             .expect("the wait is over")
     }
 
-    /// A connected pair: the server's side, read to the end of what the
-    /// client sent (nothing), as a parked connection's is; and the client's.
-    async fn pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let server = listener.accept().await.unwrap().0;
-        // tokio takes a new socket for readable until a read says otherwise.
-        let read = server.try_read(&mut [0u8; 1]);
-        assert!(
-            read.as_ref()
-                .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
-            "{read:?}"
-        );
-        (server, client)
+    /// Waits out `timeout` from now: asserts it ended neither early nor
+    /// more than `tick` late (and tokio's timer, to the millisecond).
+    async fn times_out(clock: &IdleClock, timeout: Duration, tick: Duration) {
+        let tick = tick + Duration::from_millis(1);
+        let started = Instant::now();
+        let (io, _client) = parked(started + timeout);
+        assert!(!wait(clock, &io).await, "the client sent nothing");
+        let waited = started.elapsed();
+        assert!(waited >= timeout, "woke early: {waited:?}");
+        assert!(waited <= timeout + tick, "woke late: {waited:?}");
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_parked_connection_times_out_after_its_deadline_within_a_tick() {
+        // 64 s: 1 s ticks.
         let (clock, stopping) = clock(Duration::from_secs(64));
-        for timeout in [Duration::from_millis(1500), Duration::from_secs(63)] {
-            let (server, _client) = pair().await;
-            let started = Instant::now();
-            let io = ParkedIo::new(server, started + timeout);
-            assert!(!wait(&clock, &io).await);
-            let waited = started.elapsed();
-            assert!(waited >= timeout, "woke early: {waited:?}");
-            assert!(
-                waited <= timeout + Duration::from_secs(1),
-                "woke late: {waited:?}"
-            );
-        }
+        times_out(&clock, Duration::from_millis(1500), Duration::from_secs(1)).await;
+        times_out(&clock, Duration::from_secs(63), Duration::from_secs(1)).await;
         stopping.cancel();
         assert_eq!(clock.waiting.load(Ordering::Acquire), 0);
     }
@@ -255,34 +306,44 @@ mod tests {
         // 600 s of 1 s ticks: the ring has 512 slots, 512 s.
         let (clock, _stopping) = clock(Duration::from_secs(600));
         assert_eq!(clock.slots.len(), 512);
-        let (server, _client) = pair().await;
-        let started = Instant::now();
-        let io = ParkedIo::new(server, started + Duration::from_secs(590));
-        assert!(!wait(&clock, &io).await);
-        let waited = started.elapsed();
-        assert!(waited >= Duration::from_secs(590), "woke early: {waited:?}");
-        assert!(waited <= Duration::from_secs(591), "woke late: {waited:?}");
+        times_out(&clock, Duration::from_secs(590), Duration::from_secs(1)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_clock_catches_up_after_idling_longer_than_a_lap() {
+        // 1 s: ticks of 15.6 ms, a ring of 66 slots (about 1 s).
+        let (clock, _stopping) = clock(Duration::from_secs(1));
+        let tick = Duration::from_nanos(clock.tick);
+        times_out(&clock, Duration::from_millis(500), tick).await;
+        // Nothing waits for many laps: the clock's task sleeps.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        times_out(&clock, Duration::from_millis(300), tick).await;
+        times_out(&clock, Duration::from_millis(1000), tick).await;
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_client_sending_resumes_and_stopping_ends_every_wait() {
         let (clock, stopping) = clock(Duration::from_secs(60));
         let far = Instant::now() + Duration::from_secs(60);
-        let (server, mut client) = pair().await;
-        let io = ParkedIo::new(server, far);
-        client.write_all(b"GET").await.unwrap();
+        let (io, client) = parked(far);
+        tokio::spawn({
+            let client = Arc::clone(&client);
+            async move {
+                tokio::time::sleep(Duration::from_millis(1700)).await;
+                client.send();
+            }
+        });
+        let started = Instant::now();
         assert!(wait(&clock, &io).await);
+        assert_eq!(started.elapsed(), Duration::from_millis(1700), "at once");
 
         let mut clients = Vec::new();
         let mut waiters = Vec::new();
         for i in 0..3 {
-            let (server, client) = pair().await;
+            let (io, client) = parked(far - Duration::from_secs(i));
             clients.push(client);
             let clock = Arc::clone(&clock);
-            waiters.push(tokio::spawn(async move {
-                let io = ParkedIo::new(server, far - Duration::from_secs(i));
-                wait(&clock, &io).await
-            }));
+            waiters.push(tokio::spawn(async move { wait(&clock, &io).await }));
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
         let stopped = Instant::now();
@@ -292,8 +353,7 @@ mod tests {
         }
         assert_eq!(stopped, Instant::now(), "woken at once");
         // Stopped: a later wait does not wait either.
-        let (server, _client) = pair().await;
-        assert!(!wait(&clock, &ParkedIo::new(server, far)).await);
+        assert!(!wait(&clock, &parked(far).0).await);
         assert_eq!(clock.waiting.load(Ordering::Acquire), 0);
     }
 }

@@ -18,7 +18,9 @@
 //! - ask for an idle HTTP/1.1 connection to be parked
 //!   ([`GateLimits::park_after`]): the server then drops hyper's connection
 //!   and its buffers, and keeps only the socket and its keep-alive deadline
-//!   until the client sends again ([`Gate::park`], [`ParkedIo::resume`]).
+//!   until the client sends again ([`Gate::park`], [`ParkedIo::resume`]);
+//!   meanwhile its listener's clock closes it at the deadline, up to a tick
+//!   late (`super::clock`).
 //!
 //! The gate follows message boundaries: head (up to the blank line), then a
 //! body of `Content-Length` bytes or chunked framing (the same state machine
@@ -57,12 +59,13 @@ pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 #[derive(Debug, Default)]
 pub struct Activity {
     in_flight: AtomicUsize,
-    /// False from the end of the last request until hyper has flushed all
+    /// True from the end of the last request until hyper has flushed all
     /// it buffered for it (it flushes through the gate only once its own
     /// buffer is empty): the gate writes nothing of its own before.
     unsettled: AtomicBool,
     /// The gate's read, waiting for the last request to end to start the
-    /// idle clock (hyper does not read again until the socket is readable).
+    /// idle period's timer (hyper does not read again until the socket is
+    /// readable).
     quiet: AtomicWaker,
     /// Set by the gate once the connection has idled for the park delay;
     /// taken by the server, which then parks it.
@@ -139,8 +142,9 @@ pub struct Gate<I> {
     /// A response the gate writes itself, then the connection ends. Boxed:
     /// rare, and every idle connection would keep room for it.
     refusal: Option<Box<Refusal>>,
-    /// Bytes read and inspected already, handed back by the server when it
-    /// parked the connection before hyper had parsed them: read first.
+    /// Bytes read and inspected already that hyper has not parsed: the
+    /// first bytes (read to tell HTTP/2 from HTTP/1.1), or those hyper had
+    /// read when its connection was taken apart. Read first.
     unread: bytes::Bytes,
     /// hyper wrote bytes it has not flushed yet.
     unflushed: bool,
@@ -352,6 +356,8 @@ impl<I> ParkedIo<I> {
         ParkedIo { inner, deadline }
     }
 
+    /// When the keep-alive timeout runs out, counted from the start of the
+    /// idle period in which it was parked.
     pub fn deadline(&self) -> Instant {
         self.deadline
     }
@@ -367,11 +373,14 @@ impl<I> ParkedIo<I> {
                 ..Reader::new(limits.max_head)
             },
             limits,
-            // Armed by the next read that waits, which resets it.
+            // No timer armed: the next read that waits starts a new idle
+            // period (or a head's clock) and sets these three first. A
+            // resumption with nothing to read after all (a spurious
+            // readiness) idles anew, for up to a full timeout.
             timer: Box::pin(tokio::time::sleep_until(self.deadline)),
             armed: None,
             idle_since: self.deadline,
-            park_fired: true,
+            park_fired: false,
             refusal: None,
             unread: bytes::Bytes::new(),
             unflushed: false,
