@@ -222,6 +222,17 @@ async fn requests_pipelined_on_a_resumed_connection_are_answered_in_order() {
     proxy.stop().await.unwrap();
 }
 
+/// Waits for the proxy to close `socket` at its keep-alive timeout, without
+/// a word: how long after `since` it did.
+async fn closed_after(socket: &mut TcpStream, since: tokio::time::Instant) -> Duration {
+    let mut rest = [0u8; 16];
+    let n = within("the keep-alive timeout to close it", socket.read(&mut rest))
+        .await
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed without a word");
+    since.elapsed()
+}
+
 #[tokio::test]
 async fn a_parked_connection_still_closes_after_keepalive_timeout() {
     let (_blue, _green, proxy) = setup("keepalive_timeout = \"400ms\"").await;
@@ -231,12 +242,7 @@ async fn a_parked_connection_still_closes_after_keepalive_timeout() {
     read_response(&mut socket).await;
     wait_gauge(&proxy, PARKED, 1.0).await;
 
-    let mut rest = [0u8; 16];
-    let n = within("the keep-alive timeout to close it", socket.read(&mut rest))
-        .await
-        .unwrap_or(0);
-    assert_eq!(n, 0, "closed without a word");
-    let elapsed = started.elapsed();
+    let elapsed = closed_after(&mut socket, started).await;
     assert!(
         elapsed >= Duration::from_millis(400),
         "closed too early: {elapsed:?}"
@@ -265,15 +271,10 @@ async fn a_resumed_connection_gets_a_whole_keepalive_timeout_again() {
     let answered = tokio::time::Instant::now();
     wait_gauge(&proxy, PARKED, 1.0).await;
 
-    let mut rest = [0u8; 16];
-    let n = within("the keep-alive timeout to close it", socket.read(&mut rest))
-        .await
-        .unwrap_or(0);
-    assert_eq!(n, 0, "closed without a word");
     // The old deadline was about 300 ms after `answered`; the new one is
     // 600 ms after the proxy sent the response (a little before
     // `answered`, by the time the client took to read it).
-    let idle = answered.elapsed();
+    let idle = closed_after(&mut socket, answered).await;
     assert!(
         idle >= Duration::from_millis(500),
         "closed at its first deadline: {idle:?}"

@@ -230,15 +230,39 @@ impl<I> Gate<I> {
         limits: Arc<GateLimits>,
         first_head_by: Instant,
     ) -> Gate<I> {
+        // Armed for the first request head from the accept on.
+        let armed = Some(Timer::Header);
+        Gate::with(
+            inner,
+            activity,
+            limits,
+            Framing::Start,
+            armed,
+            first_head_by,
+        )
+    }
+
+    /// A gate whose reader is at `framing`, its timer at `timer_at` and
+    /// `armed` as such; nothing else read or written yet.
+    fn with(
+        inner: I,
+        activity: Arc<Activity>,
+        limits: Arc<GateLimits>,
+        framing: Framing,
+        armed: Option<Timer>,
+        timer_at: Instant,
+    ) -> Gate<I> {
         Gate {
             inner,
             activity,
-            reader: Reader::new(limits.max_head),
+            reader: Reader {
+                framing,
+                ..Reader::new(limits.max_head)
+            },
             limits,
-            // Armed for the first request head from the accept on.
-            timer: Box::pin(tokio::time::sleep_until(first_head_by)),
-            armed: Some(Timer::Header),
-            idle_since: first_head_by,
+            timer: Box::pin(tokio::time::sleep_until(timer_at)),
+            armed,
+            idle_since: timer_at,
             park_fired: false,
             refusal: None,
             unread: bytes::Bytes::new(),
@@ -365,28 +389,17 @@ impl<I> ParkedIo<I> {
     /// The gate for the connection's next requests, once the client has
     /// sent something: between requests, as it was parked.
     pub fn resume(self, activity: Arc<Activity>, limits: Arc<GateLimits>) -> Gate<I> {
-        Gate {
-            inner: self.inner,
+        // No timer armed: the next read that waits starts a new idle period
+        // (or a head's clock). A resumption with nothing to read after all
+        // (a spurious readiness) idles anew, for up to a full timeout.
+        Gate::with(
+            self.inner,
             activity,
-            reader: Reader {
-                framing: Framing::Head,
-                ..Reader::new(limits.max_head)
-            },
             limits,
-            // No timer armed: the next read that waits starts a new idle
-            // period (or a head's clock) and sets these three first. A
-            // resumption with nothing to read after all (a spurious
-            // readiness) idles anew, for up to a full timeout.
-            timer: Box::pin(tokio::time::sleep_until(self.deadline)),
-            armed: None,
-            idle_since: self.deadline,
-            park_fired: false,
-            refusal: None,
-            unread: bytes::Bytes::new(),
-            unflushed: false,
-            read_waker: None,
-            eof: false,
-        }
+            Framing::Head,
+            None,
+            self.deadline,
+        )
     }
 }
 
