@@ -277,13 +277,14 @@ where
     // handshake, so the drain counts it.
     let connections = TaskTracker::new();
     // Cancelled when the drain time is up, or if this future is dropped:
-    // every connection task listens (a parked one to `stopping`, cancelled
-    // first) and drops its connection (closing the socket). Connections run in their own tasks, so without this they
+    // every connection task listens (a parked one to `stopping`, through
+    // the idle clock, cancelled first) and drops its connection (closing
+    // the socket). Connections run in their own tasks, so without this they
     // would outlive `serve` and a "cut" drain would cut nothing.
     let cut = CancellationToken::new();
     let _cut_on_return = cut.clone().drop_guard();
     // Cancelled with `token`, and also if this future is dropped: a parked
-    // connection waits for this one token only.
+    // connection, through the idle clock, waits for this one token only.
     let stopping = token.child_token();
     let _stop_on_return = stopping.clone().drop_guard();
     let handshake_timeout = limits.header_read_timeout;
@@ -333,7 +334,8 @@ where
                             debug!(listener = name, %peer, error = %e, "cannot set TCP_NODELAY");
                         }
                         let accepted = Accepted { peer, tls: tls.is_some() };
-                        let first_head_by = tokio::time::Instant::now() + shared.gate.header_timeout;
+                        let first_head_by =
+                            tokio::time::Instant::now() + shared.gate.header_timeout;
                         let service = make(&accepted);
                         let conn = Conn::new(Arc::clone(&shared), peer, permit);
                         // Two tasks, each as large as it needs: a TLS stream
@@ -345,7 +347,9 @@ where
                             }
                             Some(tls) => {
                                 connections.spawn(async move {
-                                    conn.serve_tls(&tls, handshake_timeout, stream, service, first_head_by).await;
+                                    let timeout = handshake_timeout;
+                                    conn.serve_tls(&tls, timeout, stream, service, first_head_by)
+                                        .await;
                                 });
                             }
                         }
