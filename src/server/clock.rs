@@ -4,15 +4,16 @@
 //! allocation of its own (112 bytes) besides its place in the timer wheel,
 //! which every one of thousands of idle connections would keep. Instead a
 //! parked connection waits on one slot of its listener's clock: deadlines
-//! fall into slots a tick wide, and one task per listener wakes each slot's
-//! connections once the slot's time has passed. Each connection then checks
+//! fall into slots a tick wide, and the clock's loop ([`IdleClock::run`],
+//! beside the listener's accept loop) wakes each slot's connections once the
+//! slot's time has passed. Each connection then checks
 //! its own deadline, so a connection closes at most a tick after its
 //! keep-alive timeout, never before.
 //!
 //! The slots form a ring one keep-alive timeout long (capped): a connection
 //! woken by a later lap's deadline finds it has not run out, and waits again.
-//! The clock's task sleeps while no connection is parked, and on `stopping`
-//! wakes every parked connection and ends.
+//! The loop sleeps while no connection is parked, and on `stopping` wakes
+//! every parked connection and ends.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -48,12 +49,12 @@ pub struct IdleClock {
     /// A slot's width, in nanoseconds.
     tick: u64,
     slots: Box<[Notify]>,
-    /// Cancelled: every waiting connection returns, and the clock's task
+    /// Cancelled: every waiting connection returns, and the clock's loop
     /// ends.
     stopping: CancellationToken,
     /// Connections waiting on the clock now.
     waiting: AtomicUsize,
-    /// Wakes the clock's task when the first connection waits.
+    /// Wakes the clock's loop when the first connection waits.
     first: Notify,
 }
 
@@ -104,7 +105,7 @@ impl IdleClock {
         }
     }
 
-    /// The clock's task: wakes each slot's connections once its time has
+    /// The clock's loop: wakes each slot's connections once its time has
     /// passed, while any wait; ends, waking them all, when `stopping` is
     /// cancelled.
     pub async fn run(&self) {
@@ -118,7 +119,8 @@ impl IdleClock {
                     () = self.stopping.cancelled() => return self.wake_all(),
                 }
             }
-            let at = self.origin + Duration::from_nanos(self.tick.saturating_mul(next + 1));
+            let end = self.tick.saturating_mul(next.saturating_add(1));
+            let at = self.origin + Duration::from_nanos(end);
             tokio::select! {
                 () = tokio::time::sleep_until(at) => {}
                 () = self.stopping.cancelled() => return self.wake_all(),
@@ -315,7 +317,7 @@ mod tests {
         let (clock, _stopping) = clock(Duration::from_secs(1));
         let tick = Duration::from_nanos(clock.tick);
         times_out(&clock, Duration::from_millis(500), tick).await;
-        // Nothing waits for many laps: the clock's task sleeps.
+        // Nothing waits for many laps: the clock's loop sleeps.
         tokio::time::sleep(Duration::from_secs(30)).await;
         times_out(&clock, Duration::from_millis(300), tick).await;
         times_out(&clock, Duration::from_millis(1000), tick).await;
