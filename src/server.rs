@@ -302,7 +302,7 @@ where
             park_after: None,
             ..gate
         }),
-        idle: Arc::new(IdleClock::new(gate.idle_timeout, stopping.clone())),
+        idle: IdleClock::new(gate.idle_timeout, stopping.clone()),
         stopping,
         cut: cut.clone(),
         gauges,
@@ -411,7 +411,7 @@ struct Shared {
     cut: CancellationToken,
     gauges: ConnectionGauges,
     /// Closes parked connections at their keep-alive timeout.
-    idle: Arc<IdleClock>,
+    idle: IdleClock,
 }
 
 /// One accepted connection, ready to serve HTTP once its bytes flow. It
