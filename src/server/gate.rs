@@ -320,8 +320,8 @@ impl<I> Gate<I> {
         ParkedIo::new(self.inner, self.idle_since + self.limits.idle_timeout)
     }
 
-    /// Gives back bytes hyper had read but not parsed when the connection was
-    /// parked; the next reads return them first.
+    /// Gives back bytes read but not parsed yet (see the `unread` field);
+    /// the next reads return them first.
     pub fn unread(&mut self, bytes: bytes::Bytes) {
         self.unread = bytes;
     }
