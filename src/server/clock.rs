@@ -84,9 +84,15 @@ impl IdleClock {
         u64::try_from(since / u128::from(self.tick)).unwrap_or(u64::MAX)
     }
 
+    /// The slot of a deadline at `at`.
     fn slot(&self, at: Instant) -> &Notify {
+        self.ring(self.index(at))
+    }
+
+    /// The slot of ring position `index`, in its lap.
+    fn ring(&self, index: u64) -> &Notify {
         // The ring has at most `MAX_SLOTS` slots: the remainder fits.
-        &self.slots[(self.index(at) % self.slots.len() as u64) as usize]
+        &self.slots[(index % self.slots.len() as u64) as usize]
     }
 
     /// Waits, while `io` is parked, for its client: true once it has sent
@@ -129,7 +135,7 @@ impl IdleClock {
             // Late by more than a lap: every slot once is enough.
             let from = next.max(now.saturating_sub(self.slots.len() as u64));
             for index in from..now {
-                self.slots[(index % self.slots.len() as u64) as usize].notify_waiters();
+                self.ring(index).notify_waiters();
             }
             next = next.max(now);
         }
