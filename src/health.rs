@@ -168,6 +168,11 @@ async fn watch_pool(pool: Arc<Pool>, events: Events, token: CancellationToken) {
             // New endpoints wait for their first probe to take traffic:
             // probe them now, not an interval later.
             () = pool.members_changed() => ticker.reset(),
+            // An upstream closed an idle connection: close it too.
+            () = pool.idle_stirred() => {
+                pool.sweep_idle();
+                continue;
+            }
         }
         let members = pool.endpoints();
         let outcomes = tokio::select! {
@@ -189,6 +194,7 @@ async fn watch_pool(pool: Arc<Pool>, events: Events, token: CancellationToken) {
         // references the prober held.
         trackers = kept;
         pool.mark_probed();
+        pool.sweep_idle();
     }
 }
 

@@ -37,6 +37,7 @@ use crate::proxy::{ClientBody, RetryBody};
 mod client;
 mod connector;
 mod endpoint;
+mod h1;
 mod stack;
 
 pub use client::{UpstreamClient, UpstreamError, UpstreamIncoming};
@@ -393,6 +394,23 @@ impl Pool {
 
     pub fn health_config(&self) -> &HealthConfig {
         &self.health
+    }
+
+    /// Closes the idle upstream connections that the upstream closed, or
+    /// that idled for [`client::IDLE_TIMEOUT`]. The prober calls it after
+    /// each round, so no connection outlives its time by more than a probe
+    /// interval even when no request comes to take it, and whenever
+    /// [`Pool::idle_stirred`] returns.
+    pub fn sweep_idle(&self) {
+        for endpoint in self.members.load().iter() {
+            endpoint.slot(false).sweep();
+        }
+    }
+
+    /// Returns once something came on an idle upstream connection (the
+    /// upstream closed it, as a rule).
+    pub async fn idle_stirred(&self) {
+        self.client.idle_stirred().await;
     }
 
     /// Endpoints whose probes pass now.

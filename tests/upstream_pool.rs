@@ -6,7 +6,9 @@
 //! again; a response the client abandoned mid-body takes its connection
 //! with it, so the next request never reads its leftovers; a connection
 //! still carrying an upload the upstream answered early is not handed to
-//! the next request.
+//! the next request; responses framed every way HTTP/1.1 allows arrive
+//! whole, and only those that ended cleanly leave their connection to the
+//! next request; a malformed response is a 502.
 
 mod support;
 
@@ -34,7 +36,9 @@ enum After {
 /// the number of the connection it came on. Answers `GET /big` with 1 MiB
 /// of `a`; `GET /hold` once [`RawUpstream::release`] is called; `POST
 /// /early` at once, without reading the body, and then reads nothing more
-/// from that connection; anything else with its own name.
+/// from that connection; the paths of [`FRAMED`] with their raw answers
+/// (after which `/until-close` closes the connection); anything else with
+/// its own name.
 struct RawUpstream {
     addr: std::net::SocketAddr,
     /// Connections accepted.
@@ -45,6 +49,30 @@ struct RawUpstream {
 }
 
 const BIG: usize = 1 << 20;
+
+/// Raw answers, each framed its own way, and the body each frames.
+const FRAMED: [(&str, &str, &str); 4] = [
+    (
+        "/chunked",
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-checksum: 1\r\n\r\n",
+        "hello world",
+    ),
+    (
+        "/continue",
+        "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nafter",
+        "after",
+    ),
+    (
+        "/until-close",
+        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nall of it",
+        "all of it",
+    ),
+    (
+        "/bad-length",
+        "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\nabcd",
+        "",
+    ),
+];
 
 impl RawUpstream {
     async fn start(name: &'static str, after: After) -> RawUpstream {
@@ -128,7 +156,7 @@ async fn serve(mut socket: TcpStream, name: &str, after: After, mut seen: Seen) 
         let big = head.starts_with("GET /big ");
         let hold = head.starts_with("GET /hold ");
         let early = head.starts_with("POST /early ");
-        seen.heads.lock().unwrap().push((seen.conn, head));
+        seen.heads.lock().unwrap().push((seen.conn, head.clone()));
         if hold {
             let _ = seen.released.wait_for(|r| *r).await;
         }
@@ -139,6 +167,13 @@ async fn serve(mut socket: TcpStream, name: &str, after: After, mut seen: Seen) 
                 while matches!(socket.read(&mut chunk).await, Ok(n) if n > 0) {}
             }
             return;
+        }
+        let path = head.split(' ').nth(1).unwrap_or_default();
+        if let Some((_, raw, _)) = FRAMED.iter().find(|(p, _, _)| *p == path) {
+            if socket.write_all(raw.as_bytes()).await.is_err() || path == "/until-close" {
+                return;
+            }
+            continue;
         }
         let written = if big {
             let mut answer =
@@ -375,5 +410,58 @@ async fn a_connection_still_carrying_an_upload_answered_early_is_not_reused_mean
         "a request went on the connection still carrying the upload"
     );
     drop(tx);
+    proxy.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn responses_framed_every_way_arrive_whole_and_only_clean_ends_are_reused() {
+    let blue = RawUpstream::start("blue", After::KeepAlive).await;
+    let green = RawUpstream::start("green", After::KeepAlive).await;
+    let proxy = proxy_for(&blue, &green).await;
+
+    for (path, _, body) in &FRAMED[..3] {
+        let reply = get(&proxy.url(path)).await;
+        assert_eq!(reply.status, StatusCode::OK, "{path}: {}", reply.text());
+        assert_eq!(reply.text(), *body, "{path}");
+        // The next request: on the same connection, unless this one was
+        // delimited by its closing.
+        let reply = get(&proxy.url("/v2/models/iris/infer")).await;
+        assert_eq!(reply.text(), "blue", "after {path}");
+        let (answered_on, _) = blue.requests_for(path)[0];
+        let (next_on, _) = *blue.requests_for("/v2/").last().unwrap();
+        if *path == "/until-close" {
+            assert_ne!(next_on, answered_on, "{path}: its connection ended with it");
+        } else {
+            assert_eq!(next_on, answered_on, "{path}: its connection is reused");
+        }
+    }
+    // The probe's connection, and one after /until-close.
+    assert_eq!(blue.accepted.load(SeqCst), 2);
+    proxy.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_malformed_response_is_a_502_and_its_connection_is_dropped() {
+    let blue = RawUpstream::start("blue", After::KeepAlive).await;
+    let green = RawUpstream::start("green", After::KeepAlive).await;
+    let proxy = proxy_for(&blue, &green).await;
+
+    let reply = get(&proxy.url("/bad-length")).await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.text());
+    assert_eq!(reply.pool(), "blue");
+    assert!(
+        reply.text().contains(&blue.addr.to_string()),
+        "{}",
+        reply.text()
+    );
+    eventually("the malformed response's connection to close", || async {
+        open_connections(&proxy, &blue).await == 0
+    })
+    .await;
+    let reply = get(&proxy.url("/v2/models/iris/infer")).await;
+    assert_eq!(
+        (reply.status, reply.text()),
+        (StatusCode::OK, "blue".to_string())
+    );
     proxy.stop().await.unwrap();
 }

@@ -1,40 +1,41 @@
-//! The upstream client of a pool, on hyper's `client::conn`: per endpoint, a
-//! lock-free stack of idle HTTP/1.1 connections, or one shared HTTP/2
-//! connection.
+//! The upstream client of a pool: per endpoint, a lock-free stack of idle
+//! HTTP/1.1 connections spoken in the request's own task (`h1.rs`), or one
+//! shared HTTP/2 connection on hyper's `client::conn`.
 //!
 //! Why not hyper-util's pooled client: it serialises every checkout and
 //! checkin on a mutex, hashes the request's scheme and authority into a map
 //! to find the pool, and spawns a task per HTTP/1.1 request only to wait
 //! until the connection is free again. Here each endpoint carries its own
 //! connections ([`Slot`]): a request, sent to an endpoint, pops an idle
-//! connection from it (one compare-and-swap), and its response
-//! body pushes the connection back the moment it has read the last byte, in
-//! the task that read it. Only a connection still sending its request's
-//! body then (the upstream answered before reading all of it) waits in a
-//! task of its own until it is free: a request never waits on another's
+//! connection from it (one compare-and-swap), and its response body pushes
+//! the connection back the moment it has read the last byte, in the task
+//! that read it. A connection whose upstream answered before the whole
+//! request body was sent is not reused: a request never waits on another's
 //! upload.
 //!
 //! Behaviour kept from hyper-util's client, on which the proxy relies:
 //! - HTTP/1.1 requests go out in origin form with a `Host` header (the
 //!   client's own if it sent one); HTTP/2 requests keep the absolute URI,
 //!   from which hyper takes `:scheme` and `:authority`.
-//! - A request that a reused connection could not take (it closed while
-//!   idle, before any of the request was written) goes on the next idle
-//!   connection or a new one: the race of an idle connection closing is
-//!   invisible to the caller. On a new connection it is an error.
+//! - An idle connection the upstream closed is never used: each is watched
+//!   while idle (a waker on its socket that wakes the pool's prober, which
+//!   closes it, [`Slot::sweep`]), and looked at again when it is taken; the
+//!   request goes on the next idle connection or a new one. A close that
+//!   crosses the request on the wire is an error, as with hyper's client.
 //! - Connect failures (TCP, TLS, the HTTP/2 handshake) are
 //!   [`UpstreamError::is_connect`]: nothing reached the endpoint, and the
 //!   request was dropped untouched, which the retry relies on.
-//! - Idle HTTP/1.1 connections close after [`IDLE_TIMEOUT`], and at most
+//! - Idle HTTP/1.1 connections close after [`IDLE_TIMEOUT`] (found when
+//!   taken, or by the prober's sweep after each round), and at most
 //!   `max_idle` stay per endpoint; the one used last is reused first, so
 //!   those a burst left behind idle out. The HTTP/2 connection stays open,
 //!   pinged every [`H2_PING_INTERVAL`] and closed if a ping goes unanswered
 //!   (a half-open connection would otherwise time every request out).
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 use std::{fmt, pin::Pin};
 
@@ -43,7 +44,7 @@ use bytes::Bytes;
 use http::uri::{Authority, Scheme};
 use http::{header, HeaderValue, Request, Response, Uri};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 use tokio_util::either::Either;
@@ -51,6 +52,7 @@ use tracing::debug;
 
 use super::connector::{Counted, CountingConnector, UpstreamStream};
 use super::endpoint::Endpoint;
+use super::h1::{H1Body, H1Conn};
 use super::stack::Stack;
 use super::{Protocol, UpstreamBody};
 
@@ -76,9 +78,10 @@ pub enum UpstreamError {
         source: BoxError,
     },
     /// The connection failed while the request was on it, or before a new
-    /// connection could take it.
+    /// connection could take it; or the request's body failed (its error is
+    /// the source).
     #[error("request failed")]
-    Request(#[source] hyper::Error),
+    Request(#[source] BoxError),
 }
 
 impl UpstreamError {
@@ -94,6 +97,9 @@ impl UpstreamError {
 /// and one it removes takes its own away once its last request is done.
 pub struct UpstreamClient {
     protocol: Protocol,
+    /// Woken when something comes on an idle HTTP/1.1 connection: the
+    /// upstream closed it, most likely. The prober waits on it and sweeps.
+    stirred: Arc<Stirred>,
     connector: CountingConnector,
     max_idle: usize,
     /// The probes' client of a pool with `warm_connections = 0`: it uses
@@ -113,8 +119,11 @@ pub struct Slot {
     /// HTTP/1.1: the idle connections, the last used on top; `None` keeps
     /// none (each request connects, and its connection closes after it).
     /// Bounded by `idle_count`.
-    idle: Option<Stack<Conn>>,
+    idle: Option<Stack<H1Conn>>,
     idle_count: AtomicUsize,
+    /// Registered for reads on each idle connection: wakes the client's
+    /// [`Stirred`].
+    watch: Waker,
     max_idle: usize,
     /// HTTP/2: the connection every request shares.
     shared: ArcSwapOption<http2::SendRequest<UpstreamBody>>,
@@ -122,13 +131,6 @@ pub struct Slot {
     /// no connection opens one, not one each. Never taken on a request
     /// that finds the connection up.
     connecting: tokio::sync::Mutex<()>,
-}
-
-/// An idle HTTP/1.1 connection, or one a request holds.
-struct Conn {
-    sender: http1::SendRequest<UpstreamBody>,
-    /// Shared with the connection's task, which closes it when idle too long.
-    state: Arc<ConnState>,
 }
 
 impl UpstreamClient {
@@ -143,6 +145,7 @@ impl UpstreamClient {
     ) -> UpstreamClient {
         UpstreamClient {
             protocol,
+            stirred: Arc::new(Stirred(tokio::sync::Notify::new())),
             connector,
             max_idle,
             cold,
@@ -172,10 +175,17 @@ impl UpstreamClient {
             connections,
             idle: (self.max_idle > 0 && self.protocol == Protocol::Http1).then(Stack::new),
             idle_count: AtomicUsize::new(0),
+            watch: Waker::from(Arc::clone(&self.stirred)),
             max_idle: self.max_idle,
             shared: ArcSwapOption::empty(),
             connecting: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Returns once something came on an idle connection of this client
+    /// (the upstream closed it, as a rule): time to [`Slot::sweep`].
+    pub async fn idle_stirred(&self) {
+        self.stirred.0.notified().await;
     }
 
     /// Whether this is the probes' client that keeps no connection.
@@ -214,8 +224,7 @@ impl UpstreamClient {
     }
 
     /// Sends a readied HTTP/1.1 `request` on an idle connection of `slot`,
-    /// or a new one. One that closed while idle is passed over: the request
-    /// goes on the next.
+    /// or a new one, in this task (see `h1.rs`).
     ///
     /// An `async` block, not an `async fn`, here and in `http2`: an `async
     /// fn` keeps a second copy of each argument, and this future is moved
@@ -224,43 +233,18 @@ impl UpstreamClient {
     fn http1<'a>(
         &'a self,
         slot: &'a Arc<Slot>,
-        mut request: Request<UpstreamBody>,
+        request: Request<UpstreamBody>,
     ) -> impl Future<Output = Result<Response<UpstreamIncoming>, UpstreamError>> + Send + 'a {
         async move {
-            loop {
-                let (mut conn, reused) = match slot.checkout() {
-                    Some(conn) => (conn, true),
-                    // Boxed: connecting is rare, and inline its state would
-                    // make every request's future (and so every client
-                    // connection, which keeps room for one) kilobytes larger.
-                    None => (Box::pin(self.connect_http1(slot)).await?, false),
-                };
-                if let Err(e) = conn.sender.ready().await {
-                    // It closed while idle: the next one. A new one that
-                    // closes before its first request is the endpoint's doing.
-                    if reused {
-                        debug!(endpoint = %slot.authority, error = %e, "idle upstream connection closed; taking another");
-                        continue;
-                    }
-                    return Err(UpstreamError::Request(e));
-                }
-                match conn.sender.try_send_request(request).await {
-                    Ok(response) => {
-                        let checkin = slot.idle.is_some().then(|| Checkin {
-                            conn,
-                            slot: Arc::clone(slot),
-                        });
-                        return Ok(response.map(|body| UpstreamIncoming::new(body, checkin)));
-                    }
-                    Err(mut e) => match e.take_message() {
-                        Some(unsent) if reused => {
-                            debug!(endpoint = %slot.authority, error = %e.error(), "idle upstream connection closed before the request; taking another");
-                            request = unsent;
-                        }
-                        _ => return Err(UpstreamError::Request(e.into_error())),
-                    },
-                }
-            }
+            let conn = match slot.checkout() {
+                Some(conn) => conn,
+                // Boxed: connecting is rare, and inline its state would
+                // make every request's future larger.
+                None => H1Conn::new(Box::pin(self.connect(slot)).await?),
+            };
+            let response = conn.send(request).await.map_err(UpstreamError::Request)?;
+            let slot = slot.idle.is_some().then(|| Arc::clone(slot));
+            Ok(response.map(|body| UpstreamIncoming::new(Inner::H1(body), slot)))
         }
     }
 
@@ -285,18 +269,18 @@ impl UpstreamClient {
                     if reused {
                         continue;
                     }
-                    return Err(UpstreamError::Request(e));
+                    return Err(UpstreamError::Request(e.into()));
                 }
                 match sender.try_send_request(request).await {
                     Ok(response) => {
-                        return Ok(response.map(|body| UpstreamIncoming::new(body, None)))
+                        return Ok(response.map(|body| UpstreamIncoming::new(Inner::H2(body), None)))
                     }
                     Err(mut e) => match e.take_message() {
                         Some(unsent) if reused => {
                             slot.forget(&shared);
                             request = unsent;
                         }
-                        _ => return Err(UpstreamError::Request(e.into_error())),
+                        _ => return Err(UpstreamError::Request(e.into_error().into())),
                     },
                 }
             }
@@ -309,40 +293,6 @@ impl UpstreamClient {
             .connect(slot.target.clone(), Arc::clone(&slot.connections))
             .await
             .map_err(|e| slot.connect_failed(e))
-    }
-
-    async fn connect_http1(&self, slot: &Slot) -> Result<Conn, UpstreamError> {
-        let io = self.connect(slot).await?;
-        let (sender, connection) = http1::Builder::new()
-            // One write of head and body copied together, as the
-            // listener does (see server::Builders).
-            .writev(false)
-            .handshake(io)
-            .await
-            .map_err(|e| slot.connect_failed(e))?;
-        let state = Arc::new(ConnState::busy());
-        let closer = Arc::clone(&state);
-        let authority = slot.authority.clone();
-        tokio::spawn(async move {
-            let mut connection = std::pin::pin!(connection);
-            loop {
-                tokio::select! {
-                    done = &mut connection => {
-                        if let Err(e) = done {
-                            debug!(endpoint = %authority, error = %e, "upstream connection ended");
-                        }
-                        return;
-                    }
-                    () = tokio::time::sleep(closer.until_idle_check(now_ms())) => {
-                        if closer.close_if_idle(now_ms()) {
-                            debug!(endpoint = %authority, "closing idle upstream connection");
-                            return;
-                        }
-                    }
-                }
-            }
-        });
-        Ok(Conn { sender, state })
     }
 
     /// The endpoint's shared HTTP/2 connection, made now unless another
@@ -398,50 +348,65 @@ impl Slot {
         }
     }
 
-    /// An idle connection that its task has not closed, if any.
-    fn checkout(&self) -> Option<Conn> {
+    /// An idle connection that is still good, if any: one the upstream
+    /// closed, sent stray bytes on, or that idled for [`IDLE_TIMEOUT`] is
+    /// closed and passed over.
+    fn checkout(&self) -> Option<H1Conn> {
         let idle = self.idle.as_ref()?;
-        while let Some(conn) = idle.pop() {
+        let now = now_ms();
+        while let Some(mut conn) = idle.pop() {
             self.idle_count.fetch_sub(1, Ordering::Relaxed);
-            if conn.state.take() && !conn.sender.is_closed() {
+            if self.is_usable(&mut conn, now) {
                 return Some(conn);
             }
+            debug!(endpoint = %self.authority, "idle upstream connection closed or timed out; taking another");
         }
         None
     }
 
-    /// Takes back a connection whose response has been read. It is idle
-    /// once its request has been sent whole too: at once, as a rule; if the
-    /// upstream answered before reading all of the body, a task waits until
-    /// it has, so no request ever pops a connection busy with another's
-    /// upload.
-    fn checkin(self: &Arc<Self>, mut conn: Conn) {
-        if self.idle.is_none() || conn.sender.is_closed() {
-            return;
-        }
-        if conn.sender.is_ready() {
-            self.put(conn);
-            return;
-        }
-        let slot = Arc::clone(self);
-        tokio::spawn(async move {
-            if conn.sender.ready().await.is_ok() {
-                slot.put(conn);
-            }
-        });
-    }
-
-    /// Pushes an idle connection; when `max_idle` are idle already, drops
-    /// it, which closes it.
-    fn put(&self, conn: Conn) {
+    /// Takes back a connection whose exchange ended cleanly, and watches
+    /// it while it idles; when `max_idle` are idle already, drops it, which
+    /// closes it.
+    fn put(&self, mut conn: H1Conn) {
         let Some(idle) = &self.idle else { return };
+        if !conn.is_quiet(&self.watch) {
+            return;
+        }
         if self.idle_count.fetch_add(1, Ordering::Relaxed) >= self.max_idle {
             // Full: this one closes as it drops.
             self.idle_count.fetch_sub(1, Ordering::Relaxed);
             return;
         }
-        conn.state.release(now_ms());
+        conn.idle_since = now_ms();
         idle.push(conn);
+    }
+
+    /// Closes the idle connections the upstream closed or that idled for
+    /// [`IDLE_TIMEOUT`], keeping the others in their order. Called by the
+    /// pool's prober after each round; a request meanwhile that finds no
+    /// idle connection opens one.
+    pub fn sweep(&self) {
+        let Some(idle) = &self.idle else { return };
+        let now = now_ms();
+        let mut kept = Vec::new();
+        while let Some(mut conn) = idle.pop() {
+            self.idle_count.fetch_sub(1, Ordering::Relaxed);
+            if self.is_usable(&mut conn, now) {
+                kept.push(conn);
+            }
+        }
+        // Popped newest first: pushed back oldest first.
+        for conn in kept.into_iter().rev() {
+            self.idle_count.fetch_add(1, Ordering::Relaxed);
+            idle.push(conn);
+        }
+    }
+
+    /// Whether an idle connection may take a request at `now`: it has idled
+    /// for less than [`IDLE_TIMEOUT`] and nothing came on it. It stays
+    /// watched.
+    fn is_usable(&self, conn: &mut H1Conn, now: u64) -> bool {
+        now.saturating_sub(conn.idle_since) < IDLE_TIMEOUT_MS && conn.is_quiet(&self.watch)
     }
 
     /// Drops the shared HTTP/2 connection if it is still `dead`.
@@ -451,57 +416,20 @@ impl Slot {
     }
 }
 
-/// Whether a connection is in use, idle (since when) or closed by its task.
-/// Checkout and the task's idle check race for an idle connection through
-/// one compare-and-swap each: exactly one wins.
-struct ConnState(AtomicU64);
+/// The waker idle connections are watched with: it wakes the prober.
+struct Stirred(tokio::sync::Notify);
 
-const BUSY: u64 = 0;
-const CLOSED: u64 = u64::MAX;
-
-impl ConnState {
-    fn busy() -> ConnState {
-        ConnState(AtomicU64::new(BUSY))
+impl Wake for Stirred {
+    fn wake(self: Arc<Self>) {
+        self.0.notify_one();
     }
 
-    /// Marks it idle from `now` (see [`now_ms`]).
-    fn release(&self, now: u64) {
-        self.0.store(now.clamp(1, CLOSED - 1), Ordering::Release);
-    }
-
-    /// Takes an idle connection for a request; false if its task closed it.
-    fn take(&self) -> bool {
-        self.0.swap(BUSY, Ordering::AcqRel) != CLOSED
-    }
-
-    /// How long the task sleeps, from `now`, before looking again.
-    fn until_idle_check(&self, now: u64) -> Duration {
-        match self.0.load(Ordering::Acquire) {
-            BUSY | CLOSED => IDLE_TIMEOUT,
-            since => {
-                let idle = Duration::from_millis(now.saturating_sub(since));
-                IDLE_TIMEOUT
-                    .saturating_sub(idle)
-                    .max(Duration::from_millis(10))
-            }
-        }
-    }
-
-    /// Marks the connection closed if, at `now`, it has been idle for
-    /// [`IDLE_TIMEOUT`]; true when it did, and the task then closes it.
-    fn close_if_idle(&self, now: u64) -> bool {
-        let since = self.0.load(Ordering::Acquire);
-        if since == BUSY || since == CLOSED {
-            return false;
-        }
-        let idle = Duration::from_millis(now.saturating_sub(since));
-        idle >= IDLE_TIMEOUT
-            && self
-                .0
-                .compare_exchange(since, CLOSED, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.notify_one();
     }
 }
+
+const IDLE_TIMEOUT_MS: u64 = IDLE_TIMEOUT.as_millis() as u64;
 
 /// Milliseconds since the first call.
 fn now_ms() -> u64 {
@@ -510,76 +438,79 @@ fn now_ms() -> u64 {
     u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
 }
 
-/// What a response body needs to hand its connection back.
-struct Checkin {
-    conn: Conn,
-    slot: Arc<Slot>,
+/// A response body from an upstream. Over HTTP/1.1 its connection goes
+/// back to the idle stack the moment its last byte has been read, in the
+/// task that read it; a body dropped before its end takes the connection
+/// with it (the rest of the response is still on it).
+pub struct UpstreamIncoming {
+    body: Inner,
+    /// Where an HTTP/1.1 connection goes back to, until it has.
+    slot: Option<Arc<Slot>>,
 }
 
-/// A response body from an upstream: hyper's, which returns its HTTP/1.1
-/// connection to the idle stack once it has been read to the end. A body
-/// dropped before its end takes the connection with it (hyper closes it:
-/// the rest of the response is still on it).
-pub struct UpstreamIncoming {
-    body: Incoming,
-    checkin: Option<Checkin>,
+enum Inner {
+    H1(H1Body),
+    H2(Incoming),
 }
 
 impl UpstreamIncoming {
-    fn new(body: Incoming, checkin: Option<Checkin>) -> UpstreamIncoming {
-        let mut body = UpstreamIncoming { body, checkin };
+    fn new(body: Inner, slot: Option<Arc<Slot>>) -> UpstreamIncoming {
+        let mut body = UpstreamIncoming { body, slot };
         body.check_in_if_ended();
         body
     }
 
     fn check_in_if_ended(&mut self) {
-        if self.checkin.is_some() && crate::proxy::ended(self) {
-            self.check_in();
-        }
-    }
-
-    fn check_in(&mut self) {
-        if let Some(Checkin { conn, slot }) = self.checkin.take() {
-            slot.checkin(conn);
+        if let Inner::H1(body) = &mut self.body {
+            if body.is_done() {
+                if let (Some(slot), Some(conn)) = (self.slot.take(), body.take_idle()) {
+                    slot.put(conn);
+                }
+            }
         }
     }
 }
 
 impl Body for UpstreamIncoming {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.body).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => this.check_in(),
-            // Trailers are the last frame, and hyper's server stops there.
-            Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => this.check_in(),
-            Poll::Ready(Some(Ok(_))) => this.check_in_if_ended(),
-            // The connection is broken: it goes with the body.
-            Poll::Ready(Some(Err(_))) => this.checkin = None,
-            Poll::Pending => {}
+        match &mut this.body {
+            Inner::H1(body) => {
+                let polled = Pin::new(body).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(_)) | None) = polled {
+                    this.check_in_if_ended();
+                }
+                polled.map_err(Into::into)
+            }
+            Inner::H2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        match &self.body {
+            Inner::H1(body) => body.is_end_stream(),
+            Inner::H2(body) => body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match &self.body {
+            Inner::H1(body) => body.size_hint(),
+            Inner::H2(body) => body.size_hint(),
+        }
     }
 }
 
 impl fmt::Debug for UpstreamIncoming {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UpstreamIncoming")
-            .field("pooled", &self.checkin.is_some())
+            .field("pooled", &self.slot.is_some())
             .finish()
     }
 }
@@ -631,33 +562,5 @@ mod tests {
         assert_eq!(host_header(&Scheme::HTTPS, &a), "models.internal:80");
         let b: Authority = "10.0.0.1:8000".parse().unwrap();
         assert_eq!(host_header(&Scheme::HTTP, &b), "10.0.0.1:8000");
-    }
-
-    const IDLE_MS: u64 = IDLE_TIMEOUT.as_millis() as u64;
-
-    #[test]
-    fn only_a_connection_idle_for_the_timeout_is_closed() {
-        let state = ConnState::busy();
-        assert!(!state.close_if_idle(10 * IDLE_MS), "busy: never closed");
-        state.release(1_000);
-        assert!(!state.close_if_idle(1_000 + IDLE_MS - 1));
-        assert_eq!(
-            state.until_idle_check(1_000 + IDLE_MS - 1),
-            Duration::from_millis(10)
-        );
-        assert_eq!(state.until_idle_check(1_000), IDLE_TIMEOUT);
-        assert!(state.close_if_idle(1_000 + IDLE_MS));
-        assert!(!state.take(), "a closed connection is never taken");
-    }
-
-    #[test]
-    fn a_connection_taken_first_is_not_closed_under_the_request() {
-        let state = ConnState::busy();
-        state.release(1_000);
-        assert!(state.take());
-        assert!(!state.close_if_idle(1_000 + 2 * IDLE_MS));
-        state.release(5_000);
-        assert!(!state.close_if_idle(5_000 + IDLE_MS / 2));
-        assert!(state.take(), "idle but not yet too long: taken");
     }
 }

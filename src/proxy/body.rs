@@ -19,6 +19,8 @@ use crate::pool::{InFlight, UpstreamIncoming};
 use crate::shadow::Capture;
 use crate::switch::Admission;
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 pub enum ProxyBody {
     Upstream {
         body: UpstreamIncoming,
@@ -75,12 +77,12 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         // Both variants are Unpin, so projecting through `get_mut` is sound.
         match self.get_mut() {
             ProxyBody::Upstream {

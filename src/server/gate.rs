@@ -688,6 +688,16 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for Gate<I> {
                     // still counts from the period's start.
                     this.timer.as_mut().reset(this.idle_since + park_after);
                     this.armed = Some(Timer::Park);
+                } else if this.armed == Some(Timer::Idle)
+                    && !this.park_fired
+                    && this.limits.park_after.is_some()
+                    && (this.unflushed || this.activity.unsettled.load(Ordering::Acquire))
+                {
+                    // Not parkable only because hyper's last flush waits for
+                    // a slow reader. hyper does not read again by itself
+                    // once it has flushed: the flush wakes this read, which
+                    // then starts the park delay (above).
+                    this.read_waker = Some(cx.waker().clone());
                 }
                 if this.armed == Some(Timer::Park) {
                     ready!(this.timer.as_mut().poll(cx));
