@@ -208,6 +208,19 @@ fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     }
 }
 
+/// `n` in hexadecimal, written at the end of `buf`.
+fn hex(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b"0123456789abcdef"[n % 16];
+        n /= 16;
+        if n == 0 {
+            return &buf[at..];
+        }
+    }
+}
+
 /// One request on an [`H1Conn`]: writes it while watching for the answer,
 /// which may come before the body has all been sent.
 pub struct Exchange {
@@ -355,7 +368,8 @@ fn encode_frame(frame: Frame<Bytes>, framing: &mut Out, out: &mut Vec<u8>) -> Re
                     out.extend_from_slice(&data);
                 }
                 Out::Chunked if !data.is_empty() => {
-                    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                    out.extend_from_slice(hex(data.len(), &mut [0; 16]));
+                    out.extend_from_slice(b"\r\n");
                     out.extend_from_slice(&data);
                     out.extend_from_slice(b"\r\n");
                 }
@@ -960,9 +974,12 @@ mod tests {
     }
 
     #[test]
-    fn itoa_writes_decimal() {
+    fn numbers_are_written_in_decimal_and_hex() {
         for n in [0, 7, 10, 120, u64::MAX] {
             assert_eq!(itoa(n, &mut [0; 20]), n.to_string().as_bytes());
+        }
+        for n in [0, 9, 10, 255, 4096, usize::MAX] {
+            assert_eq!(hex(n, &mut [0; 16]), format!("{n:x}").as_bytes());
         }
     }
 }
