@@ -170,7 +170,7 @@ async fn watch_pool(pool: Arc<Pool>, events: Events, token: CancellationToken) {
             () = pool.members_changed() => ticker.reset(),
             // An upstream closed an idle connection: close it too.
             () = pool.idle_stirred() => {
-                pool.sweep_idle();
+                pool.sweep_idle(false);
                 continue;
             }
         }
@@ -194,7 +194,7 @@ async fn watch_pool(pool: Arc<Pool>, events: Events, token: CancellationToken) {
         // references the prober held.
         trackers = kept;
         pool.mark_probed();
-        pool.sweep_idle();
+        pool.sweep_idle(true);
     }
 }
 

@@ -397,13 +397,15 @@ impl Pool {
     }
 
     /// Closes the idle upstream connections that the upstream closed, or
-    /// that idled for [`client::IDLE_TIMEOUT`]. The prober calls it after
-    /// each round, so no connection outlives its time by more than a probe
-    /// interval even when no request comes to take it, and whenever
-    /// [`Pool::idle_stirred`] returns.
-    pub fn sweep_idle(&self) {
+    /// that idled for [`client::IDLE_TIMEOUT`]: of every endpoint (`all`),
+    /// or of those on which something came since the last sweep. The
+    /// prober sweeps all after each round, so no connection outlives its
+    /// time by more than a probe interval even when no request comes to
+    /// take it, and the stirred ones whenever [`Pool::idle_stirred`]
+    /// returns.
+    pub fn sweep_idle(&self, all: bool) {
         for endpoint in self.members.load().iter() {
-            endpoint.slot(false).sweep();
+            endpoint.slot(false).sweep(all);
         }
     }
 

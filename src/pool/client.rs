@@ -33,7 +33,7 @@
 //!   (a half-open connection would otherwise time every request out).
 
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
@@ -97,9 +97,9 @@ impl UpstreamError {
 /// and one it removes takes its own away once its last request is done.
 pub struct UpstreamClient {
     protocol: Protocol,
-    /// Woken when something comes on an idle HTTP/1.1 connection: the
+    /// Notified when something comes on an idle HTTP/1.1 connection: the
     /// upstream closed it, most likely. The prober waits on it and sweeps.
-    stirred: Arc<Stirred>,
+    stirred: Arc<tokio::sync::Notify>,
     connector: CountingConnector,
     max_idle: usize,
     /// The probes' client of a pool with `warm_connections = 0`: it uses
@@ -121,8 +121,9 @@ pub struct Slot {
     /// Bounded by `idle_count`.
     idle: Option<Stack<H1Conn>>,
     idle_count: AtomicUsize,
-    /// Registered for reads on each idle connection: wakes the client's
-    /// [`Stirred`].
+    /// Set by `watch`, which is registered for reads on each idle
+    /// connection.
+    stirred: Arc<Stirred>,
     watch: Waker,
     max_idle: usize,
     /// HTTP/2: the connection every request shares.
@@ -145,7 +146,7 @@ impl UpstreamClient {
     ) -> UpstreamClient {
         UpstreamClient {
             protocol,
-            stirred: Arc::new(Stirred(tokio::sync::Notify::new())),
+            stirred: Arc::new(tokio::sync::Notify::new()),
             connector,
             max_idle,
             cold,
@@ -162,6 +163,10 @@ impl UpstreamClient {
         host: Option<&Authority>,
         connections: Arc<AtomicUsize>,
     ) -> Arc<Slot> {
+        let stirred = Arc::new(Stirred {
+            flag: AtomicBool::new(false),
+            client: Arc::clone(&self.stirred),
+        });
         let target = Uri::builder()
             .scheme(scheme.clone())
             .authority(authority.clone())
@@ -175,7 +180,8 @@ impl UpstreamClient {
             connections,
             idle: (self.max_idle > 0 && self.protocol == Protocol::Http1).then(Stack::new),
             idle_count: AtomicUsize::new(0),
-            watch: Waker::from(Arc::clone(&self.stirred)),
+            stirred: Arc::clone(&stirred),
+            watch: Waker::from(stirred),
             max_idle: self.max_idle,
             shared: ArcSwapOption::empty(),
             connecting: tokio::sync::Mutex::new(()),
@@ -185,7 +191,7 @@ impl UpstreamClient {
     /// Returns once something came on an idle connection of this client
     /// (the upstream closed it, as a rule): time to [`Slot::sweep`].
     pub async fn idle_stirred(&self) {
-        self.stirred.0.notified().await;
+        self.stirred.notified().await;
     }
 
     /// Whether this is the probes' client that keeps no connection.
@@ -368,25 +374,35 @@ impl Slot {
     /// it while it idles; when `max_idle` are idle already, drops it, which
     /// closes it.
     fn put(&self, mut conn: H1Conn) {
-        let Some(idle) = &self.idle else { return };
-        if !conn.is_quiet(&self.watch) {
+        if self.idle.is_none() || !conn.is_quiet(&self.watch) {
             return;
         }
+        conn.trim();
+        conn.idle_since = now_ms();
+        self.push(conn);
+    }
+
+    /// Pushes an idle connection, unless `max_idle` are idle already: then
+    /// it drops, which closes it.
+    fn push(&self, conn: H1Conn) {
+        let Some(idle) = &self.idle else { return };
         if self.idle_count.fetch_add(1, Ordering::Relaxed) >= self.max_idle {
-            // Full: this one closes as it drops.
             self.idle_count.fetch_sub(1, Ordering::Relaxed);
             return;
         }
-        conn.idle_since = now_ms();
         idle.push(conn);
     }
 
     /// Closes the idle connections the upstream closed or that idled for
-    /// [`IDLE_TIMEOUT`], keeping the others in their order. Called by the
-    /// pool's prober after each round; a request meanwhile that finds no
-    /// idle connection opens one.
-    pub fn sweep(&self) {
+    /// [`IDLE_TIMEOUT`], keeping the others in their order: all of them
+    /// (`all`, after each probe round), or only if something came on one
+    /// since the last sweep. A request meanwhile that finds no idle
+    /// connection opens one.
+    pub fn sweep(&self, all: bool) {
         let Some(idle) = &self.idle else { return };
+        if !self.stirred.flag.swap(false, Ordering::AcqRel) && !all {
+            return;
+        }
         let now = now_ms();
         let mut kept = Vec::new();
         while let Some(mut conn) = idle.pop() {
@@ -397,8 +413,7 @@ impl Slot {
         }
         // Popped newest first: pushed back oldest first.
         for conn in kept.into_iter().rev() {
-            self.idle_count.fetch_add(1, Ordering::Relaxed);
-            idle.push(conn);
+            self.push(conn);
         }
     }
 
@@ -416,16 +431,21 @@ impl Slot {
     }
 }
 
-/// The waker idle connections are watched with: it wakes the prober.
-struct Stirred(tokio::sync::Notify);
+/// The waker an endpoint's idle connections are watched with: it marks the
+/// endpoint and wakes its pool's prober.
+struct Stirred {
+    flag: AtomicBool,
+    client: Arc<tokio::sync::Notify>,
+}
 
 impl Wake for Stirred {
     fn wake(self: Arc<Self>) {
-        self.0.notify_one();
+        self.wake_by_ref();
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        self.0.notify_one();
+        self.flag.store(true, Ordering::Release);
+        self.client.notify_one();
     }
 }
 

@@ -16,14 +16,17 @@
 //!   `Content-Length`, one without as `Transfer-Encoding: chunked` (with
 //!   its trailers).
 //! - The upstream may answer before it has read the whole body. Its answer
-//!   is returned at once; the rest of the upload is dropped, and the
-//!   connection closes after the response instead of going back idle.
+//!   is returned at once, and the body goes on being sent as the response
+//!   streams (as RFC 9112, 9.3 advises, not if the answer is 300 or above
+//!   or says it closes: then the rest is dropped). A connection goes back
+//!   idle only once both its request and its response went whole.
 //! - Response bodies are framed as RFC 9112 says: none for `HEAD`, 1xx, 204
 //!   and 304; `Transfer-Encoding: chunked` (trailers become a trailers
 //!   frame); `Content-Length`; else until the upstream closes. Interim 1xx
 //!   answers are skipped. A connection is reused only when its response
 //!   ended cleanly, said nothing of closing, and left nothing unread.
-//! - Heads are bounded: 64 KiB, 100 headers.
+//! - Heads are bounded: 64 KiB, 100 headers; a chunk-size line must be hex
+//!   digits, perhaps an extension, and CRLF, as hyper's decoder requires.
 
 use std::future::Future;
 use std::io;
@@ -35,7 +38,7 @@ use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::{Body, Frame, SizeHint};
 use hyper_util::rt::TokioIo;
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::connector::{Counted, UpstreamStream};
 use super::UpstreamBody;
@@ -67,15 +70,22 @@ pub enum H1Error {
     Malformed(&'static str),
     #[error("the request body did not match its Content-Length")]
     BodyLength,
+    /// The request body failed while the response streamed.
+    #[error("the request body failed")]
+    Upload(#[source] BoxError),
 }
 
 pub type Io = TokioIo<Counted<UpstreamStream>>;
 
-/// An HTTP/1.1 connection to an upstream.
-pub struct H1Conn {
+/// Read and write buffers larger than this are not kept on an idle
+/// connection.
+const KEEP_IDLE: usize = 64 * 1024;
+
+/// An HTTP/1.1 connection to an upstream (any transport, for the tests).
+pub struct H1Conn<T = Io> {
     /// Boxed: with rustls' state it is over a kilobyte, and a connection
     /// moves several times on every request (idle stack, exchange, body).
-    io: Box<Io>,
+    io: Box<T>,
     /// What has been read and not yet parsed; empty between exchanges.
     buf: BytesMut,
     /// What is being written.
@@ -86,8 +96,14 @@ pub struct H1Conn {
 
 impl H1Conn {
     pub fn new(io: Counted<UpstreamStream>) -> H1Conn {
+        H1Conn::with_io(TokioIo::new(io))
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> H1Conn<T> {
+    pub fn with_io(io: T) -> H1Conn<T> {
         H1Conn {
-            io: Box::new(TokioIo::new(io)),
+            io: Box::new(io),
             buf: BytesMut::with_capacity(READ_SIZE),
             out: Vec::new(),
             idle_since: 0,
@@ -103,6 +119,17 @@ impl H1Conn {
         self.buf.is_empty() && self.poll_fill(&mut cx).is_pending()
     }
 
+    /// Lets go of buffers a large exchange grew, before the connection
+    /// idles.
+    pub fn trim(&mut self) {
+        if self.out.capacity() > KEEP_IDLE {
+            self.out = Vec::new();
+        }
+        if self.buf.capacity() > KEEP_IDLE {
+            self.buf = BytesMut::new();
+        }
+    }
+
     /// Reads what the socket has into `buf`; `Ok(0)` at its end.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.buf.capacity() - self.buf.len() < READ_SIZE / 2 {
@@ -113,7 +140,7 @@ impl H1Conn {
 
     /// Sends `request` (origin form, `Host` set) and returns its response,
     /// whose body reads from this connection.
-    pub fn send(mut self, request: Request<UpstreamBody>) -> Exchange {
+    pub fn send(mut self, request: Request<UpstreamBody>) -> Exchange<T> {
         let (parts, body) = request.into_parts();
         let ended = crate::proxy::ended(&body);
         let framing = framing(&parts.method, &parts.headers, &body, ended);
@@ -125,7 +152,9 @@ impl H1Conn {
                 body: (!ended).then_some(body),
                 framing,
                 written: 0,
+                flushed: true,
                 failed: None,
+                dropped: false,
             },
             head: parts.method == Method::HEAD,
         }
@@ -223,36 +252,51 @@ fn hex(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {
 
 /// One request on an [`H1Conn`]: writes it while watching for the answer,
 /// which may come before the body has all been sent.
-pub struct Exchange {
+pub struct Exchange<T = Io> {
     /// `Some` until the response head is returned with it.
-    conn: Option<H1Conn>,
+    conn: Option<H1Conn<T>>,
     send: Sending,
     /// A `HEAD` request: its response has no body, whatever it says.
     head: bool,
 }
 
-/// The sending half of an exchange.
+/// The sending half of an exchange, driven by the exchange and then by the
+/// response body.
 struct Sending {
     /// The body still to send; `None` once it all went (or never will).
     body: Option<UpstreamBody>,
     framing: Out,
     /// How much of the connection's `out` has been written.
     written: usize,
+    /// Whether what was written has been flushed (TLS buffers records).
+    flushed: bool,
     /// Writing failed: the upstream may still have answered.
     failed: Option<io::Error>,
+    /// The rest of the body was dropped: the upstream refused it.
+    dropped: bool,
 }
 
 impl Sending {
-    fn is_pending(&self, conn: &H1Conn) -> bool {
-        self.body.is_some() || self.written < conn.out.len()
+    /// Whether there is more to write or flush.
+    fn is_pending(&self, out: &[u8]) -> bool {
+        !self.dropped && (self.body.is_some() || self.written < out.len() || !self.flushed)
+    }
+
+    /// Whether the whole request went out.
+    fn is_done(&self, out: &[u8]) -> bool {
+        !self.dropped && self.failed.is_none() && !self.is_pending(out)
     }
 
     /// Writes what can be written, gathering body frames into one write
-    /// while they come without waiting. `Err` only for the body's own
-    /// errors and a body longer or shorter than its length; a failed
-    /// write stops the sending and is kept, since an answer may be on its
-    /// way.
-    fn poll(&mut self, conn: &mut H1Conn, cx: &mut Context<'_>) -> Result<(), BoxError> {
+    /// while they come without waiting, and flushes. `Err` only for the
+    /// body's own errors and a body longer or shorter than its length; a
+    /// failed write stops the sending and is kept, since an answer may be
+    /// on its way.
+    fn poll<T: AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut H1Conn<T>,
+        cx: &mut Context<'_>,
+    ) -> Result<(), BoxError> {
         loop {
             let mut waiting = false;
             if let Some(body) = &mut self.body {
@@ -281,13 +325,16 @@ impl Sending {
             }
             while self.written < conn.out.len() {
                 match Pin::new(&mut *conn.io).poll_write(cx, &conn.out[self.written..]) {
-                    Poll::Ready(Ok(n)) if n > 0 => self.written += n,
+                    Poll::Ready(Ok(n)) if n > 0 => {
+                        self.written += n;
+                        self.flushed = false;
+                    }
                     Poll::Ready(Ok(_)) => {
-                        self.fail(io::ErrorKind::WriteZero.into());
+                        self.fail(conn, io::ErrorKind::WriteZero.into());
                         return Ok(());
                     }
                     Poll::Ready(Err(e)) => {
-                        self.fail(e);
+                        self.fail(conn, e);
                         return Ok(());
                     }
                     Poll::Pending => return Ok(()),
@@ -295,46 +342,73 @@ impl Sending {
             }
             conn.out.clear();
             self.written = 0;
+            if !self.flushed {
+                match Pin::new(&mut *conn.io).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => self.flushed = true,
+                    Poll::Ready(Err(e)) => {
+                        self.fail(conn, e);
+                        return Ok(());
+                    }
+                    Poll::Pending => return Ok(()),
+                }
+            }
             if waiting || self.body.is_none() {
                 return Ok(());
             }
         }
     }
 
-    fn fail(&mut self, e: io::Error) {
+    fn fail<T>(&mut self, conn: &mut H1Conn<T>, e: io::Error) {
         self.failed = Some(e);
         self.body = None;
+        conn.out.clear();
+        self.written = 0;
+        self.flushed = true;
     }
 
-    /// Whether the whole request went out.
-    fn is_done(&self) -> bool {
-        self.body.is_none() && self.failed.is_none() && self.written == 0
+    /// Gives up on what is left to send: the upstream answered that it
+    /// does not want it.
+    fn drop_rest(&mut self, out: &[u8]) {
+        if self.is_pending(out) {
+            self.body = None;
+            self.dropped = true;
+        }
     }
 }
 
-impl Future for Exchange {
-    type Output = Result<Response<H1Body>, BoxError>;
+impl<T: AsyncRead + AsyncWrite + Unpin> Future for Exchange<T> {
+    type Output = Result<Response<H1Body<T>>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         let Some(conn) = this.conn.as_mut() else {
-            return Poll::Pending; // polled after it was ready
+            return Poll::Ready(Err(H1Error::Incomplete.into())); // polled after its end
         };
-        if this.send.is_pending(conn) {
+        if this.send.is_pending(&conn.out) {
             this.send.poll(conn, cx)?;
         }
         loop {
             match parse_head(&mut conn.buf, this.head) {
                 Ok(Some((head, framing, keep_alive))) => {
-                    let sent = this.send.is_done();
-                    // Whatever of the body is left is not sent.
-                    this.send.body = None;
-                    let conn = this.conn.take();
-                    let reusable = keep_alive && sent && framing != In::Close;
-                    return Poll::Ready(Ok(Response::from_parts(
-                        head,
-                        H1Body::new(conn, framing, reusable),
-                    )));
+                    // RFC 9112, 9.3: an answer that refuses the body, or
+                    // closes, ends the sending.
+                    if head.status.as_u16() >= 300 || !keep_alive {
+                        this.send.drop_rest(&conn.out);
+                    }
+                    // What is left to send goes with the body, boxed: as a
+                    // rule nothing is.
+                    let sending = this
+                        .send
+                        .is_pending(&conn.out)
+                        .then(|| Box::new(std::mem::replace(&mut this.send, Sending::done())));
+                    let body = H1Body {
+                        sent: sending.is_none() && this.send.is_done(&conn.out),
+                        conn: this.conn.take(),
+                        framing,
+                        keep_alive: keep_alive && framing != In::Close,
+                        sending,
+                    };
+                    return Poll::Ready(Ok(Response::from_parts(head, body)));
                 }
                 Ok(None) => {}
                 Err(e) => return Poll::Ready(Err(e.into())),
@@ -350,6 +424,20 @@ impl Future for Exchange {
                 Ok(_) => {}
                 Err(e) => return Poll::Ready(Err(H1Error::Io(e).into())),
             }
+        }
+    }
+}
+
+impl Sending {
+    /// Nothing to send.
+    fn done() -> Sending {
+        Sending {
+            body: None,
+            framing: Out::None,
+            written: 0,
+            flushed: true,
+            failed: None,
+            dropped: false,
         }
     }
 }
@@ -473,9 +561,15 @@ fn parse_head(
         for field in response.headers.iter() {
             let name = HeaderName::from_bytes(field.name.as_bytes())
                 .map_err(|_| H1Error::Malformed("invalid header name"))?;
-            let at = field.value.as_ptr() as usize - base;
-            let value = HeaderValue::from_maybe_shared(copy.slice(at..at + field.value.len()))
-                .map_err(|_| H1Error::Malformed("invalid header value"))?;
+            // httparse's values point into `buf`; one that did not would
+            // be copied.
+            let value = match (field.value.as_ptr() as usize).checked_sub(base) {
+                Some(at) if at + field.value.len() <= len => {
+                    HeaderValue::from_maybe_shared(copy.slice(at..at + field.value.len()))
+                }
+                _ => HeaderValue::from_bytes(field.value),
+            }
+            .map_err(|_| H1Error::Malformed("invalid header value"))?;
             headers.append(name, value);
         }
         buf.advance(len);
@@ -489,10 +583,18 @@ fn parse_head(
         let framing = if bodiless {
             In::Done
         } else if headers.contains_key(header::TRANSFER_ENCODING) {
-            // With a Content-Length too, the connection is not trusted
-            // again (RFC 9112, 6.1).
-            keep_alive &= !headers.contains_key(header::CONTENT_LENGTH);
-            if version == Version::HTTP_11 && ends_chunked(&headers) {
+            if version == Version::HTTP_10 {
+                return Err(H1Error::Malformed(
+                    "Transfer-Encoding in an HTTP/1.0 response",
+                ));
+            }
+            // With a Content-Length too, the Content-Length goes (it does
+            // not frame what the client gets), and the connection is not
+            // trusted again (RFC 9112, 6.1 and 6.3).
+            if headers.remove(header::CONTENT_LENGTH).is_some() {
+                keep_alive = false;
+            }
+            if ends_chunked(&headers) {
                 In::Chunked(Chunk::Size)
             } else {
                 In::Close
@@ -555,39 +657,39 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     })
 }
 
-/// A response body, read from its connection as it is polled. Once it has
-/// ended cleanly, [`H1Body::take_idle`] hands the connection back.
-pub struct H1Body {
-    conn: Option<H1Conn>,
+/// A response body, read from its connection as it is polled; the rest of
+/// the request is sent meanwhile. Once both have ended cleanly,
+/// [`H1Body::take_idle`] hands the connection back.
+pub struct H1Body<T = Io> {
+    conn: Option<H1Conn<T>>,
     framing: In,
-    reusable: bool,
+    /// The upstream keeps the connection open after this response.
+    keep_alive: bool,
+    /// The rest of the request, while there is some to send.
+    sending: Option<Box<Sending>>,
+    /// The whole request went out.
+    sent: bool,
 }
 
-impl H1Body {
-    fn new(conn: Option<H1Conn>, framing: In, reusable: bool) -> H1Body {
-        H1Body {
-            conn,
-            framing,
-            reusable,
-        }
-    }
-
+impl<T> H1Body<T> {
     pub fn is_done(&self) -> bool {
         self.framing == In::Done
     }
 
-    /// The connection, once the body has ended, if it can take another
-    /// request.
-    pub fn take_idle(&mut self) -> Option<H1Conn> {
-        if !self.is_done() || !self.reusable {
-            return None;
+    /// The connection, once the response has ended, if it can take another
+    /// request: the request went whole too, and nothing is left unread.
+    pub fn take_idle(&mut self) -> Option<H1Conn<T>> {
+        let conn = self.conn.as_ref()?;
+        let idle = self.is_done() && self.keep_alive && self.sent && conn.buf.is_empty();
+        if idle {
+            self.conn.take()
+        } else {
+            None
         }
-        let conn = self.conn.take()?;
-        conn.buf.is_empty().then_some(conn)
     }
 }
 
-impl Body for H1Body {
+impl<T: AsyncRead + AsyncWrite + Unpin> Body for H1Body<T> {
     type Data = Bytes;
     type Error = H1Error;
 
@@ -599,13 +701,24 @@ impl Body for H1Body {
         let Some(conn) = this.conn.as_mut() else {
             return Poll::Ready(None);
         };
+        if let Some(sending) = this.sending.as_mut().filter(|_| this.framing != In::Done) {
+            if let Err(e) = sending.poll(conn, cx) {
+                this.sending = None;
+                this.keep_alive = false;
+                return Poll::Ready(Some(Err(H1Error::Upload(e))));
+            }
+            if !sending.is_pending(&conn.out) {
+                this.sent = sending.is_done(&conn.out);
+                this.sending = None;
+            }
+        }
         loop {
             match decode(&mut conn.buf, &mut this.framing) {
                 Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
                 Ok(None) if this.framing == In::Done => return Poll::Ready(None),
                 Ok(None) => {}
                 Err(e) => {
-                    this.reusable = false;
+                    this.keep_alive = false;
                     return Poll::Ready(Some(Err(e)));
                 }
             }
@@ -615,12 +728,12 @@ impl Body for H1Body {
                     return Poll::Ready(None);
                 }
                 Ok(0) => {
-                    this.reusable = false;
+                    this.keep_alive = false;
                     return Poll::Ready(Some(Err(H1Error::Incomplete)));
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    this.reusable = false;
+                    this.keep_alive = false;
                     return Poll::Ready(Some(Err(H1Error::Io(e))));
                 }
             }
@@ -667,20 +780,16 @@ fn decode(buf: &mut BytesMut, framing: &mut In) -> Result<Option<Frame<Bytes>>, 
                 return Ok(Some(Frame::data(take(buf, n))));
             }
             In::Chunked(chunk) => match *chunk {
-                Chunk::Size => match httparse::parse_chunk_size(buf) {
-                    Ok(httparse::Status::Complete((len, 0))) => {
+                Chunk::Size => match chunk_size(buf)? {
+                    Some((len, size)) => {
                         buf.advance(len);
-                        *chunk = Chunk::Trailers;
+                        *chunk = if size == 0 {
+                            Chunk::Trailers
+                        } else {
+                            Chunk::Data(size)
+                        };
                     }
-                    Ok(httparse::Status::Complete((len, size))) => {
-                        buf.advance(len);
-                        *chunk = Chunk::Data(size);
-                    }
-                    Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
-                        return Err(H1Error::Malformed("chunk size line too long"))
-                    }
-                    Ok(httparse::Status::Partial) => return Ok(None),
-                    Err(_) => return Err(H1Error::Malformed("invalid chunk size")),
+                    None => return Ok(None),
                 },
                 Chunk::Data(left) => {
                     if buf.is_empty() {
@@ -735,6 +844,46 @@ fn decode(buf: &mut BytesMut, framing: &mut In) -> Result<Option<Frame<Bytes>>, 
             },
         }
     }
+}
+
+/// The longest chunk-size line, extensions included (hyper's limit).
+const MAX_CHUNK_LINE: usize = 16 * 1024;
+
+/// A chunk-size line at the front of `buf`: its length with the CRLF and
+/// the size; `None` while it is incomplete. Hex digits (at most 16), then
+/// nothing or an extension (`;`, after optional whitespace), then CRLF: an
+/// empty line, a bare LF or anything else is an error.
+fn chunk_size(buf: &[u8]) -> Result<Option<(usize, u64)>, H1Error> {
+    let invalid = H1Error::Malformed("invalid chunk size line");
+    let Some(end) = buf.iter().position(|&b| b == b'\r' || b == b'\n') else {
+        return if buf.len() > MAX_CHUNK_LINE {
+            Err(H1Error::Malformed("chunk size line too long"))
+        } else {
+            Ok(None)
+        };
+    };
+    if buf[end] == b'\n' {
+        return Err(invalid);
+    }
+    match buf.get(end + 1) {
+        None => return Ok(None),
+        Some(b'\n') => {}
+        Some(_) => return Err(invalid),
+    }
+    let line = &buf[..end];
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 16 {
+        return Err(invalid);
+    }
+    let rest = line[digits..].trim_ascii_start();
+    if !rest.is_empty() && rest[0] != b';' {
+        return Err(invalid);
+    }
+    let size = line[..digits].iter().fold(0u64, |size, &d| {
+        // At most 16 hex digits: no overflow.
+        (size << 4) | u64::from((d as char).to_digit(16).unwrap_or(0))
+    });
+    Ok(Some((end + 2, size)))
 }
 
 /// The first `n` bytes of `buf`: copied when short, so the buffer stays
@@ -809,11 +958,40 @@ mod tests {
     }
 
     #[test]
+    fn chunk_size_lines_are_read_as_strictly_as_hyper_reads_them() {
+        assert_eq!(chunk_size(b"1f\r\nx").unwrap(), Some((4, 31)));
+        assert_eq!(chunk_size(b"5 ;name=\"v\"\r\n").unwrap(), Some((13, 5)));
+        assert_eq!(
+            chunk_size(b"ffffffffffffffff\r\n").unwrap(),
+            Some((18, u64::MAX))
+        );
+        assert_eq!(chunk_size(b"5;ext").unwrap(), None, "incomplete");
+        assert_eq!(chunk_size(b"5\r").unwrap(), None, "incomplete");
+        for bad in [
+            &b"\r\n"[..],
+            b"5\n",
+            b"5\rx",
+            b"5x\r\n",
+            b";ext\r\n",
+            b"-1\r\n",
+            b"10000000000000000\r\n",
+        ] {
+            assert!(
+                chunk_size(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert!(chunk_size(&[b'1'; MAX_CHUNK_LINE + 1]).is_err(), "endless");
+    }
+
+    #[test]
     fn malformed_chunking_is_an_error() {
         for raw in [
             &b"zz\r\n"[..],
             b"3\r\nabcXY",
             b"3\r\nabc\r\n0\r\n\x01bad\r\n\r\n",
+            b"5\r\nhello\r\n\r\n\r\n",
         ] {
             let mut buf = BytesMut::from(raw);
             let mut framing = In::Chunked(Chunk::Size);
@@ -838,13 +1016,14 @@ mod tests {
             ),
             (chunked, true)
         );
-        assert_eq!(
-            framing(
-                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n",
-                false
-            ),
-            (chunked, false),
-            "both: chunked, and the connection is not reused"
+        let (parts, both, keep) =
+            head("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n")
+                .unwrap()
+                .unwrap();
+        assert_eq!((both, keep), (chunked, false), "both: chunked, not reused");
+        assert!(
+            !parts.headers.contains_key("content-length"),
+            "nor passed on"
         );
         assert_eq!(
             framing("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n", false).0,
@@ -911,6 +1090,7 @@ mod tests {
             "HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
             "HTTP/1.1 200 OK\r\ncontent-length: +3\r\n\r\n",
             "HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            "HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
             "HTTP/1.1 2000 OK\r\n\r\n",
             "SSH-2.0-OpenSSH\r\n\r\n",
         ] {
@@ -981,5 +1161,213 @@ mod tests {
         for n in [0, 9, 10, 255, 4096, usize::MAX] {
             assert_eq!(hex(n, &mut [0; 16]), format!("{n:x}").as_bytes());
         }
+    }
+
+    use http_body_util::{BodyExt, Either, Full};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    /// A proxy-side connection and the upstream's end of it, whose buffer
+    /// holds `room` bytes.
+    fn pair(room: usize) -> (H1Conn<DuplexStream>, DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(room);
+        (H1Conn::with_io(ours), theirs)
+    }
+
+    fn post(body: &'static [u8]) -> Request<UpstreamBody> {
+        Request::post("/infer")
+            .header("host", "up")
+            .body(Either::Right(Full::new(Bytes::from_static(body))))
+            .unwrap()
+    }
+
+    /// Reads from the upstream's end until `n` bytes came.
+    async fn read_n(theirs: &mut DuplexStream, n: usize) -> Vec<u8> {
+        let mut got = vec![0; n];
+        theirs.read_exact(&mut got).await.unwrap();
+        got
+    }
+
+    async fn within<F: Future>(what: &str, f: F) -> F::Output {
+        tokio::time::timeout(std::time::Duration::from_secs(10), f)
+            .await
+            .unwrap_or_else(|_| panic!("timed out: {what}"))
+    }
+
+    #[tokio::test]
+    async fn an_exchange_writes_the_request_reads_the_response_and_frees_the_connection() {
+        let (conn, mut theirs) = pair(64 * 1024);
+        let upstream = tokio::spawn(async move {
+            let expect = b"POST /infer HTTP/1.1\r\nhost: up\r\ncontent-length: 4\r\n\r\nping";
+            assert_eq!(read_n(&mut theirs, expect.len()).await, expect);
+            theirs
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\npong")
+                .await
+                .unwrap();
+            theirs
+        });
+        let response = within("the response", conn.send(post(b"ping")))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let mut body = response.into_body();
+        let mut got = Vec::new();
+        while let Some(frame) = within("the body", body.frame()).await {
+            got.extend_from_slice(&frame.unwrap().into_data().unwrap());
+        }
+        assert_eq!(got, b"pong");
+        assert!(
+            body.take_idle().is_some(),
+            "clean: the connection is reusable"
+        );
+        drop(upstream.await.unwrap());
+    }
+
+    /// An upstream that answers 413 after the head, without reading the
+    /// body, which fills the socket: the rest is not sent, and the
+    /// connection, which still owes the upstream most of a body, is never
+    /// reused.
+    #[tokio::test]
+    async fn a_body_refused_early_is_dropped_and_its_connection_not_reused() {
+        static BIG: [u8; 256 * 1024] = [b'x'; 256 * 1024];
+        let (conn, mut theirs) = pair(4096);
+        let upstream = tokio::spawn(async move {
+            read_n(&mut theirs, 16).await;
+            theirs
+                .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            theirs
+        });
+        let response = within("the 413", conn.send(post(&BIG))).await.unwrap();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let mut body = response.into_body();
+        assert!(body.is_done());
+        assert!(
+            body.take_idle().is_none(),
+            "most of the body was never sent"
+        );
+        drop(upstream.await.unwrap());
+    }
+
+    /// An upstream that answers 200 at once and only then reads the body,
+    /// which is larger than the socket holds: the body goes on being sent
+    /// while the response is read, and then the connection is reusable.
+    #[tokio::test]
+    async fn a_body_answered_early_with_success_is_still_sent_whole() {
+        static BIG: [u8; 256 * 1024] = [b'y'; 256 * 1024];
+        let (conn, mut theirs) = pair(4096);
+        let upstream = tokio::spawn(async move {
+            let head = b"POST /infer HTTP/1.1\r\nhost: up\r\ncontent-length: 262144\r\n\r\n";
+            read_n(&mut theirs, head.len()).await;
+            theirs
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n")
+                .await
+                .unwrap();
+            let body = read_n(&mut theirs, BIG.len()).await;
+            assert!(body.iter().all(|&b| b == b'y'));
+            theirs.write_all(b"done").await.unwrap();
+            theirs
+        });
+        let response = within("the early 200", conn.send(post(&BIG)))
+            .await
+            .unwrap();
+        let mut body = response.into_body();
+        let got = within("the body", (&mut body).collect())
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(&got[..], b"done");
+        assert!(
+            body.take_idle().is_some(),
+            "request and response went whole"
+        );
+        drop(upstream.await.unwrap());
+    }
+
+    /// A transport that, like TLS, keeps what is written until flushed.
+    struct Buffering {
+        inner: DuplexStream,
+        held: Vec<u8>,
+    }
+
+    impl AsyncRead for Buffering {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Buffering {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.held.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            let this = &mut *self;
+            while !this.held.is_empty() {
+                let n = ready!(Pin::new(&mut this.inner).poll_write(cx, &this.held))?;
+                this.held.drain(..n);
+            }
+            Pin::new(&mut this.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.poll_flush(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn what_is_written_is_flushed() {
+        let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
+        let conn = H1Conn::with_io(Buffering {
+            inner: ours,
+            held: Vec::new(),
+        });
+        let upstream = tokio::spawn(async move {
+            let expect = b"POST /infer HTTP/1.1\r\nhost: up\r\ncontent-length: 4\r\n\r\nping";
+            assert_eq!(read_n(&mut theirs, expect.len()).await, expect);
+            theirs
+                .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+                .await
+                .unwrap();
+            theirs
+        });
+        let response = within("the response", conn.send(post(b"ping")))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::NO_CONTENT);
+        drop(upstream.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_response_cut_short_is_an_error_and_frees_nothing() {
+        let (conn, mut theirs) = pair(64 * 1024);
+        let request = Request::get("/")
+            .body(Either::Right(Full::new(Bytes::new())))
+            .unwrap();
+        let upstream = tokio::spawn(async move {
+            read_n(&mut theirs, 18).await;
+            theirs
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nonly")
+                .await
+                .unwrap();
+            // Closed: 6 bytes short.
+        });
+        let response = within("the head", conn.send(request)).await.unwrap();
+        upstream.await.unwrap();
+        let mut body = response.into_body();
+        let first = within("data", body.frame()).await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "only");
+        let end = within("the end", body.frame()).await.unwrap();
+        assert!(matches!(end, Err(H1Error::Incomplete)), "{end:?}");
+        assert!(body.take_idle().is_none());
     }
 }

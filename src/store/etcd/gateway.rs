@@ -1,5 +1,5 @@
 //! etcd's v3 API through its JSON gateway (grpc-gateway), over HTTP/1.1
-//! with the hyper client the rest of switchyard uses: `POST /v3/kv/range`,
+//! with hyper-util's client: `POST /v3/kv/range`,
 //! `/v3/kv/txn`, `/v3/watch` (a streamed answer, one JSON object per line)
 //! and `/v3/auth/authenticate`. Keys and values travel base64-encoded and
 //! 64-bit integers as strings, as the gateway writes them.
