@@ -51,10 +51,8 @@ const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
 /// Room reserved for each read: one read takes a whole small answer.
 const READ_SIZE: usize = 8 * 1024;
-/// Body data up to this size is copied out of the read buffer, which stays
-/// the connection's own; longer runs are handed out without a copy, and
-/// the next read then needs a new buffer.
-const COPY_BELOW: usize = 4 * 1024;
+/// Room kept for copies of response heads.
+const HEADS_SIZE: usize = 1024;
 /// Request body buffered before it is written.
 const WRITE_BATCH: usize = 64 * 1024;
 
@@ -82,16 +80,47 @@ pub type Io = TokioIo<Counted<UpstreamStream>>;
 const KEEP_IDLE: usize = 64 * 1024;
 
 /// An HTTP/1.1 connection to an upstream (any transport, for the tests).
-pub struct H1Conn<T = Io> {
-    /// Boxed: with rustls' state it is over a kilobyte, and a connection
-    /// moves several times on every request (idle stack, exchange, body).
-    io: Box<T>,
+/// Boxed: with rustls' state it is over a kilobyte, and a connection moves
+/// several times on every request (idle stack, exchange, body).
+pub struct H1Conn<T = Io>(Box<Conn<T>>);
+
+pub struct Conn<T> {
+    io: T,
     /// What has been read and not yet parsed; empty between exchanges.
+    /// Body data is handed out of it without a copy: once those frames are
+    /// written and dropped, the room is reused, not reallocated.
     buf: BytesMut,
+    /// Where each response head is copied, for its header values to point
+    /// into; reused the same way.
+    heads: BytesMut,
     /// What is being written.
     out: Vec<u8>,
     /// When it went idle (`client::now_ms`).
     pub(super) idle_since: u64,
+}
+
+impl<T> std::ops::Deref for H1Conn<T> {
+    type Target = Conn<T>;
+
+    fn deref(&self) -> &Conn<T> {
+        &self.0
+    }
+}
+
+impl<T> std::ops::DerefMut for H1Conn<T> {
+    fn deref_mut(&mut self) -> &mut Conn<T> {
+        &mut self.0
+    }
+}
+
+impl<T: AsyncRead + Unpin> Conn<T> {
+    /// Reads what the socket has into `buf`; `Ok(0)` at its end.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < READ_SIZE / 2 {
+            self.buf.reserve(READ_SIZE);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
 }
 
 impl H1Conn {
@@ -102,12 +131,13 @@ impl H1Conn {
 
 impl<T: AsyncRead + AsyncWrite + Unpin> H1Conn<T> {
     pub fn with_io(io: T) -> H1Conn<T> {
-        H1Conn {
-            io: Box::new(io),
+        H1Conn(Box::new(Conn {
+            io,
             buf: BytesMut::with_capacity(READ_SIZE),
+            heads: BytesMut::new(),
             out: Vec::new(),
             idle_since: 0,
-        }
+        }))
     }
 
     /// Whether nothing came on this idle connection: neither the upstream
@@ -128,14 +158,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> H1Conn<T> {
         if self.buf.capacity() > KEEP_IDLE {
             self.buf = BytesMut::new();
         }
-    }
-
-    /// Reads what the socket has into `buf`; `Ok(0)` at its end.
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < READ_SIZE / 2 {
-            self.buf.reserve(READ_SIZE);
+        if self.heads.capacity() > KEEP_IDLE {
+            self.heads = BytesMut::new();
         }
-        tokio_util::io::poll_read_buf(Pin::new(&mut *self.io), cx, &mut self.buf)
     }
 
     /// Sends `request` (origin form, `Host` set) and returns its response,
@@ -146,8 +171,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> H1Conn<T> {
         let framing = framing(&parts.method, &parts.headers, &body, ended);
         self.out.clear();
         encode_head(&parts, framing, &mut self.out);
+        // The request's header map, emptied, takes the response's headers:
+        // no allocation, as hyper does.
+        let mut headers = parts.headers;
+        headers.clear();
         Exchange {
             conn: Some(self),
+            headers,
             send: Sending {
                 body: (!ended).then_some(body),
                 framing,
@@ -255,6 +285,8 @@ fn hex(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {
 pub struct Exchange<T = Io> {
     /// `Some` until the response head is returned with it.
     conn: Option<H1Conn<T>>,
+    /// An empty header map, for the response's.
+    headers: HeaderMap,
     send: Sending,
     /// A `HEAD` request: its response has no body, whatever it says.
     head: bool,
@@ -294,7 +326,7 @@ impl Sending {
     /// on its way.
     fn poll<T: AsyncWrite + Unpin>(
         &mut self,
-        conn: &mut H1Conn<T>,
+        conn: &mut Conn<T>,
         cx: &mut Context<'_>,
     ) -> Result<(), BoxError> {
         loop {
@@ -324,7 +356,7 @@ impl Sending {
                 }
             }
             while self.written < conn.out.len() {
-                match Pin::new(&mut *conn.io).poll_write(cx, &conn.out[self.written..]) {
+                match Pin::new(&mut conn.io).poll_write(cx, &conn.out[self.written..]) {
                     Poll::Ready(Ok(n)) if n > 0 => {
                         self.written += n;
                         self.flushed = false;
@@ -343,7 +375,7 @@ impl Sending {
             conn.out.clear();
             self.written = 0;
             if !self.flushed {
-                match Pin::new(&mut *conn.io).poll_flush(cx) {
+                match Pin::new(&mut conn.io).poll_flush(cx) {
                     Poll::Ready(Ok(())) => self.flushed = true,
                     Poll::Ready(Err(e)) => {
                         self.fail(conn, e);
@@ -358,7 +390,7 @@ impl Sending {
         }
     }
 
-    fn fail<T>(&mut self, conn: &mut H1Conn<T>, e: io::Error) {
+    fn fail<T>(&mut self, conn: &mut Conn<T>, e: io::Error) {
         self.failed = Some(e);
         self.body = None;
         conn.out.clear();
@@ -384,11 +416,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for Exchange<T> {
         let Some(conn) = this.conn.as_mut() else {
             return Poll::Ready(Err(H1Error::Incomplete.into())); // polled after its end
         };
+        let conn = &mut *conn.0;
         if this.send.is_pending(&conn.out) {
             this.send.poll(conn, cx)?;
         }
         loop {
-            match parse_head(&mut conn.buf, this.head) {
+            match parse_head(&mut conn.buf, &mut conn.heads, &mut this.headers, this.head) {
                 Ok(Some((head, framing, keep_alive))) => {
                     // RFC 9112, 9.3: an answer that refuses the body, or
                     // closes, ends the sending.
@@ -519,9 +552,12 @@ enum Chunk {
 
 /// Parses a response head from the front of `buf`, skipping interim 1xx
 /// answers: the head, the body's framing and whether the upstream will
-/// keep the connection open. `None` while it is incomplete.
+/// keep the connection open. `None` while it is incomplete. The head is
+/// copied into `heads`, and its headers go into `headers` (taken).
 fn parse_head(
     buf: &mut BytesMut,
+    heads: &mut BytesMut,
+    headers: &mut HeaderMap,
     head_request: bool,
 ) -> Result<Option<(http::response::Parts, In, bool)>, H1Error> {
     loop {
@@ -556,8 +592,13 @@ fn parse_head(
         };
         // One copy of the head; every value is a slice of it.
         let base = buf.as_ptr() as usize;
-        let copy = Bytes::copy_from_slice(&buf[..len]);
-        let mut headers = HeaderMap::with_capacity(response.headers.len());
+        if heads.capacity() < len {
+            heads.reserve(len.max(HEADS_SIZE));
+        }
+        heads.extend_from_slice(&buf[..len]);
+        let copy = heads.split().freeze();
+        let mut headers = std::mem::take(headers);
+        headers.reserve(response.headers.len());
         for field in response.headers.iter() {
             let name = HeaderName::from_bytes(field.name.as_bytes())
                 .map_err(|_| H1Error::Malformed("invalid header name"))?;
@@ -701,6 +742,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Body for H1Body<T> {
         let Some(conn) = this.conn.as_mut() else {
             return Poll::Ready(None);
         };
+        let conn = &mut *conn.0;
         if let Some(sending) = this.sending.as_mut().filter(|_| this.framing != In::Done) {
             if let Err(e) = sending.poll(conn, cx) {
                 this.sending = None;
@@ -886,25 +928,29 @@ fn chunk_size(buf: &[u8]) -> Result<Option<(usize, u64)>, H1Error> {
     Ok(Some((end + 2, size)))
 }
 
-/// The first `n` bytes of `buf`: copied when short, so the buffer stays
-/// the connection's own for the next read; handed out as they are when
-/// long.
+/// The first `n` bytes of `buf`, without a copy.
 fn take(buf: &mut BytesMut, n: usize) -> Bytes {
-    if n < COPY_BELOW {
-        let data = Bytes::copy_from_slice(&buf[..n]);
-        buf.advance(n);
-        data
-    } else {
-        buf.split_to(n).freeze()
-    }
+    buf.split_to(n).freeze()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn parse(
+        buf: &mut BytesMut,
+        head_request: bool,
+    ) -> Result<Option<(http::response::Parts, In, bool)>, H1Error> {
+        parse_head(
+            buf,
+            &mut BytesMut::new(),
+            &mut HeaderMap::new(),
+            head_request,
+        )
+    }
+
     fn head(raw: &str) -> Result<Option<(http::response::Parts, In, bool)>, H1Error> {
-        parse_head(&mut BytesMut::from(raw), false)
+        parse(&mut BytesMut::from(raw), false)
     }
 
     /// The body `raw` decodes to with `framing`, fed `step` bytes at a
@@ -1003,7 +1049,7 @@ mod tests {
     #[test]
     fn framing_follows_rfc_9112() {
         let framing = |raw: &str, head_request: bool| {
-            let (_, framing, keep) = parse_head(&mut BytesMut::from(raw), head_request)
+            let (_, framing, keep) = parse(&mut BytesMut::from(raw), head_request)
                 .unwrap()
                 .unwrap();
             (framing, keep)
@@ -1074,7 +1120,7 @@ mod tests {
     #[test]
     fn interim_answers_are_skipped_and_a_partial_head_waits() {
         let mut buf = BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nx-a: 1\r\nx-a: 2\r\ncontent-length: 0\r\n\r\n"[..]);
-        let (parts, framing, _) = parse_head(&mut buf, false).unwrap().unwrap();
+        let (parts, framing, _) = parse(&mut buf, false).unwrap().unwrap();
         assert_eq!(parts.status, StatusCode::CREATED);
         let values: Vec<_> = parts.headers.get_all("x-a").iter().collect();
         assert_eq!(values, ["1", "2"]);
