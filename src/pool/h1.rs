@@ -16,10 +16,12 @@
 //!   `Content-Length`, one without as `Transfer-Encoding: chunked` (with
 //!   its trailers).
 //! - The upstream may answer before it has read the whole body. Its answer
-//!   is returned at once, and the body goes on being sent as the response
-//!   streams (as RFC 9112, 9.3 advises, not if the answer is 300 or above
-//!   or says it closes: then the rest is dropped). A connection goes back
-//!   idle only once both its request and its response went whole.
+//!   is returned at once, and the body goes on being sent while the
+//!   response streams (as RFC 9112, 9.3 advises, not if the answer is 300
+//!   or above or says it closes: then the rest is dropped). A response
+//!   that ends before the upload does ends it: the rest is not sent, and
+//!   the connection closes. A connection goes back idle only once both its
+//!   request and its response went whole.
 //! - Response bodies are framed as RFC 9112 says: none for `HEAD`, 1xx, 204
 //!   and 304; `Transfer-Encoding: chunked` (trailers become a trailers
 //!   frame); `Content-Length`; else until the upstream closes. Interim 1xx
@@ -51,8 +53,8 @@ const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
 /// Room reserved for each read: one read takes a whole small answer.
 const READ_SIZE: usize = 8 * 1024;
-/// Room kept for copies of response heads.
-const HEADS_SIZE: usize = 1024;
+/// Room kept for copies of response heads; a longer head is copied alone.
+const HEADS_SIZE: usize = 2048;
 /// Request body buffered before it is written.
 const WRITE_BATCH: usize = 64 * 1024;
 
@@ -97,6 +99,8 @@ pub struct Conn<T> {
     out: Vec<u8>,
     /// When it went idle (`client::now_ms`).
     pub(super) idle_since: u64,
+    /// `buf` grew past its size: [`H1Conn::trim`] lets it go.
+    grown: bool,
 }
 
 impl<T> std::ops::Deref for H1Conn<T> {
@@ -117,6 +121,8 @@ impl<T: AsyncRead + Unpin> Conn<T> {
     /// Reads what the socket has into `buf`; `Ok(0)` at its end.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.buf.capacity() - self.buf.len() < READ_SIZE / 2 {
+            // A long head or chunk line that came in pieces grows it.
+            self.grown |= self.buf.len() >= READ_SIZE / 2;
             self.buf.reserve(READ_SIZE);
         }
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
@@ -137,6 +143,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> H1Conn<T> {
             heads: BytesMut::new(),
             out: Vec::new(),
             idle_since: 0,
+            grown: false,
         }))
     }
 
@@ -144,9 +151,18 @@ impl<T: AsyncRead + AsyncWrite + Unpin> H1Conn<T> {
     /// closing it nor stray bytes. If so, `watch` is woken when something
     /// does. Costs no system call as a rule: tokio knows from the last read
     /// (a short one) and the readiness epoll reported since.
+    ///
+    /// It reads into a byte on the stack, not into `buf`: the last frame
+    /// of the response may still hold `buf`, which would then have to be
+    /// allocated anew. A byte read means the connection is not reused.
     pub fn is_quiet(&mut self, watch: &Waker) -> bool {
         let mut cx = Context::from_waker(watch);
-        self.buf.is_empty() && self.poll_fill(&mut cx).is_pending()
+        let mut byte = [0u8; 1];
+        let mut probe = tokio::io::ReadBuf::new(&mut byte);
+        self.buf.is_empty()
+            && Pin::new(&mut self.io)
+                .poll_read(&mut cx, &mut probe)
+                .is_pending()
     }
 
     /// Lets go of buffers a large exchange grew, before the connection
@@ -155,11 +171,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> H1Conn<T> {
         if self.out.capacity() > KEEP_IDLE {
             self.out = Vec::new();
         }
-        if self.buf.capacity() > KEEP_IDLE {
+        if std::mem::take(&mut self.grown) {
             self.buf = BytesMut::new();
-        }
-        if self.heads.capacity() > KEEP_IDLE {
-            self.heads = BytesMut::new();
         }
     }
 
@@ -592,11 +605,16 @@ fn parse_head(
         };
         // One copy of the head; every value is a slice of it.
         let base = buf.as_ptr() as usize;
-        if heads.capacity() < len {
-            heads.reserve(len.max(HEADS_SIZE));
-        }
-        heads.extend_from_slice(&buf[..len]);
-        let copy = heads.split().freeze();
+        let copy = if len <= HEADS_SIZE {
+            if heads.capacity() < len {
+                heads.reserve(HEADS_SIZE);
+            }
+            heads.extend_from_slice(&buf[..len]);
+            heads.split().freeze()
+        } else {
+            // A long head has a copy of its own: `heads` stays small.
+            Bytes::copy_from_slice(&buf[..len])
+        };
         let mut headers = std::mem::take(headers);
         headers.reserve(response.headers.len());
         for field in response.headers.iter() {
@@ -1415,5 +1433,76 @@ mod tests {
         let end = within("the end", body.frame()).await.unwrap();
         assert!(matches!(end, Err(H1Error::Incomplete)), "{end:?}");
         assert!(body.take_idle().is_none());
+    }
+
+    /// Reads one request head (no body) from the upstream's end.
+    async fn read_head(theirs: &mut DuplexStream) -> String {
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(theirs.read_u8().await.unwrap());
+        }
+        String::from_utf8(head).unwrap()
+    }
+
+    /// Two exchanges on one connection, the first response's header values
+    /// and body still held while the second is read: its bytes must not
+    /// change, though the second needs more room than the buffers have
+    /// left; nor may the request's headers show in the response's, whose
+    /// header map was the request's.
+    #[tokio::test]
+    async fn a_reused_connection_leaves_the_last_responses_bytes_intact() {
+        let (conn, mut theirs) = pair(64 * 1024);
+        let long = "v".repeat(1500);
+        let answers = [
+            format!(
+                "HTTP/1.1 200 OK\r\nx-res: first\r\ncontent-length: 5000\r\n\r\n{}",
+                "a".repeat(5000)
+            ),
+            format!(
+                "HTTP/1.1 200 OK\r\nx-long: {long}\r\ncontent-length: 6000\r\n\r\n{}",
+                "b".repeat(6000)
+            ),
+        ];
+        let upstream = tokio::spawn(async move {
+            for answer in answers {
+                read_head(&mut theirs).await;
+                theirs.write_all(answer.as_bytes()).await.unwrap();
+            }
+            theirs
+        });
+        let get = |n: &str| {
+            Request::get("/")
+                .header("host", "up")
+                .header("x-req", n)
+                .body(Either::Right(Full::new(Bytes::new())))
+                .unwrap()
+        };
+        let (first, body) = within("the first", conn.send(get("1")))
+            .await
+            .unwrap()
+            .into_parts();
+        let mut body = body;
+        let mut kept = Vec::new();
+        while let Some(frame) = within("the first body", body.frame()).await {
+            kept.push(frame.unwrap().into_data().unwrap());
+        }
+        let conn = body.take_idle().expect("reusable");
+        let (second, mut body) = within("the second", conn.send(get("2")))
+            .await
+            .unwrap()
+            .into_parts();
+        let got = within("the second body", (&mut body).collect())
+            .await
+            .unwrap()
+            .to_bytes();
+
+        assert_eq!(first.headers["x-res"], "first");
+        assert_eq!(kept.concat(), "a".repeat(5000).as_bytes());
+        assert_eq!(second.headers["x-long"], long.as_str());
+        assert!(!second.headers.contains_key("x-req") && !second.headers.contains_key("host"));
+        assert!(!first.headers.contains_key("x-req"));
+        assert_eq!(&got[..], "b".repeat(6000).as_bytes());
+        assert!(body.take_idle().is_some());
+        drop(upstream.await.unwrap());
     }
 }
