@@ -11,6 +11,9 @@
 #   admin   sequences of arbitrary admin requests through the admin handler
 #           (no sockets): never panics; every answer is a documented status
 #           with a JSON body (the Prometheus text for /metrics).
+#   upstream  the reader of upstream HTTP/1.1 responses on arbitrary bytes,
+#           fed in arbitrary pieces: never panics; a Content-Length body
+#           has that length.
 #
 # What it does: installs cargo-fuzz with `cargo install` if it is missing,
 # builds the targets with `cargo fuzz build -s none` (coverage instrumentation,
@@ -36,7 +39,7 @@ if ! [[ "$seconds" =~ ^[0-9]+$ ]] || [ "$seconds" -eq 0 ]; then
 fi
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(config admin)
+  targets=(config admin upstream)
 fi
 
 if ! cargo fuzz --version >/dev/null 2>&1; then

@@ -38,6 +38,8 @@ mod client;
 mod connector;
 mod endpoint;
 mod h1;
+#[doc(hidden)]
+pub use h1::read_response;
 mod stack;
 
 pub use client::{UpstreamClient, UpstreamError, UpstreamIncoming};

@@ -951,6 +951,65 @@ fn take(buf: &mut BytesMut, n: usize) -> Bytes {
     buf.split_to(n).freeze()
 }
 
+/// What the upstream response reader made of some bytes, for the fuzz
+/// target (`fuzz/fuzz_targets/upstream.rs`): the status, the body's length
+/// and whether the connection would be reused; or why the response was
+/// refused. The bytes are fed `step` at a time, as reads would bring them.
+#[doc(hidden)]
+pub fn read_response(
+    data: &[u8],
+    head_request: bool,
+    step: usize,
+) -> Result<(u16, u64, bool), String> {
+    let step = step.max(1);
+    let mut buf = BytesMut::new();
+    let mut fed = 0;
+    let mut feed = |buf: &mut BytesMut| {
+        let next = (fed + step).min(data.len());
+        buf.extend_from_slice(&data[fed..next]);
+        let more = next > fed;
+        fed = next;
+        more
+    };
+    let (mut heads, mut headers) = (BytesMut::new(), HeaderMap::new());
+    let (head, mut framing, keep_alive) = loop {
+        match parse_head(&mut buf, &mut heads, &mut headers, head_request) {
+            Ok(Some(parsed)) => break parsed,
+            Ok(None) if !feed(&mut buf) => return Err("incomplete head".into()),
+            Ok(None) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    };
+    let declared = match framing {
+        In::Length(n) => Some(n),
+        _ => None,
+    };
+    let mut length = 0u64;
+    loop {
+        match decode(&mut buf, &mut framing) {
+            Ok(Some(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    length += data.len() as u64;
+                }
+            }
+            Ok(None) if framing == In::Done => break,
+            Ok(None) if !feed(&mut buf) => {
+                if framing == In::Close {
+                    break;
+                }
+                return Err("incomplete body".into());
+            }
+            Ok(None) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    if let Some(n) = declared {
+        assert_eq!(length, n, "a Content-Length body of another length");
+    }
+    assert!(length <= data.len() as u64, "more body than bytes");
+    Ok((head.status.as_u16(), length, keep_alive && buf.is_empty()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
