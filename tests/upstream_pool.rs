@@ -454,6 +454,13 @@ async fn a_malformed_response_is_a_502_and_its_connection_is_dropped() {
         "{}",
         reply.text()
     );
+    assert!(
+        reply
+            .text()
+            .contains("sent a malformed response: invalid Content-Length"),
+        "{}",
+        reply.text()
+    );
     eventually("the malformed response's connection to close", || async {
         open_connections(&proxy, &blue).await == 0
     })

@@ -52,7 +52,7 @@ use tracing::debug;
 
 use super::connector::{Counted, CountingConnector, UpstreamStream};
 use super::endpoint::Endpoint;
-use super::h1::{H1Body, H1Conn};
+use super::h1::{H1Body, H1Conn, H1Error};
 use super::stack::Stack;
 use super::{Protocol, UpstreamBody};
 
@@ -89,6 +89,18 @@ impl UpstreamError {
     /// could be made.
     pub fn is_connect(&self) -> bool {
         matches!(self, UpstreamError::Connect { .. })
+    }
+
+    /// What was wrong with the response, when the endpoint answered one
+    /// that is not HTTP/1.1 as RFC 9112 frames it.
+    pub fn malformed(&self) -> Option<&'static str> {
+        match self {
+            UpstreamError::Request(e) => match e.downcast_ref::<H1Error>() {
+                Some(H1Error::Malformed(why)) => Some(why),
+                _ => None,
+            },
+            UpstreamError::Connect { .. } => None,
+        }
     }
 }
 

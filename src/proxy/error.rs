@@ -51,7 +51,7 @@ pub enum ProxyError {
     #[error("the request body was not received within {timeout:?} (request_timeout)")]
     BodyTimeout { timeout: Duration },
     /// The upstream side failed.
-    #[error("model {model:?}: pool {pool} endpoint {endpoint} {}", describe(*.kind, *.timeout))]
+    #[error("model {model:?}: pool {pool} endpoint {endpoint} {}", describe(*.kind, *.timeout, .source.as_ref()))]
     Upstream {
         model: String,
         pool: String,
@@ -63,7 +63,14 @@ pub enum ProxyError {
     },
 }
 
-fn describe(kind: UpstreamErrorKind, timeout: Duration) -> String {
+fn describe(
+    kind: UpstreamErrorKind,
+    timeout: Duration,
+    source: Option<&crate::pool::UpstreamError>,
+) -> String {
+    if let Some(why) = source.and_then(|e| e.malformed()) {
+        return format!("sent a malformed response: {why}");
+    }
     match kind {
         UpstreamErrorKind::Connect => "could not be connected to".to_string(),
         UpstreamErrorKind::Timeout => {
