@@ -542,9 +542,19 @@ async fn serve_fails_when_the_state_file_cannot_be_written() {
 #[tokio::test]
 async fn serve_fails_when_its_port_is_taken() {
     let dir = tempfile::tempdir().unwrap();
-    let (_, proxy, _) = serve_config(dir.path(), "http://127.0.0.1:8001", "http://127.0.0.1:8002");
-    let _taken = TcpListener::bind(proxy).expect("hold the proxy port");
+    // Held first, then written into the config: a port picked free and
+    // bound again later may meanwhile be another socket's.
+    let taken = TcpListener::bind("127.0.0.1:0").expect("hold a port");
+    let proxy = taken.local_addr().unwrap();
+    let (text, picked, _) =
+        serve_config(dir.path(), "http://127.0.0.1:8001", "http://127.0.0.1:8002");
     let config = dir.path().join("switchyard.toml");
+    let text = text.replacen(
+        &format!("listen = \"{picked}\""),
+        &format!("listen = \"{proxy}\""),
+        1,
+    );
+    std::fs::write(&config, text).expect("write config");
 
     let out = switchyard(&["serve", "--config", config.to_str().unwrap()]).await;
     assert_eq!(out.status.code(), Some(1), "{}", describe(out.status));
