@@ -433,7 +433,7 @@ impl Slot {
     /// for less than [`IDLE_TIMEOUT`] and nothing came on it. It stays
     /// watched.
     fn is_usable(&self, conn: &mut H1Conn, now: u64) -> bool {
-        now.saturating_sub(conn.idle_since) < IDLE_TIMEOUT_MS && conn.is_quiet(&self.watch)
+        !timed_out(conn.idle_since, now) && conn.is_quiet(&self.watch)
     }
 
     /// Drops the shared HTTP/2 connection if it is still `dead`.
@@ -462,6 +462,12 @@ impl Wake for Stirred {
 }
 
 const IDLE_TIMEOUT_MS: u64 = IDLE_TIMEOUT.as_millis() as u64;
+
+/// Whether a connection idle since `since` has idled for [`IDLE_TIMEOUT`]
+/// at `now` (both [`now_ms`]).
+fn timed_out(since: u64, now: u64) -> bool {
+    now.saturating_sub(since) >= IDLE_TIMEOUT_MS
+}
 
 /// Milliseconds since the first call.
 fn now_ms() -> u64 {
@@ -585,6 +591,17 @@ mod tests {
         let mut root: Uri = "http://10.0.0.1:8000".parse().unwrap();
         origin_form(&mut root);
         assert_eq!(root, "/");
+    }
+
+    #[test]
+    fn an_idle_connection_times_out_after_exactly_the_idle_timeout() {
+        assert!(!timed_out(1_000, 1_000));
+        assert!(!timed_out(1_000, 1_000 + IDLE_TIMEOUT_MS - 1));
+        assert!(timed_out(1_000, 1_000 + IDLE_TIMEOUT_MS));
+        assert!(
+            !timed_out(5_000, 1_000),
+            "a clock read earlier is not an expiry"
+        );
     }
 
     #[test]

@@ -322,6 +322,18 @@ struct Sending {
 }
 
 impl Sending {
+    /// Nothing to send.
+    fn done() -> Sending {
+        Sending {
+            body: None,
+            framing: Out::None,
+            written: 0,
+            flushed: true,
+            failed: None,
+            dropped: false,
+        }
+    }
+
     /// Whether there is more to write or flush.
     fn is_pending(&self, out: &[u8]) -> bool {
         !self.dropped && (self.body.is_some() || self.written < out.len() || !self.flushed)
@@ -470,20 +482,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for Exchange<T> {
                 Ok(_) => {}
                 Err(e) => return Poll::Ready(Err(H1Error::Io(e).into())),
             }
-        }
-    }
-}
-
-impl Sending {
-    /// Nothing to send.
-    fn done() -> Sending {
-        Sending {
-            body: None,
-            framing: Out::None,
-            written: 0,
-            flushed: true,
-            failed: None,
-            dropped: false,
         }
     }
 }
