@@ -42,9 +42,11 @@ use tracing::{debug, info, warn};
 use crate::tls::ServerTls;
 use clock::IdleClock;
 use gate::{Activity, Busy, Gate, GateLimits, ParkedIo, Transport};
+use signal::Signal;
 
 mod clock;
 mod gate;
+mod signal;
 
 /// How long to pause after a failed accept (typically out of file
 /// descriptors) before trying again, so the loop does not spin.
@@ -276,17 +278,14 @@ where
     // Every connection's task, from its accept on, before its TLS
     // handshake, so the drain counts it.
     let connections = TaskTracker::new();
-    // Cancelled when the drain time is up, or if this future is dropped:
-    // every connection task listens (a parked one to `stopping`, through
-    // the idle clock, cancelled first) and drops its connection (closing
-    // the socket). Connections run in their own tasks, so without this they
-    // would outlive `serve` and a "cut" drain would cut nothing.
-    let cut = CancellationToken::new();
-    let _cut_on_return = cut.clone().drop_guard();
-    // Cancelled with `token`, and also if this future is dropped: a parked
-    // connection, through the idle clock, waits for this one token only.
-    let stopping = token.child_token();
-    let _stop_on_return = stopping.clone().drop_guard();
+    // `shared.stopping` fires once `token` is cancelled (the accept loop
+    // sees it), and `shared.cut` when the drain time is up; both also if
+    // this future is dropped. Every connection task listens (a parked one
+    // to `stopping`, through the idle clock, fired first) and drops its
+    // connection (closing the socket). Connections run in their own tasks,
+    // so without this they would outlive `serve` and a "cut" drain would
+    // cut nothing.
+    let stopping = Arc::new(Signal::new());
     let handshake_timeout = limits.header_read_timeout;
     let gate = GateLimits {
         header_timeout: limits.header_read_timeout,
@@ -302,11 +301,12 @@ where
             park_after: None,
             ..gate
         }),
-        idle: IdleClock::new(gate.idle_timeout, stopping.clone()),
+        idle: IdleClock::new(gate.idle_timeout, Arc::clone(&stopping)),
         stopping,
-        cut: cut.clone(),
+        cut: Signal::new(),
         gauges,
     });
+    let _fire_on_return = FireOnDrop(&shared);
     // Only plaintext connections are parked. The clock runs beside the
     // accept loop, in this task, and ends with `stopping`, before the drain.
     let clock = async {
@@ -362,6 +362,7 @@ where
             }
         }
         drop(listener);
+        shared.stopping.fire();
         connections.close();
         let open = connections.len();
         if open > 0 {
@@ -372,12 +373,23 @@ where
             () = tokio::time::sleep(drain) => {
                 warn!(listener = name, drain_timeout = ?drain, "drain timed out; closing the remaining connections");
                 // Each connection drops its socket at once.
-                cut.cancel();
+                shared.cut.fire();
                 connections.wait().await;
             }
         }
     };
     tokio::join!(clock, serving);
+}
+
+/// Fires a listener's signals when its `serve_with` future ends or is
+/// dropped: its connections' tasks outlive it otherwise.
+struct FireOnDrop<'a>(&'a Shared);
+
+impl Drop for FireOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.stopping.fire();
+        self.0.cut.fire();
+    }
 }
 
 /// A gauge raised while the value lives.
@@ -403,12 +415,12 @@ struct Shared {
     gate: Arc<GateLimits>,
     /// The same, for connections that are not parked (TLS).
     gate_unparked: Arc<GateLimits>,
-    /// Cancelled when the listener starts draining (or its future is
+    /// Fired when the listener starts draining (or its future is
+    /// dropped). Shared with the idle clock.
+    stopping: Arc<Signal>,
+    /// Fired when the drain time is up (or the listener's future is
     /// dropped).
-    stopping: CancellationToken,
-    /// Cancelled when the drain time is up (or the listener's future is
-    /// dropped).
-    cut: CancellationToken,
+    cut: Signal,
     gauges: ConnectionGauges,
     /// Closes parked connections at their keep-alive timeout.
     idle: IdleClock,
@@ -493,7 +505,7 @@ impl Conn {
                     let shared = &parked.conn.shared;
                     let _parked = Counted::new(&shared.gauges.parked);
                     // Idle: a drain (`stopping`, which also stops the clock,
-                    // is cancelled before the cut) has nothing to wait for.
+                    // fires before the cut) has nothing to wait for.
                     shared.idle.wait(&parked.io).await
                 };
                 if !resume {
@@ -540,8 +552,8 @@ impl Conn {
             // no request, so there is nothing to drain. Close it, as a
             // plaintext connection waiting for its first request is closed,
             // instead of letting the drain wait for the handshake timeout.
-            () = self.shared.stopping.cancelled() => return,
-            () = self.shared.cut.cancelled() => return,
+            () = self.shared.stopping.fired() => return,
+            () = self.shared.cut.fired() => return,
         };
         // TLS connections are not parked (`Transport::PARKS`): this ends
         // with the connection.
@@ -575,8 +587,8 @@ impl Conn {
         let read = tokio::select! {
             read = read_start(&mut gate, &mut first) => read,
             // A connection that has sent no request has nothing to drain.
-            () = self.shared.stopping.cancelled() => return None,
-            () = self.shared.cut.cancelled() => return None,
+            () = self.shared.stopping.fired() => return None,
+            () = self.shared.cut.fired() => return None,
         };
         let read = match read {
             Ok(0) => return None,
@@ -613,12 +625,12 @@ impl Conn {
         let done = loop {
             tokio::select! {
                 done = conn.as_mut() => break done,
-                () = self.shared.stopping.cancelled(), if !draining => {
+                () = self.shared.stopping.fired(), if !draining => {
                     // GOAWAY; the streams open finish.
                     conn.as_mut().graceful_shutdown();
                     draining = true;
                 }
-                () = self.shared.cut.cancelled() => {
+                () = self.shared.cut.fired() => {
                     debug!(listener = self.shared.name, peer = %self.peer, "connection cut at the end of the drain");
                     return;
                 }
@@ -676,7 +688,7 @@ impl Conn {
                         Box::pin(tokio::time::timeout(SHUTDOWN_TIMEOUT, gate.shutdown()));
                     tokio::select! {
                         _ = shutdown => {}
-                        () = self.shared.cut.cancelled() => {}
+                        () = self.shared.cut.fired() => {}
                     }
                     return None;
                 }
@@ -734,13 +746,13 @@ impl Conn {
             });
             tokio::select! {
                 ended = polled => return ended,
-                () = self.shared.stopping.cancelled(), if !closing.load(Relaxed) => {
+                () = self.shared.stopping.fired(), if !closing.load(Relaxed) => {
                     // The response in progress says `connection: close`; an
                     // idle connection ends now.
                     Pin::new(&mut *conn).graceful_shutdown();
                     closing.store(true, Relaxed);
                 }
-                () = self.shared.cut.cancelled() => return Ended::Cut,
+                () = self.shared.cut.fired() => return Ended::Cut,
             }
         }
     }

@@ -18,15 +18,16 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::gate::{ParkedIo, Transport};
+use super::signal::Signal;
 
 /// Slots per keep-alive timeout: a connection closes at most this fraction
 /// of its timeout late (within the tick bounds below).
@@ -49,9 +50,8 @@ pub struct IdleClock {
     /// A slot's width, in nanoseconds.
     tick: u64,
     slots: Box<[Notify]>,
-    /// Cancelled: every waiting connection returns, and the clock's loop
-    /// ends.
-    stopping: CancellationToken,
+    /// Fired: every waiting connection returns, and the clock's loop ends.
+    stopping: Arc<Signal>,
     /// Connections waiting on the clock now.
     waiting: AtomicUsize,
     /// Wakes the clock's loop when the first connection waits.
@@ -61,7 +61,7 @@ pub struct IdleClock {
 impl IdleClock {
     /// A clock for connections that wait at most `timeout`, until
     /// `stopping`.
-    pub fn new(timeout: Duration, stopping: CancellationToken) -> IdleClock {
+    pub fn new(timeout: Duration, stopping: Arc<Signal>) -> IdleClock {
         let tick = (timeout / SLOTS_PER_TIMEOUT).clamp(MIN_TICK, MAX_TICK);
         let tick = u64::try_from(tick.as_nanos()).unwrap_or(u64::MAX);
         let timeout = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
@@ -112,8 +112,8 @@ impl IdleClock {
     }
 
     /// The clock's loop: wakes each slot's connections once its time has
-    /// passed, while any wait; ends, waking them all, when `stopping` is
-    /// cancelled.
+    /// passed, while any wait; ends, waking them all, when `stopping`
+    /// fires.
     pub async fn run(&self) {
         // Every slot before this one has been woken.
         let mut next = self.index(Instant::now());
@@ -122,14 +122,14 @@ impl IdleClock {
                 // `notify_one` keeps a permit if it comes first.
                 tokio::select! {
                     () = self.first.notified() => {}
-                    () = self.stopping.cancelled() => return self.wake_all(),
+                    () = self.stopping.fired() => return self.wake_all(),
                 }
             }
             let end = self.tick.saturating_mul(next.saturating_add(1));
             let at = self.origin + Duration::from_nanos(end);
             tokio::select! {
                 () = tokio::time::sleep_until(at) => {}
-                () = self.stopping.cancelled() => return self.wake_all(),
+                () = self.stopping.fired() => return self.wake_all(),
             }
             let now = self.index(Instant::now());
             // Late by more than a lap: every slot once is enough.
@@ -178,7 +178,7 @@ impl<I: Transport> Future for Wait<'_, I> {
                 // missed, and one before them has its cause seen by them.
                 this.woken.as_mut().enable();
                 *this.enabled = true;
-                if this.clock.stopping.is_cancelled() || Instant::now() >= this.io.deadline() {
+                if this.clock.stopping.is_fired() || Instant::now() >= this.io.deadline() {
                     return Poll::Ready(false);
                 }
             }
@@ -199,7 +199,6 @@ mod tests {
     use super::*;
     use std::io;
     use std::sync::atomic::AtomicBool;
-    use std::sync::Arc;
 
     use atomic_waker::AtomicWaker;
     use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -268,9 +267,9 @@ mod tests {
     }
 
     /// A clock of `timeout`, its task running, and its `stopping`.
-    fn clock(timeout: Duration) -> (Arc<IdleClock>, CancellationToken) {
-        let stopping = CancellationToken::new();
-        let clock = Arc::new(IdleClock::new(timeout, stopping.clone()));
+    fn clock(timeout: Duration) -> (Arc<IdleClock>, Arc<Signal>) {
+        let stopping = Arc::new(Signal::new());
+        let clock = Arc::new(IdleClock::new(timeout, Arc::clone(&stopping)));
         tokio::spawn({
             let clock = Arc::clone(&clock);
             async move { clock.run().await }
@@ -305,7 +304,7 @@ mod tests {
         let (clock, stopping) = clock(Duration::from_secs(64));
         times_out(&clock, Duration::from_millis(1500), Duration::from_secs(1)).await;
         times_out(&clock, Duration::from_secs(63), Duration::from_secs(1)).await;
-        stopping.cancel();
+        stopping.fire();
         assert_eq!(clock.waiting.load(Ordering::Acquire), 0);
     }
 
@@ -355,7 +354,7 @@ mod tests {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
         let stopped = Instant::now();
-        stopping.cancel();
+        stopping.fire();
         for waiter in waiters {
             assert!(!waiter.await.unwrap());
         }
