@@ -786,7 +786,7 @@ fn head_end(bytes: &[u8], from: usize) -> Option<usize> {
     let mut at = from.max(start);
     loop {
         // Each line ends in LF; the head ends at a line that is empty.
-        let nl = at + bytes[at..].iter().position(|&b| b == b'\n')?;
+        let nl = at + memchr::memchr(b'\n', &bytes[at..])?;
         match &bytes[nl + 1..] {
             [b'\n', ..] => return Some(nl + 2),
             [b'\r', b'\n', ..] => return Some(nl + 3),
@@ -801,29 +801,35 @@ fn head_end(bytes: &[u8], from: usize) -> Option<usize> {
 /// hyper's rules (`proto/h1/role.rs`), plus one: a head with both
 /// `Content-Length` and `Transfer-Encoding` is refused, where hyper would
 /// read it by `Transfer-Encoding`.
+///
+/// A header counts only as `name:` at the start of its line: hyper refuses
+/// a head with white space before a colon, or a line without one.
 fn framing(head: &[u8]) -> Result<Framing, &'static str> {
+    const CONTENT_LENGTH: &[u8] = b"content-length:";
+    const TRANSFER_ENCODING: &[u8] = b"transfer-encoding:";
     let mut length: Option<u64> = None;
     let mut has_length = false;
     let mut chunked: Option<bool> = None;
     // The request line is not a header.
-    let mut lines = head
-        .split(|&b| b == b'\n')
-        .skip_while(|l| l.is_empty() || l == b"\r");
-    lines.next();
-    for line in lines {
+    let start = head.iter().position(|&b| b != b'\r' && b != b'\n');
+    let Some(first) = start.and_then(|at| memchr::memchr(b'\n', &head[at..]).map(|n| at + n + 1))
+    else {
+        return Ok(Framing::Length(0));
+    };
+    let mut rest = &head[first..];
+    while !rest.is_empty() {
+        let end = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
+        let line = &rest[..end];
+        rest = &rest[(end + 1).min(rest.len())..];
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            continue;
-        };
-        let (name, value) = (&line[..colon], trim(&line[colon + 1..]));
-        if name.eq_ignore_ascii_case(b"content-length") {
+        if let Some(value) = field(line, CONTENT_LENGTH) {
             has_length = true;
-            let n = digits(value).ok_or("invalid Content-Length")?;
+            let n = digits(trim(value)).ok_or("invalid Content-Length")?;
             if length.is_some_and(|prev| prev != n) {
                 return Err("conflicting Content-Length headers");
             }
             length = Some(n);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+        } else if let Some(value) = field(line, TRANSFER_ENCODING) {
             let last = value.rsplit(|&b| b == b',').next().map(trim);
             chunked = Some(last.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")));
         }
@@ -833,6 +839,15 @@ fn framing(head: &[u8]) -> Result<Framing, &'static str> {
         (Some(false), false) => Err("Transfer-Encoding must end with chunked"),
         (Some(true), false) => Ok(Framing::Chunked(Chunk::Start)),
         (None, _) => Ok(Framing::Length(length.unwrap_or(0))),
+    }
+}
+
+/// The value of `line` if it is the header `name` (given with its colon,
+/// in lower case), matched without regard to case.
+fn field<'a>(line: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    match line.split_at_checked(name.len()) {
+        Some((head, value)) if head.eq_ignore_ascii_case(name) => Some(value),
+        _ => None,
     }
 }
 
@@ -971,6 +986,33 @@ POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n\
                 String::from_utf8_lossy(stream)
             );
         }
+    }
+
+    #[test]
+    fn a_header_is_matched_by_its_whole_name_in_any_case() {
+        let head = |fields: &str| format!("\r\nPOST / HTTP/1.1\r\n{fields}\r\n\r\n");
+        let framed = |fields: &str| framing(head(fields).as_bytes());
+        assert!(matches!(framed("CONTENT-length:7"), Ok(Framing::Length(7))));
+        assert!(matches!(
+            framed("Content-Lengthy: 5"),
+            Ok(Framing::Length(0))
+        ));
+        assert!(matches!(
+            framed("X-Content-Length: 5"),
+            Ok(Framing::Length(0))
+        ));
+        assert!(matches!(
+            framed("Transfer-Encoding: gzip, CHUNKED"),
+            Ok(Framing::Chunked(Chunk::Start))
+        ));
+        assert!(matches!(
+            framed("Transfer-Encodings: chunked"),
+            Ok(Framing::Length(0))
+        ));
+        assert!(matches!(
+            framing(b"GET / HTTP/1.1\r\n\r\n"),
+            Ok(Framing::Length(0))
+        ));
     }
 
     #[test]
