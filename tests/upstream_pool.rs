@@ -8,7 +8,8 @@
 //! still carrying an upload the upstream answered early is not handed to
 //! the next request; responses framed every way HTTP/1.1 allows arrive
 //! whole, and only those that ended cleanly leave their connection to the
-//! next request; a malformed response is a 502.
+//! next request; a reason phrase of the upstream's own reaches the
+//! client; a malformed response is a 502.
 
 mod support;
 
@@ -51,7 +52,7 @@ struct RawUpstream {
 const BIG: usize = 1 << 20;
 
 /// Raw answers, each framed its own way, and the body each frames.
-const FRAMED: [(&str, &str, &str); 4] = [
+const FRAMED: [(&str, &str, &str); 5] = [
     (
         "/chunked",
         "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-checksum: 1\r\n\r\n",
@@ -66,6 +67,11 @@ const FRAMED: [(&str, &str, &str); 4] = [
         "/until-close",
         "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nall of it",
         "all of it",
+    ),
+    (
+        "/reason",
+        "HTTP/1.1 299 Thing Of Our Own\r\ncontent-length: 2\r\n\r\nok",
+        "ok",
     ),
     (
         "/bad-length",
@@ -470,5 +476,33 @@ async fn a_malformed_response_is_a_502_and_its_connection_is_dropped() {
         (reply.status, reply.text()),
         (StatusCode::OK, "blue".to_string())
     );
+    proxy.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_reason_phrase_of_the_upstreams_own_reaches_the_client() {
+    let blue = RawUpstream::start("blue", After::KeepAlive).await;
+    let green = RawUpstream::start("green", After::KeepAlive).await;
+    let proxy = proxy_for(&blue, &green).await;
+
+    let mut conn = h1_connection(proxy.addr).await;
+    for (path, status, reason) in [
+        ("/reason", 299, Some("Thing Of Our Own")),
+        // The usual phrase is hyper's own: no extension.
+        ("/v2/models/iris/infer", 200, None),
+    ] {
+        let request = http::Request::get(path)
+            .header("host", proxy.addr.to_string())
+            .body(full_body(""))
+            .unwrap();
+        let response = conn.send_request(request).await.unwrap();
+        assert_eq!(response.status().as_u16(), status, "{path}");
+        let seen = response
+            .extensions()
+            .get::<hyper::ext::ReasonPhrase>()
+            .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned());
+        assert_eq!(seen.as_deref(), reason, "{path}");
+        read_body(response.into_body()).await;
+    }
     proxy.stop().await.unwrap();
 }

@@ -603,6 +603,12 @@ fn parse_head(
             buf.advance(len);
             continue;
         }
+        // A reason phrase of the upstream's own is passed on, as hyper's
+        // client and server do (an extension the server writes).
+        let reason = response
+            .reason
+            .filter(|reason| !reason.is_empty() && Some(*reason) != status.canonical_reason())
+            .and_then(|reason| hyper::ext::ReasonPhrase::try_from(reason.as_bytes()).ok());
         let version = if response.version == Some(0) {
             Version::HTTP_10
         } else {
@@ -675,6 +681,9 @@ fn parse_head(
         parts.status = status;
         parts.version = version;
         parts.headers = headers;
+        if let Some(reason) = reason {
+            parts.extensions.insert(reason);
+        }
         return Ok(Some((parts, framing, keep_alive)));
     }
 }
