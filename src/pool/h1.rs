@@ -628,9 +628,25 @@ fn parse_head(
         };
         let mut headers = std::mem::take(headers);
         headers.reserve(response.headers.len());
+        // What frames the body, read as the fields go by: no lookup after.
+        let mut length = Ok(None);
+        let mut has_length = false;
+        let mut last_coding: Option<&[u8]> = None;
+        let (mut close, mut keep_alive_asked) = (false, false);
         for field in response.headers.iter() {
             let name = HeaderName::from_bytes(field.name.as_bytes())
                 .map_err(|_| H1Error::Malformed("invalid header name"))?;
+            if name == header::CONTENT_LENGTH {
+                has_length = true;
+                length = length.and_then(|length| add_length(length, field.value));
+            } else if name == header::TRANSFER_ENCODING {
+                last_coding = field.value.rsplit(|&b| b == b',').next();
+            } else if name == header::CONNECTION {
+                for token in field.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                    close |= token.eq_ignore_ascii_case(b"close");
+                    keep_alive_asked |= token.eq_ignore_ascii_case(b"keep-alive");
+                }
+            }
             // httparse's values point into `buf`; one that did not would
             // be copied.
             let value = match (field.value.as_ptr() as usize).checked_sub(base) {
@@ -642,17 +658,18 @@ fn parse_head(
             .map_err(|_| H1Error::Malformed("invalid header value"))?;
             headers.append(name, value);
         }
+        let chunked = last_coding.map(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         buf.advance(len);
 
         let mut keep_alive = match version {
-            Version::HTTP_10 => connection_has(&headers, "keep-alive"),
-            _ => !connection_has(&headers, "close"),
+            Version::HTTP_10 => keep_alive_asked,
+            _ => !close,
         };
         let bodiless =
             head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
         let framing = if bodiless {
             In::Done
-        } else if headers.contains_key(header::TRANSFER_ENCODING) {
+        } else if let Some(chunked) = chunked {
             if version == Version::HTTP_10 {
                 return Err(H1Error::Malformed(
                     "Transfer-Encoding in an HTTP/1.0 response",
@@ -661,16 +678,17 @@ fn parse_head(
             // With a Content-Length too, the Content-Length goes (it does
             // not frame what the client gets), and the connection is not
             // trusted again (RFC 9112, 6.1 and 6.3).
-            if headers.remove(header::CONTENT_LENGTH).is_some() {
+            if has_length {
+                headers.remove(header::CONTENT_LENGTH);
                 keep_alive = false;
             }
-            if ends_chunked(&headers) {
+            if chunked {
                 In::Chunked(Chunk::Size)
             } else {
                 In::Close
             }
         } else {
-            match content_length(&headers) {
+            match length {
                 Ok(Some(0)) => In::Done,
                 Ok(Some(n)) => In::Length(n),
                 Ok(None) => In::Close,
@@ -691,43 +709,34 @@ fn parse_head(
 /// The `Content-Length`: `Ok(None)` without one, `Err` unless every value
 /// is the same number.
 fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ()> {
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let part = part.trim_ascii();
-            if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
-                return Err(());
+    headers
+        .get_all(header::CONTENT_LENGTH)
+        .iter()
+        .try_fold(None, |length, value| add_length(length, value.as_bytes()))
+}
+
+/// `length` so far, with one more `Content-Length` value (a list of equal
+/// numbers is one number): `Err` for anything but digits, or a different
+/// number.
+fn add_length(mut length: Option<u64>, value: &[u8]) -> Result<Option<u64>, ()> {
+    for part in value.split(|&b| b == b',') {
+        let part = part.trim_ascii();
+        if part.is_empty() {
+            return Err(());
+        }
+        let n = part.iter().try_fold(0u64, |n, &b| {
+            let digit = b.wrapping_sub(b'0');
+            if digit > 9 {
+                return None;
             }
-            let n = std::str::from_utf8(part)
-                .ok()
-                .and_then(|s| s.parse::<u64>().ok())
-                .ok_or(())?;
-            if length.is_some_and(|l| l != n) {
-                return Err(());
-            }
-            length = Some(n);
+            n.checked_mul(10)?.checked_add(u64::from(digit))
+        });
+        match n {
+            Some(n) if length.is_none_or(|l| l == n) => length = Some(n),
+            _ => return Err(()),
         }
     }
     Ok(length)
-}
-
-/// Whether the last transfer coding is `chunked`.
-fn ends_chunked(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-        .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
-        .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
-}
-
-/// Whether a `Connection` header lists `token`.
-fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    headers.get_all(header::CONNECTION).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-    })
 }
 
 /// A response body, read from its connection as it is polled; the rest of
@@ -1226,6 +1235,8 @@ mod tests {
             "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n",
             "HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
             "HTTP/1.1 200 OK\r\ncontent-length: +3\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 3, 4\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 18446744073709551616\r\n\r\n",
             "HTTP/1.1 101 Switching Protocols\r\n\r\n",
             "HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
             "HTTP/1.1 2000 OK\r\n\r\n",

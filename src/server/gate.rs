@@ -493,8 +493,9 @@ impl Reader {
             if blank == bytes.len() {
                 return Ok((blank, false));
             }
-            if let Some(end) = head_end(bytes, 0) {
-                self.framing = framing(&bytes[..end])?;
+            // The common case, a head whole in one read: one pass.
+            if let Some((end, framing)) = scan_head(bytes) {
+                self.framing = framing?;
                 self.blank = false;
                 return Ok((end, true));
             }
@@ -505,7 +506,11 @@ impl Reader {
         self.partial.extend_from_slice(bytes);
         match head_end(&self.partial, from) {
             Some(end) => {
-                let result = framing(&self.partial[..end]);
+                let result = match scan_head(&self.partial[..end]) {
+                    Some((_, framing)) => framing,
+                    // Not reached: it ends where `head_end` found its end.
+                    None => Err("malformed request head"),
+                };
                 // It may have taken body bytes along; keep no large buffer
                 // for the connection's life.
                 if self.partial.capacity() > 4096 {
@@ -796,7 +801,9 @@ fn head_end(bytes: &[u8], from: usize) -> Option<usize> {
     }
 }
 
-/// The body framing a complete head declares, or why it is refused.
+/// Where the head at the start of `bytes` ends (past its blank line), and
+/// the body framing it declares or why it is refused; `None` while its blank
+/// line has not come. Leading empty lines are skipped, as in `head_end`.
 ///
 /// hyper's rules (`proto/h1/role.rs`), plus one: a head with both
 /// `Content-Length` and `Transfer-Encoding` is refused, where hyper would
@@ -804,42 +811,48 @@ fn head_end(bytes: &[u8], from: usize) -> Option<usize> {
 ///
 /// A header counts only as `name:` at the start of its line: hyper refuses
 /// a head with white space before a colon, or a line without one.
-fn framing(head: &[u8]) -> Result<Framing, &'static str> {
+fn scan_head(bytes: &[u8]) -> Option<(usize, Result<Framing, &'static str>)> {
     const CONTENT_LENGTH: &[u8] = b"content-length:";
     const TRANSFER_ENCODING: &[u8] = b"transfer-encoding:";
     let mut length: Option<u64> = None;
     let mut has_length = false;
     let mut chunked: Option<bool> = None;
+    // The first reason to refuse; the head is still read to its end.
+    let mut refused: Option<&'static str> = None;
+    let start = bytes.iter().position(|&b| b != b'\r' && b != b'\n')?;
     // The request line is not a header.
-    let start = head.iter().position(|&b| b != b'\r' && b != b'\n');
-    let Some(first) = start.and_then(|at| memchr::memchr(b'\n', &head[at..]).map(|n| at + n + 1))
-    else {
-        return Ok(Framing::Length(0));
-    };
-    let mut rest = &head[first..];
-    while !rest.is_empty() {
-        let end = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
-        let line = &rest[..end];
-        rest = &rest[(end + 1).min(rest.len())..];
+    let mut at = start + memchr::memchr(b'\n', &bytes[start..])? + 1;
+    loop {
+        let end = at + memchr::memchr(b'\n', &bytes[at..])?;
+        let line = &bytes[at..end];
+        at = end + 1;
         let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            break;
+        }
+        if refused.is_some() {
+            continue;
+        }
         if let Some(value) = field(line, CONTENT_LENGTH) {
             has_length = true;
-            let n = digits(trim(value)).ok_or("invalid Content-Length")?;
-            if length.is_some_and(|prev| prev != n) {
-                return Err("conflicting Content-Length headers");
+            match digits(trim(value)) {
+                Some(n) if length.is_none_or(|prev| prev == n) => length = Some(n),
+                Some(_) => refused = Some("conflicting Content-Length headers"),
+                None => refused = Some("invalid Content-Length"),
             }
-            length = Some(n);
         } else if let Some(value) = field(line, TRANSFER_ENCODING) {
             let last = value.rsplit(|&b| b == b',').next().map(trim);
             chunked = Some(last.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")));
         }
     }
-    match (chunked, has_length) {
-        (Some(_), true) => Err("both Content-Length and Transfer-Encoding"),
-        (Some(false), false) => Err("Transfer-Encoding must end with chunked"),
-        (Some(true), false) => Ok(Framing::Chunked(Chunk::Start)),
-        (None, _) => Ok(Framing::Length(length.unwrap_or(0))),
-    }
+    let framing = match (refused, chunked, has_length) {
+        (Some(why), _, _) => Err(why),
+        (None, Some(_), true) => Err("both Content-Length and Transfer-Encoding"),
+        (None, Some(false), false) => Err("Transfer-Encoding must end with chunked"),
+        (None, Some(true), false) => Ok(Framing::Chunked(Chunk::Start)),
+        (None, None, _) => Ok(Framing::Length(length.unwrap_or(0))),
+    };
+    Some((at, framing))
 }
 
 /// The value of `line` if it is the header `name` (given with its colon,
@@ -991,7 +1004,12 @@ POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n\
     #[test]
     fn a_header_is_matched_by_its_whole_name_in_any_case() {
         let head = |fields: &str| format!("\r\nPOST / HTTP/1.1\r\n{fields}\r\n\r\n");
-        let framed = |fields: &str| framing(head(fields).as_bytes());
+        let framed = |fields: &str| {
+            let head = head(fields);
+            let (end, framing) = scan_head(head.as_bytes()).expect("a whole head");
+            assert_eq!(end, head.len());
+            framing
+        };
         assert!(matches!(framed("CONTENT-length:7"), Ok(Framing::Length(7))));
         assert!(matches!(
             framed("Content-Lengthy: 5"),
@@ -1010,9 +1028,12 @@ POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n\
             Ok(Framing::Length(0))
         ));
         assert!(matches!(
-            framing(b"GET / HTTP/1.1\r\n\r\n"),
-            Ok(Framing::Length(0))
+            scan_head(b"GET / HTTP/1.1\r\n\r\nnext"),
+            Some((18, Ok(Framing::Length(0))))
         ));
+        // Not yet whole.
+        assert!(scan_head(b"\r\nPOST / HTTP/1.1\r\ncontent-length: 1\r\n").is_none());
+        assert!(scan_head(b"POST / HTTP/1.1\r\n\r").is_none());
     }
 
     #[test]
