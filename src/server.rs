@@ -316,7 +316,10 @@ where
     };
     let serving = async {
         loop {
+            // Biased, the token first: once it is cancelled, nothing more
+            // is accepted.
             let permit = tokio::select! {
+                biased;
                 () = token.cancelled() => break,
                 permit = Arc::clone(&permits).acquire_owned() => match permit {
                     Ok(permit) => permit,
@@ -325,6 +328,7 @@ where
                 },
             };
             tokio::select! {
+                biased;
                 () = token.cancelled() => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
@@ -356,7 +360,12 @@ where
                     }
                     Err(e) => {
                         warn!(listener = name, error = %e, "accept failed; retrying");
-                        tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                        // Cut short by a drain: out of descriptors, the
+                        // connections the drain closes are what frees them.
+                        tokio::select! {
+                            () = token.cancelled() => break,
+                            () = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => {}
+                        }
                     }
                 }
             }

@@ -101,9 +101,12 @@ pub fn prepare_request(headers: &mut HeaderMap, client: &ClientInfo, host: Optio
     // (Entries: one hash lookup for the check and the write.)
     match headers.entry(X_FORWARDED_FOR.clone()) {
         Entry::Occupied(mut prior) => {
-            let mut v = Vec::with_capacity(prior.get().len() + 2 + client.ip.len());
-            v.extend_from_slice(prior.get().as_bytes());
-            v.extend_from_slice(b", ");
+            // Several headers are one list (RFC 9110 5.3), joined in order.
+            let mut v = Vec::new();
+            for value in prior.iter() {
+                v.extend_from_slice(value.as_bytes());
+                v.extend_from_slice(b", ");
+            }
             v.extend_from_slice(client.ip.as_bytes());
             prior.insert(HeaderValue::from_bytes(&v).unwrap_or_else(|_| client.ip.clone()));
         }
@@ -206,6 +209,23 @@ mod tests {
         assert_eq!(h.get("x-forwarded-host").unwrap(), "iris.example");
         assert_eq!(h.get("host").unwrap(), "iris.example");
         assert_eq!(h.get("x-request-id").unwrap().len(), 32);
+    }
+
+    #[test]
+    fn a_chain_in_several_headers_is_joined_in_order_and_a_host_kept() {
+        let mut h = map(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2, 3.3.3.3"),
+            ("host", "client.example"),
+        ]);
+        prepare_request(
+            &mut h,
+            &client(),
+            Some(HeaderValue::from_static("iris.example")),
+        );
+        let chain: Vec<_> = h.get_all("x-forwarded-for").iter().collect();
+        assert_eq!(chain, ["1.1.1.1, 2.2.2.2, 3.3.3.3, 10.1.2.3"]);
+        assert_eq!(h.get("host").unwrap(), "client.example");
     }
 
     #[test]
