@@ -237,7 +237,13 @@ mod tests {
     }
 
     #[test]
-    fn request_ids_differ() {
+    fn request_ids_differ_and_are_32_hex_digits() {
         assert_ne!(new_request_id(), new_request_id());
+        let id = new_request_id();
+        assert_eq!(id.len(), 32);
+        assert!(id
+            .as_bytes()
+            .iter()
+            .all(|b| b"0123456789abcdef".contains(b)));
     }
 }
