@@ -815,6 +815,64 @@ def log_findings(path, pattern, limit=5):
     return len(hits), hits[:limit]
 
 
+def paired(by, mode, num, den, value, combine):
+    """`combine(value(num's run), value(den's run))` for each repeat where
+    both ran well, in repeat order."""
+    def per_rep(target):
+        return {r["rep"]: r for r in by.get((mode, target), []) if r.get("requests")}
+    a, b = per_rep(num), per_rep(den)
+    out = []
+    for rep in sorted(a.keys() & b.keys()):
+        x, y = value(a[rep]), value(b[rep])
+        if x is not None and y:
+            out.append(combine(x, y))
+    return out
+
+
+def paired_section(w, by):
+    """The comparison within each repeat: the targets of one repeat ran
+    minutes apart, so a ratio taken within it cancels what the VM did to
+    that repeat as a whole, which a ratio of medians over repeats keeps."""
+    def rps(r):
+        return r.get("rps")
+
+    def cpu(r):
+        return r["proxy_cpu_s"] / r["requests"] * 1e5 if r.get("proxy_cpu_s") else None
+
+    def div(x, y):
+        return x / y
+
+    def sub(x, y):
+        return x - y
+
+    w("## Within each repeat")
+    w("")
+    w("Each repeat runs every target once, minutes apart: a comparison within a repeat cancels what "
+      "the VM did to that repeat as a whole, which the medians above keep. Per repeat: switchyard's "
+      "req/s and CPU per request over the other proxy's, and switchyard's added p99 (over that "
+      "repeat's direct run) minus the other's, in ms. Then the median over the repeats, the lowest "
+      "and highest, and in how many repeats switchyard came out ahead (more req/s, less CPU per "
+      "request, less added p99).")
+    w("")
+    w("| switchyard against | | HTTP/1.1 median | range | ahead | HTTP/2 median | range | ahead |")
+    w("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for den in ("nginx", "haproxy"):
+        for what, value, combine, ahead, digits in (
+                ("req/s, ratio", rps, div, lambda v: v >= 1.0, 2),
+                ("CPU per request, ratio", cpu, div, lambda v: v <= 1.0, 2),
+                ("added p99, ms more", lambda r: r.get("p99_ms"), sub, lambda v: v <= 0.0, 3)):
+            cells = []
+            for mode in ("h1", "h2"):
+                values = paired(by, mode, "switchyard", den, value, combine)
+                if values:
+                    cells += [fmt(med(values), digits), f"{fmt(min(values), digits)} to {fmt(max(values), digits)}",
+                              f"{sum(1 for v in values if ahead(v))} of {len(values)}"]
+                else:
+                    cells += ["n/a", "n/a", "n/a"]
+            w(f"| {den} | {what} | " + " | ".join(cells) + " |")
+    w("")
+
+
 def cmd_report(a):
     out_dir = a.dir
     runs = []
@@ -921,6 +979,7 @@ def cmd_report(a):
         w(f"| {num} / {den} | " + " | ".join(
             fmt(ratio(agg(m, num)["rps"], agg(m, den)["rps"]), 2) for m in ("h1", "h2")) + " |")
     w("")
+    paired_section(w, by)
 
     if split in load_targets:
         w("## switchyard: a 50 % split against none")
