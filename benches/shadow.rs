@@ -34,7 +34,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, Method, Request, Response};
 use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -73,7 +72,7 @@ async fn upstream(token: CancellationToken, posts: Arc<AtomicU64>) -> SocketAddr
     let addr = listener.local_addr().expect("addr");
     let make = move |_: &switchyard::server::Accepted| {
         let posts = Arc::clone(&posts);
-        hyper::service::service_fn(move |req: Request<Incoming>| {
+        hyper::service::service_fn(move |req: Request<switchyard::server::RequestBody>| {
             let posts = Arc::clone(&posts);
             async move {
                 let is_post = req.method() == Method::POST;

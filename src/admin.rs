@@ -11,7 +11,6 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -279,7 +278,7 @@ impl Admin {
     pub async fn handle(
         &self,
         peer: SocketAddr,
-        req: Request<Incoming>,
+        req: Request<server::RequestBody>,
         closing: CancellationToken,
     ) -> AdminResponse {
         match self.route(peer, &req, closing).await {

@@ -13,7 +13,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -55,7 +54,7 @@ impl ToyModel {
         server::serve("demo-model", listener, make, token, Duration::from_secs(1)).await;
     }
 
-    async fn handle(self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn handle(self, req: Request<server::RequestBody>) -> Response<Full<Bytes>> {
         let path = req.uri().path().trim_end_matches('/');
         match (req.method(), path) {
             (&Method::GET, "/v2/health/ready" | "/v2/health/live" | "/v2/models/iris/ready") => {

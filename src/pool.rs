@@ -37,7 +37,7 @@ use crate::proxy::{ClientBody, RetryBody};
 mod client;
 mod connector;
 mod endpoint;
-mod h1;
+pub(crate) mod h1;
 #[doc(hidden)]
 pub use h1::read_response;
 mod stack;

@@ -60,10 +60,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::server::RequestBody;
 use arc_swap::ArcSwap;
 use http::{header, HeaderValue, Request, Response, Version};
 use http_body_util::{Either, LengthLimitError, Limited};
-use hyper::body::Incoming;
 use prometheus::IntCounter;
 use tokio::net::TcpListener;
 use tokio::time::error::Elapsed;
@@ -173,7 +173,7 @@ impl Proxy {
     /// Not an `async fn`: what is only decided takes no room in the future,
     /// and the request is moved into it once. The future's size is copied
     /// around on every request (see "Performance" in the README).
-    pub fn forward(&self, client: &ClientInfo, mut req: Request<Incoming>) -> Reply {
+    pub fn forward(&self, client: &ClientInfo, mut req: Request<RequestBody>) -> Reply {
         if let Some(refused) = refusal(&req) {
             self.unrouted.inc();
             return Reply::answer(refused.into_response(None));

@@ -4,12 +4,18 @@
 //! cancel stop accepting and drain the open connections for at most the
 //! drain time.
 //!
+//! Plain HTTP/1.1 requests (no `Transfer-Encoding`, `Expect` or `Upgrade`,
+//! the body in with the head) are served by the listener's own HTTP/1.1
+//! path, [`h1`]; the first request that is not hands the connection to
+//! hyper's HTTP/1.1 server until the connection parks or ends. HTTP/2 is
+//! hyper's.
+//!
 //! An HTTP/1.1 keep-alive connection that idles for [`PARK_AFTER`] is
-//! parked: hyper's connection, with its read and write buffers (16 KiB), is
-//! taken apart and dropped, and so are the gate's state and timer; only the
-//! socket waits for the client's next request, on its listener's
-//! [`clock::IdleClock`] for the keep-alive timeout, and a new hyper
-//! connection picks up where the last one ended. A gateway with thousands
+//! parked: its buffers (hyper's connection, with its read and write buffers
+//! of 16 KiB, or the plain path's) are dropped, and so are the gate's state
+//! and timer; only the socket waits for the client's next request, on its
+//! listener's [`clock::IdleClock`] for the keep-alive timeout, and the plain
+//! path picks up where the last request ended. A gateway with thousands
 //! of mostly idle clients pays for the requests in flight, not for every
 //! open connection. (TLS connections are not parked: see
 //! [`gate::Transport`].)
@@ -23,6 +29,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
+use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use hyper::body::{Body, Incoming};
 use hyper::server::conn::{http1, http2};
@@ -46,6 +53,7 @@ use signal::Signal;
 
 mod clock;
 mod gate;
+mod h1;
 mod signal;
 
 /// How long to pause after a failed accept (typically out of file
@@ -173,7 +181,7 @@ pub async fn serve<M, S, B>(
     drain: Duration,
 ) where
     M: Fn(&Accepted) -> S,
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+    S: Service<Request<RequestBody>, Response = Response<B>, Error = Infallible>
         + Send
         + Unpin
         + 'static,
@@ -200,7 +208,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// `Infallible`), and its futures are `Unpin` (boxed), so that an idle
 /// HTTP/1.1 connection can be taken apart and parked.
 pub trait ConnService<B>:
-    Service<Request<Incoming>, Response = Response<B>, Error = Infallible, Future = Self::Fut>
+    Service<Request<RequestBody>, Response = Response<B>, Error = Infallible, Future = Self::Fut>
     + Send
     + Unpin
     + 'static
@@ -210,7 +218,7 @@ pub trait ConnService<B>:
 
 impl<S, B> ConnService<B> for S
 where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+    S: Service<Request<RequestBody>, Response = Response<B>, Error = Infallible>
         + Send
         + Unpin
         + 'static,
@@ -233,12 +241,12 @@ where
 /// A service whose futures are boxed, so they are `Unpin`.
 struct Boxed<S>(S);
 
-impl<S: Service<Request<Incoming>>> Service<Request<Incoming>> for Boxed<S> {
+impl<S: Service<Request<RequestBody>>> Service<Request<RequestBody>> for Boxed<S> {
     type Response = S::Response;
     type Error = S::Error;
     type Future = Pin<Box<S::Future>>;
 
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
+    fn call(&self, req: Request<RequestBody>) -> Self::Future {
         Box::pin(self.0.call(req))
     }
 }
@@ -296,6 +304,7 @@ where
     let shared = Arc::new(Shared {
         name,
         builders: Builders::new(&limits),
+        max_headers: limits.max_headers,
         gate: Arc::new(gate),
         gate_unparked: Arc::new(GateLimits {
             park_after: None,
@@ -421,6 +430,8 @@ impl Drop for Counted {
 struct Shared {
     name: &'static str,
     builders: Builders,
+    /// Request header fields at most (HTTP/1.1).
+    max_headers: usize,
     gate: Arc<GateLimits>,
     /// The same, for connections that are not parked (TLS).
     gate_unparked: Arc<GateLimits>,
@@ -663,6 +674,26 @@ impl Conn {
     {
         let activity = Arc::clone(&service.activity);
         loop {
+            // Plain requests first, without hyper (`h1`); hyper's connection
+            // for the first that is not, until it is parked or ends.
+            match h1::serve(&mut gate, &mut service, &activity, &self.shared).await {
+                h1::Outcome::Hyper => {}
+                h1::Outcome::Park => {
+                    return Some(Parked {
+                        io: gate.park(),
+                        service: service.inner,
+                        conn: self,
+                    })
+                }
+                h1::Outcome::Close => {
+                    self.shutdown(&mut gate).await;
+                    return None;
+                }
+                h1::Outcome::Cut => {
+                    debug!(listener = self.shared.name, peer = %self.peer, "connection cut at the end of the drain");
+                    return None;
+                }
+            }
             // In a block: the box, emptied by `into_parts`, is freed at the
             // end of its scope, which must not outlast the connection's
             // serving (a parked connection kept it).
@@ -690,15 +721,7 @@ impl Conn {
                     return None;
                 }
                 Ended::Done(Ok(())) => {
-                    // What hyper does at the end of a connection it owns (a
-                    // TLS close_notify waits on the client: bounded).
-                    // Boxed: rare, so the task keeps no room for its timer.
-                    let shutdown =
-                        Box::pin(tokio::time::timeout(SHUTDOWN_TIMEOUT, gate.shutdown()));
-                    tokio::select! {
-                        _ = shutdown => {}
-                        () = self.shared.cut.fired() => {}
-                    }
+                    self.shutdown(&mut gate).await;
                     return None;
                 }
                 Ended::Cut => {
@@ -716,6 +739,17 @@ impl Conn {
                 service: service.inner,
                 conn: self,
             });
+        }
+    }
+
+    /// What hyper does at the end of a connection it owns (a TLS
+    /// close_notify waits on the client: bounded).
+    async fn shutdown<I: Transport>(&self, gate: &mut Gate<I>) {
+        // Boxed: rare, so the task keeps no room for its timer.
+        let shutdown = Box::pin(tokio::time::timeout(SHUTDOWN_TIMEOUT, gate.shutdown()));
+        tokio::select! {
+            _ = shutdown => {}
+            () = self.shared.cut.fired() => {}
         }
     }
 
@@ -801,18 +835,87 @@ impl<S> Tracked<S> {
     }
 }
 
+impl<S, B> Service<Request<RequestBody>> for Tracked<S>
+where
+    S: Service<Request<RequestBody>, Response = Response<B>>,
+{
+    type Response = Response<TrackedBody<B>>;
+    type Error = S::Error;
+    type Future = TrackedFuture<S::Future>;
+
+    fn call(&self, req: Request<RequestBody>) -> Self::Future {
+        TrackedFuture {
+            busy: Some(self.activity.start()),
+            inner: self.inner.call(req),
+        }
+    }
+}
+
+/// hyper's requests, as the service takes them.
 impl<S, B> Service<Request<Incoming>> for Tracked<S>
 where
-    S: Service<Request<Incoming>, Response = Response<B>>,
+    S: Service<Request<RequestBody>, Response = Response<B>>,
 {
     type Response = Response<TrackedBody<B>>;
     type Error = S::Error;
     type Future = TrackedFuture<S::Future>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        TrackedFuture {
-            busy: Some(self.activity.start()),
-            inner: self.inner.call(req),
+        Service::<Request<RequestBody>>::call(self, req.map(RequestBody::from))
+    }
+}
+
+/// A request's body as a listener's service gets it: hyper's, or the bytes
+/// that came with a plain HTTP/1.1 request's head (`h1`).
+#[derive(Debug)]
+pub struct RequestBody(BodyKind);
+
+#[derive(Debug)]
+enum BodyKind {
+    Hyper(Incoming),
+    /// `None` once sent.
+    Full(Option<Bytes>),
+}
+
+impl From<Incoming> for RequestBody {
+    fn from(body: Incoming) -> RequestBody {
+        RequestBody(BodyKind::Hyper(body))
+    }
+}
+
+impl RequestBody {
+    fn full(bytes: Bytes) -> RequestBody {
+        RequestBody(BodyKind::Full((!bytes.is_empty()).then_some(bytes)))
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match &mut self.get_mut().0 {
+            BodyKind::Hyper(body) => Pin::new(body).poll_frame(cx),
+            BodyKind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.0 {
+            BodyKind::Hyper(body) => body.is_end_stream(),
+            BodyKind::Full(bytes) => bytes.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.0 {
+            BodyKind::Hyper(body) => body.size_hint(),
+            BodyKind::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
         }
     }
 }

@@ -482,31 +482,33 @@ async fn llm(first: Duration, token: CancellationToken) -> String {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         let make = move |_: &switchyard::server::Accepted| {
-            hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| async move {
-                if req.uri().path() != "/v1/completions" {
-                    return Ok::<_, Infallible>(Response::new(full_body("{}")));
-                }
-                let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
-                tokio::spawn(async move {
-                    tokio::time::sleep(first).await;
-                    for chunk in [
-                        "data: a\n\n",
-                        "data: b\n\n",
-                        "data: c\n\n",
-                        "data: [DONE]\n\n",
-                    ] {
-                        if tx.send(Ok(Frame::data(Bytes::from(chunk)))).await.is_err() {
-                            return;
-                        }
-                        tokio::time::sleep(Duration::from_millis(5)).await;
+            hyper::service::service_fn(
+                move |req: Request<switchyard::server::RequestBody>| async move {
+                    if req.uri().path() != "/v1/completions" {
+                        return Ok::<_, Infallible>(Response::new(full_body("{}")));
                     }
-                });
-                let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-                Ok(Response::builder()
-                    .header("content-type", "text/event-stream")
-                    .body(BodyExt::boxed(body))
-                    .unwrap())
-            })
+                    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(first).await;
+                        for chunk in [
+                            "data: a\n\n",
+                            "data: b\n\n",
+                            "data: c\n\n",
+                            "data: [DONE]\n\n",
+                        ] {
+                            if tx.send(Ok(Frame::data(Bytes::from(chunk)))).await.is_err() {
+                                return;
+                            }
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                    });
+                    let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+                    Ok(Response::builder()
+                        .header("content-type", "text/event-stream")
+                        .body(BodyExt::boxed(body))
+                        .unwrap())
+                },
+            )
         };
         switchyard::server::serve("llm", listener, make, token, Duration::from_secs(1)).await;
     });

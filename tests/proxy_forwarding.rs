@@ -195,7 +195,7 @@ async fn hop_by_hop_upstream() -> (SocketAddr, CancellationToken) {
     let addr = listener.local_addr().expect("addr");
     let token = CancellationToken::new();
     let make = |_: &switchyard::server::Accepted| {
-        hyper::service::service_fn(|_req: Request<hyper::body::Incoming>| async {
+        hyper::service::service_fn(|_req: Request<switchyard::server::RequestBody>| async {
             let response = Response::builder()
                 .header(header::CONNECTION, "x-bar")
                 .header("x-bar", "per-hop")

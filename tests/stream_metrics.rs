@@ -30,7 +30,7 @@ async fn llm_upstream(token: CancellationToken) -> String {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         let make = |_: &switchyard::server::Accepted| {
-            hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+            hyper::service::service_fn(|req: Request<switchyard::server::RequestBody>| async move {
                 if req.uri().path() != "/v1/completions" {
                     return Ok::<_, Infallible>(
                         Response::builder()

@@ -209,11 +209,13 @@ async fn upstream(name: &'static str, token: CancellationToken) -> Result<Socket
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         let make = move |_: &switchyard::server::Accepted| {
-            hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| async move {
-                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
-                    name.as_bytes(),
-                ))))
-            })
+            hyper::service::service_fn(
+                move |_req: Request<switchyard::server::RequestBody>| async move {
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+                        name.as_bytes(),
+                    ))))
+                },
+            )
         };
         switchyard::server::serve(
             "bench-upstream",

@@ -26,7 +26,6 @@ use clap::Parser;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Either, Full, Limited};
-use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio::time::Interval;
@@ -71,7 +70,7 @@ impl Answers {
         }
     }
 
-    async fn handle(self, req: Request<Incoming>) -> Response<AnswerBody> {
+    async fn handle(self, req: Request<switchyard::server::RequestBody>) -> Response<AnswerBody> {
         match (req.method(), req.uri().path()) {
             (&Method::POST | &Method::GET, "/v2/models/iris/infer") => {
                 // Read the whole body, as a model server must, so the

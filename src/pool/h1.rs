@@ -207,7 +207,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> H1Conn<T> {
 
 /// How a request body is framed on the wire.
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Out {
+pub(crate) enum Out {
     /// No body, and no header saying so.
     None,
     /// `Content-Length`: this many bytes still to come.
@@ -269,7 +269,7 @@ fn encode_head(parts: &http::request::Parts, framing: Out, out: &mut Vec<u8>) {
 }
 
 /// `n` in decimal, written at the end of `buf`.
-fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+pub(crate) fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut at = buf.len();
     loop {
         at -= 1;
@@ -488,7 +488,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for Exchange<T> {
 }
 
 /// Appends one frame of the request body, framed.
-fn encode_frame(frame: Frame<Bytes>, framing: &mut Out, out: &mut Vec<u8>) -> Result<(), BoxError> {
+pub(crate) fn encode_frame(
+    frame: Frame<Bytes>,
+    framing: &mut Out,
+    out: &mut Vec<u8>,
+) -> Result<(), BoxError> {
     let frame = match frame.into_data() {
         Ok(data) => {
             match framing {
@@ -529,7 +533,7 @@ fn encode_frame(frame: Frame<Bytes>, framing: &mut Out, out: &mut Vec<u8>) -> Re
 }
 
 /// Appends the end of the request body.
-fn encode_end(framing: Out, out: &mut Vec<u8>) -> Result<(), BoxError> {
+pub(crate) fn encode_end(framing: Out, out: &mut Vec<u8>) -> Result<(), BoxError> {
     match framing {
         Out::Chunked => out.extend_from_slice(b"0\r\n\r\n"),
         Out::Length(0) | Out::None => {}
@@ -718,7 +722,7 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ()> {
 /// `length` so far, with one more `Content-Length` value (a list of equal
 /// numbers is one number): `Err` for anything but digits, or a different
 /// number.
-fn add_length(mut length: Option<u64>, value: &[u8]) -> Result<Option<u64>, ()> {
+pub(crate) fn add_length(mut length: Option<u64>, value: &[u8]) -> Result<Option<u64>, ()> {
     for part in value.split(|&b| b == b',') {
         let part = part.trim_ascii();
         if part.is_empty() {

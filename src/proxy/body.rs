@@ -12,10 +12,11 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 
 use super::stream::Figures;
 use crate::pool::{InFlight, UpstreamIncoming};
+use crate::server::RequestBody;
 use crate::shadow::Capture;
 use crate::switch::Admission;
 
@@ -139,7 +140,7 @@ impl Body for ProxyBody {
 /// endpoint); and it records when it has been read to the end, so a request
 /// timeout while the client is still sending is the client's too.
 pub struct ClientBody {
-    inner: Incoming,
+    inner: RequestBody,
     finished: Option<Arc<AtomicBool>>,
     /// The body copied for a shadow mirror, if the request is mirrored.
     copy: Option<Box<Capture>>,
@@ -153,7 +154,7 @@ pub struct ClientBodyError(#[source] hyper::Error);
 impl ClientBody {
     /// Wraps `inner`; the flag, for a body still to be read, turns true once
     /// it has been read to the end (an empty body allocates none).
-    pub fn new(inner: Incoming) -> (ClientBody, Option<Arc<AtomicBool>>) {
+    pub fn new(inner: RequestBody) -> (ClientBody, Option<Arc<AtomicBool>>) {
         let finished = (!inner.is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
         let flag = finished.clone();
         let body = ClientBody {

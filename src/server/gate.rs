@@ -323,7 +323,15 @@ impl<I> Gate<I> {
     /// Gives back bytes read but not parsed yet (see the `unread` field);
     /// the next reads return them first.
     pub fn unread(&mut self, bytes: bytes::Bytes) {
-        self.unread = bytes;
+        if self.unread.is_empty() {
+            self.unread = bytes;
+        } else if !bytes.is_empty() {
+            // Bytes the gate had not handed out yet come after them.
+            let mut both = bytes::BytesMut::with_capacity(bytes.len() + self.unread.len());
+            both.extend_from_slice(&bytes);
+            both.extend_from_slice(&self.unread);
+            self.unread = both.freeze();
+        }
     }
 
     fn refuse(&mut self, status: &str, why: &str) {

@@ -277,7 +277,10 @@ async fn wait_released(state: &UpstreamState) {
     let _ = rx.wait_for(|r| *r).await;
 }
 
-async fn upstream_handle(state: &UpstreamState, req: Request<Incoming>) -> Response<TestBody> {
+async fn upstream_handle(
+    state: &UpstreamState,
+    req: Request<switchyard::server::RequestBody>,
+) -> Response<TestBody> {
     let path = req.uri().path().to_string();
     let name = state.name;
     if path == "/v2/health/ready" {

@@ -305,10 +305,12 @@ async fn accept_loop(
                 h.with_client_cert += usize::from(client_cert);
                 h.alpn.push(alpn.into_owned());
             });
-            let service = hyper::service::service_fn(move |req| {
-                let state = Arc::clone(&state);
-                async move { Ok::<_, Infallible>(upstream_handle(&state, req).await) }
-            });
+            let service =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let state = Arc::clone(&state);
+                    let req = req.map(switchyard::server::RequestBody::from);
+                    async move { Ok::<_, Infallible>(upstream_handle(&state, req).await) }
+                });
             let builder = auto::Builder::new(TokioExecutor::new());
             let serving = builder.serve_connection(TokioIo::new(tls), service);
             tokio::select! {

@@ -1,0 +1,569 @@
+//! Plain HTTP/1.1 requests, served without hyper's connection.
+//!
+//! Most requests to a model server are plain: HTTP/1.1, an origin-form
+//! target, no body or one of `Content-Length` bytes that came in with the
+//! head, and no `Expect`, `Upgrade` or `Transfer-Encoding`. This module
+//! serves those itself, through the gate like hyper: it parses the head with
+//! httparse (as hyper does, with hyper's limits), hands the service a
+//! request whose body is the bytes already read, and writes the response
+//! head and body to the gate, in one write when the body is ready with its
+//! head (as hyper does with `writev(false)`).
+//!
+//! Every other request, and anything it cannot parse, goes to hyper: its
+//! bytes are given back to the gate, unanswered, and hyper's connection
+//! serves it, and the connection, until it is parked or ends. hyper answers
+//! what is malformed, so the two never disagree on what is refused. The
+//! gate follows the same bytes either way, and answers 408, refuses
+//! ambiguous framing and times the keep-alive as before.
+//!
+//! Responses are framed as hyper frames them: the body's exact size, or
+//! its `Content-Length`, else chunked; none for `HEAD`, 204 and 304; a
+//! `date` unless the response has one; `connection: close` when the
+//! connection ends after it (the client asked, or the listener drains).
+//! Trailers go out only to a client that said `TE: trailers`.
+
+use std::future::poll_fn;
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::{pin, Pin};
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame};
+use hyper::service::Service;
+use tokio::io::AsyncWriteExt;
+
+use super::gate::{Activity, Gate, Transport};
+use super::{ConnBody, ConnService, RequestBody, Shared, Tracked};
+use crate::pool::h1::{add_length, encode_end, encode_frame, itoa, Out};
+
+/// Header fields parsed without hyper at most; a head with more (up to the
+/// listener's `max_headers`) goes to hyper.
+const MAX_FIELDS: usize = 100;
+
+/// Headers a request may gain on its way through (the proxy's
+/// `X-Forwarded-*` and `X-Request-Id`), room kept for in its map.
+const ADDED_HEADERS: usize = 6;
+
+/// A read asks for at least this much room.
+const READ_SIZE: usize = 8 * 1024;
+
+/// Request heads (and the bodies that came with them) are copied into a
+/// buffer of this size, reused while no request still holds its part.
+const HEADS_SIZE: usize = 4 * 1024;
+
+/// Response bytes gathered before they are written, when the body has more
+/// ready.
+const WRITE_BATCH: usize = 64 * 1024;
+
+/// How the plain path ended.
+pub(super) enum Outcome {
+    /// Idle for the park delay with nothing received: park.
+    Park,
+    /// The connection is done: the client closed or asked to, the listener
+    /// drains, or it failed.
+    Close,
+    /// A request for hyper: its bytes are back in the gate.
+    Hyper,
+    /// The drain time ran out.
+    Cut,
+}
+
+/// Serves plain requests on `gate` until the connection parks, ends, or
+/// sends one that hyper must serve.
+pub(super) async fn serve<I, S, B>(
+    gate: &mut Gate<I>,
+    service: &mut Tracked<S>,
+    activity: &Activity,
+    shared: &Shared,
+) -> Outcome
+where
+    I: Transport,
+    S: ConnService<B>,
+    B: ConnBody,
+{
+    let mut buf = BytesMut::new();
+    let mut heads = BytesMut::new();
+    let mut out = Vec::new();
+    // The last response's header map, emptied, for the next request's (as
+    // hyper keeps it): no allocation per request for it.
+    let mut spare = HeaderMap::new();
+    let max_fields = shared.max_headers.min(MAX_FIELDS);
+    loop {
+        // A whole head, and the body with it, or more to read.
+        let (request, plain) = loop {
+            if !buf.is_empty() {
+                match parse(
+                    &mut buf,
+                    &mut heads,
+                    &mut spare,
+                    max_fields,
+                    shared.gate.max_head,
+                ) {
+                    Ok(parsed) => break parsed,
+                    Err(Unparsed::Partial) => {}
+                    Err(Unparsed::Hyper) => {
+                        gate.unread(buf.freeze());
+                        return Outcome::Hyper;
+                    }
+                }
+            }
+            match read(gate, &mut buf, activity, shared).await {
+                Read::Data => {}
+                Read::Closed => return Outcome::Close,
+                Read::Park => return Outcome::Park,
+                Read::Cut => return Outcome::Cut,
+            }
+        };
+        let responding = service.call(request);
+        let respond = async {
+            let response = responding.await;
+            // A drain that began while the request was served: the response
+            // says the connection ends.
+            let close = plain.close || shared.stopping.is_fired();
+            match response {
+                Ok(response) => {
+                    write_response(gate, &mut out, &mut spare, response, &plain, close).await
+                }
+                Err(never) => match never {},
+            }
+        };
+        let written = tokio::select! {
+            biased;
+            () = shared.cut.fired() => return Outcome::Cut,
+            written = respond => written,
+        };
+        match written {
+            Ok(true) => {}
+            Ok(false) => return Outcome::Close,
+            Err(e) => {
+                tracing::debug!(listener = shared.name, error = %e, "response not written");
+                return Outcome::Close;
+            }
+        }
+        if shared.stopping.is_fired() {
+            return Outcome::Close;
+        }
+    }
+}
+
+/// What a read brought.
+enum Read {
+    Data,
+    /// The client closed, the gate ended the connection (keep-alive or
+    /// header timeout, a refused head) or the read failed.
+    Closed,
+    Park,
+    Cut,
+}
+
+/// Reads more into `buf`. With nothing of a head buffered, a drain ends the
+/// connection and the gate's park delay parks it.
+async fn read<I: Transport>(
+    gate: &mut Gate<I>,
+    buf: &mut BytesMut,
+    activity: &Activity,
+    shared: &Shared,
+) -> Read {
+    let between = buf.is_empty();
+    if between && shared.stopping.is_fired() {
+        return Read::Closed;
+    }
+    if buf.capacity() - buf.len() < READ_SIZE / 2 {
+        buf.reserve(READ_SIZE);
+    }
+    let reading =
+        poll_fn(
+            |cx| match tokio_util::io::poll_read_buf(Pin::new(&mut *gate), cx, buf) {
+                Poll::Ready(Ok(0)) => Poll::Ready(Read::Closed),
+                Poll::Ready(Ok(_)) => Poll::Ready(Read::Data),
+                Poll::Ready(Err(e)) => {
+                    tracing::debug!(listener = shared.name, error = %e, "read failed");
+                    Poll::Ready(Read::Closed)
+                }
+                Poll::Pending if between && activity.take_park() => Poll::Ready(Read::Park),
+                Poll::Pending => Poll::Pending,
+            },
+        );
+    tokio::select! {
+        biased;
+        read = reading => read,
+        () = shared.stopping.fired(), if between => Read::Closed,
+        () = shared.cut.fired() => Read::Cut,
+    }
+}
+
+/// What the plain path needs to know of a request to answer it.
+struct Plain {
+    /// `HEAD`: the response has no body.
+    head: bool,
+    /// The client asked to close after the response.
+    close: bool,
+    /// The client takes trailers (`TE: trailers`).
+    trailers: bool,
+}
+
+/// Why a request was not taken from the buffer.
+enum Unparsed {
+    /// The head is not all here yet.
+    Partial,
+    /// Not a plain request, or not one httparse reads: hyper's.
+    Hyper,
+}
+
+/// Parses the request at the start of `buf`. On success its bytes are taken
+/// from `buf`; otherwise `buf` is left as it was.
+fn parse(
+    buf: &mut BytesMut,
+    heads: &mut BytesMut,
+    spare: &mut HeaderMap,
+    max_fields: usize,
+    max_head: usize,
+) -> Result<(Request<RequestBody>, Plain), Unparsed> {
+    // Uninitialised for httparse to fill, as hyper does.
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut req,
+        buf,
+        &mut fields[..max_fields],
+    ) {
+        // hyper answers a head that is too large (431).
+        Ok(httparse::Status::Complete(len)) if len <= max_head => len,
+        Ok(httparse::Status::Partial) if buf.len() <= max_head => return Err(Unparsed::Partial),
+        Ok(httparse::Status::Complete(_)) => return Err(Unparsed::Hyper),
+        Ok(httparse::Status::Partial) | Err(_) => return Err(Unparsed::Hyper),
+    };
+    if req.version != Some(1) {
+        return Err(Unparsed::Hyper);
+    }
+    let (Some(method), Some(path)) = (req.method, req.path) else {
+        return Err(Unparsed::Hyper);
+    };
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return Err(Unparsed::Hyper);
+    };
+    if method == Method::CONNECT || !path.starts_with('/') {
+        return Err(Unparsed::Hyper);
+    }
+    let mut plain = Plain {
+        head: method == Method::HEAD,
+        close: false,
+        trailers: false,
+    };
+    let mut length = Ok(None);
+    for field in req.headers.iter() {
+        let name = field.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            length = length.and_then(|length| add_length(length, field.value));
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
+            || name.eq_ignore_ascii_case(b"expect")
+            || name.eq_ignore_ascii_case(b"upgrade")
+        {
+            return Err(Unparsed::Hyper);
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            plain.close |= has_token(field.value, b"close");
+        } else if name.eq_ignore_ascii_case(b"te") {
+            plain.trailers |= has_token(field.value, b"trailers");
+        }
+    }
+    let Ok(length) = length else {
+        return Err(Unparsed::Hyper);
+    };
+    let body_len = match length.map(usize::try_from) {
+        None => 0,
+        Some(Ok(n)) if n <= buf.len() - len => n,
+        // The body is still on its way: hyper streams it to the service.
+        Some(_) => return Err(Unparsed::Hyper),
+    };
+    // One copy of the head and its body; the target, every header value and
+    // the body are slices of it.
+    let whole = len + body_len;
+    if heads.capacity() < whole {
+        heads.reserve(whole.max(HEADS_SIZE));
+    }
+    heads.extend_from_slice(&buf[..whole]);
+    let copy = heads.split().freeze();
+    let base = buf.as_ptr() as usize;
+    // Where a part of the head that httparse found is in the copy.
+    let at = |part: &[u8]| {
+        let start = part.as_ptr() as usize - base;
+        start..start + part.len()
+    };
+    let Ok(uri) = Uri::from_maybe_shared(copy.slice(at(path.as_bytes()))) else {
+        return Err(Unparsed::Hyper);
+    };
+    // Room for the proxy's own headers too (`X-Forwarded-*`, the request id).
+    let mut headers = std::mem::take(spare);
+    headers.reserve(req.headers.len() + ADDED_HEADERS);
+    for field in req.headers.iter() {
+        let Ok(name) = HeaderName::from_bytes(field.name.as_bytes()) else {
+            return Err(Unparsed::Hyper);
+        };
+        // httparse has checked the value's bytes, as it has for hyper,
+        // which makes its values the same way.
+        let Ok(value) = HeaderValue::from_maybe_shared(copy.slice(at(field.value))) else {
+            return Err(Unparsed::Hyper);
+        };
+        headers.append(name, value);
+    }
+    let body = copy.slice(len..whole);
+    buf.advance(whole);
+    let mut request = Request::new(RequestBody::full(body));
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = headers;
+    Ok((request, plain))
+}
+
+/// Whether a comma-separated header value lists `token`.
+fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// Writes `response`; true if the connection may serve another request.
+async fn write_response<I: Transport, B: ConnBody>(
+    gate: &mut Gate<I>,
+    out: &mut Vec<u8>,
+    spare: &mut HeaderMap,
+    response: Response<B>,
+    plain: &Plain,
+    close: bool,
+) -> io::Result<bool> {
+    let (parts, body) = response.into_parts();
+    let (framing, close) = encode_head(&parts, &body, plain, close, out);
+    *spare = parts.headers;
+    spare.clear();
+    let ended = {
+        let mut body = pin!(body);
+        let mut framing = framing;
+        loop {
+            let gathered = poll_fn(|cx| gather(body.as_mut(), cx, &mut framing, plain, out)).await;
+            match gathered {
+                Gathered::Ended => break true,
+                Gathered::Failed => break false,
+                Gathered::More => {
+                    gate.write_all(out).await?;
+                    gate.flush().await?;
+                    out.clear();
+                }
+            }
+        }
+        // The body drops here, ending the request's count before the
+        // last flush, after which the gate may park the connection.
+    };
+    gate.write_all(out).await?;
+    gate.flush().await?;
+    out.clear();
+    Ok(ended && !close)
+}
+
+/// The status line and headers, with the framing's own; returns the
+/// framing, and whether the connection closes after the response.
+fn encode_head<B: Body>(
+    parts: &http::response::Parts,
+    body: &B,
+    plain: &Plain,
+    mut close: bool,
+    out: &mut Vec<u8>,
+) -> (Out, bool) {
+    let status = parts.status;
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    let reason = parts
+        .extensions
+        .get::<hyper::ext::ReasonPhrase>()
+        .map(|reason| reason.as_bytes())
+        .or_else(|| status.canonical_reason().map(str::as_bytes));
+    out.extend_from_slice(reason.unwrap_or_default());
+    out.extend_from_slice(b"\r\n");
+    // 1xx, 204 and 304 have no body; 1xx and 204 no length either.
+    let no_body = status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let may_have_length = !(status.is_informational() || status == StatusCode::NO_CONTENT);
+    let kind = if body.is_end_stream() {
+        Kind::Empty
+    } else {
+        body.size_hint().exact().map_or(Kind::Unknown, Kind::Known)
+    };
+    let mut length: Option<u64> = None;
+    let (mut wrote_length, mut dated, mut says_close) = (false, false, false);
+    for (name, value) in &parts.headers {
+        if name == header::TRANSFER_ENCODING {
+            // The framing is this module's.
+            continue;
+        }
+        if name == header::CONTENT_LENGTH {
+            if !may_have_length || wrote_length {
+                continue;
+            }
+            match kind {
+                // The body knows its length: its header is trusted, as hyper
+                // trusts it.
+                Kind::Known(n) => length = Some(n),
+                Kind::Unknown => match add_length(None, value.as_bytes()) {
+                    Ok(Some(n)) => length = Some(n),
+                    _ => continue,
+                },
+                // No body: only a HEAD's length says more than 0, and only a
+                // HEAD's is kept.
+                Kind::Empty if plain.head => {}
+                Kind::Empty => continue,
+            }
+            wrote_length = true;
+        } else if name == header::CONNECTION {
+            says_close |= has_token(value.as_bytes(), b"close");
+        } else if name == header::DATE {
+            dated = true;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let framing = match (length, kind) {
+        _ if no_body || plain.head => {
+            if let (false, true, Kind::Known(n)) = (wrote_length, may_have_length, kind) {
+                write_length(n, out);
+            }
+            Out::None
+        }
+        (Some(n), _) => Out::Length(n),
+        (None, Kind::Empty) => {
+            write_length(0, out);
+            Out::Length(0)
+        }
+        (None, Kind::Known(n)) => {
+            write_length(n, out);
+            Out::Length(n)
+        }
+        (None, Kind::Unknown) => {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            Out::Chunked
+        }
+    };
+    close |= says_close;
+    if close && !says_close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    if !dated {
+        out.extend_from_slice(b"date: ");
+        date::extend(out);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    (framing, close)
+}
+
+/// What the response body says of its length.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// Ended already.
+    Empty,
+    Known(u64),
+    Unknown,
+}
+
+fn write_length(n: u64, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"content-length: ");
+    out.extend_from_slice(itoa(n, &mut [0; 20]));
+    out.extend_from_slice(b"\r\n");
+}
+
+enum Gathered {
+    /// The body has ended, framed to its end in `out`.
+    Ended,
+    /// `out` is worth writing before more of the body.
+    More,
+    /// The body failed, or sent more or less than its length: the
+    /// connection ends after what `out` holds.
+    Failed,
+}
+
+/// Frames into `out` what the body has ready.
+fn gather<B: Body>(
+    mut body: Pin<&mut B>,
+    cx: &mut Context<'_>,
+    framing: &mut Out,
+    plain: &Plain,
+    out: &mut Vec<u8>,
+) -> Poll<Gathered> {
+    loop {
+        if *framing == Out::None || *framing == Out::Length(0) {
+            // All the body there is to send: as hyper, no poll for its end.
+            return Poll::Ready(Gathered::Ended);
+        }
+        if out.len() >= WRITE_BATCH {
+            return Poll::Ready(Gathered::More);
+        }
+        match body.as_mut().poll_frame(cx) {
+            Poll::Pending if out.is_empty() => return Poll::Pending,
+            Poll::Pending => return Poll::Ready(Gathered::More),
+            Poll::Ready(None) => {
+                return Poll::Ready(match encode_end(*framing, out) {
+                    Ok(()) => Gathered::Ended,
+                    Err(_) => Gathered::Failed,
+                });
+            }
+            Poll::Ready(Some(Err(_))) => return Poll::Ready(Gathered::Failed),
+            Poll::Ready(Some(Ok(frame))) => {
+                let frame = frame.map_data(|mut data| data.copy_to_bytes(data.remaining()));
+                // Trailers for a client that did not ask for them: the
+                // body ends without.
+                let frame = match frame.into_trailers() {
+                    Ok(_) if !plain.trailers => Frame::data(Bytes::new()),
+                    Ok(trailers) => Frame::trailers(trailers),
+                    Err(frame) => frame,
+                };
+                // Trailers end a chunked body (`Out::None`, above).
+                if encode_frame(frame, framing, out).is_err() {
+                    return Poll::Ready(Gathered::Failed);
+                }
+            }
+        }
+    }
+}
+
+/// The `date` header's value, formatted once a second per thread.
+mod date {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    /// "Sun, 06 Nov 1994 08:49:37 GMT"
+    const LEN: usize = 29;
+
+    struct Cached {
+        second: u64,
+        value: [u8; LEN],
+    }
+
+    thread_local! {
+        static CACHED: RefCell<Cached> = const { RefCell::new(Cached { second: u64::MAX, value: [0; LEN] }) };
+    }
+
+    pub(super) fn extend(out: &mut Vec<u8>) {
+        let now = SystemTime::now();
+        let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        CACHED.with(|cached| {
+            let mut cached = cached.borrow_mut();
+            if cached.second != second {
+                let text = httpdate::fmt_http_date(now);
+                if text.len() == LEN {
+                    cached.value.copy_from_slice(text.as_bytes());
+                    cached.second = second;
+                } else {
+                    out.extend_from_slice(text.as_bytes());
+                    return;
+                }
+            }
+            out.extend_from_slice(&cached.value);
+        });
+    }
+}
