@@ -334,9 +334,37 @@ async fn trailers_reach_a_client_that_takes_them() {
             .contains(&("grpc-status".to_string(), "0".to_string())),
         "{with:?}"
     );
+    assert!(
+        with.trailers
+            .contains(&("grpc-message".to_string(), "ok-blue".to_string())),
+        "{with:?}"
+    );
+    // Sent, but not declared in the response's `Trailer` header.
+    assert!(
+        !with.trailers.iter().any(|(n, _)| n == "x-undeclared"),
+        "{with:?}"
+    );
     conn.send("POST /grpc HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
         .await;
     let without = conn.response(false).await;
     assert_eq!(without.body, b"abc");
     assert!(without.trailers.is_empty(), "{without:?}");
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_ends_its_request_upstream() {
+    let (blue, _green, proxy) = setup().await;
+    let in_flight = r#"switchyard_in_flight{model="iris",pool="blue"}"#;
+    let mut conn = Conn::open(&proxy).await;
+    conn.send("GET /hold HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    blue.wait_held(1).await;
+    assert_eq!(metric_value(&proxy, in_flight).await, Some(1.0));
+    // Gone before the upstream answered: the exchange is dropped, not
+    // left waiting for an answer nobody reads.
+    drop(conn);
+    eventually("the request to end", || async {
+        metric_value(&proxy, in_flight).await == Some(0.0)
+    })
+    .await;
+    blue.release();
 }

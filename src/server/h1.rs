@@ -20,7 +20,8 @@
 //! its `Content-Length`, else chunked; none for `HEAD`, 204 and 304; a
 //! `date` unless the response has one; `connection: close` when the
 //! connection ends after it (the client asked, or the listener drains).
-//! Trailers go out only to a client that said `TE: trailers`.
+//! Trailers go out only to a client that said `TE: trailers`, and only
+//! those the response names in its `Trailer` header (hyper's rule).
 
 use std::future::poll_fn;
 use std::io;
@@ -36,6 +37,7 @@ use hyper::service::Service;
 use tokio::io::AsyncWriteExt;
 
 use super::gate::{Activity, Gate, Transport};
+use super::signal::Fired;
 use super::{ConnBody, ConnService, RequestBody, Shared, Tracked};
 use crate::pool::h1::{add_length, encode_end, encode_frame, itoa, Out};
 
@@ -91,9 +93,19 @@ where
     // hyper keeps it): no allocation per request for it.
     let mut spare = HeaderMap::new();
     let max_fields = shared.max_headers.min(MAX_FIELDS);
+    // Made once: each new wait on a signal would lock its waiter list.
+    let mut stopping = pin!(shared.stopping.fired());
+    let mut cut = pin!(shared.cut.fired());
     loop {
         // A whole head, and the body with it, or more to read.
         let (request, plain) = loop {
+            // Empty lines between requests (httparse would skip them) do not
+            // make the connection busy.
+            let blank = buf
+                .iter()
+                .take_while(|&&b| b == b'\r' || b == b'\n')
+                .count();
+            buf.advance(blank);
             if !buf.is_empty() {
                 match parse(
                     &mut buf,
@@ -110,30 +122,44 @@ where
                     }
                 }
             }
-            match read(gate, &mut buf, activity, shared).await {
+            let signals = (stopping.as_mut(), cut.as_mut());
+            match read(gate, &mut buf, activity, shared, signals).await {
                 Read::Data => {}
                 Read::Closed => return Outcome::Close,
                 Read::Park => return Outcome::Park,
                 Read::Cut => return Outcome::Cut,
             }
         };
-        let responding = service.call(request);
-        let respond = async {
-            let response = responding.await;
-            // A drain that began while the request was served: the response
-            // says the connection ends.
-            let close = plain.close || shared.stopping.is_fired();
-            match response {
-                Ok(response) => {
-                    write_response(gate, &mut out, &mut spare, response, &plain, close).await
-                }
-                Err(never) => match never {},
+        let mut responding = service.call(request);
+        let max_head = shared.gate.max_head;
+        let response = tokio::select! {
+            biased;
+            () = cut.as_mut() => return Outcome::Cut,
+            response = &mut responding => response,
+            // As hyper: a client that hangs up while its request is served
+            // drops it (and the upstream exchange with it).
+            () = poll_fn(|cx| poll_gone(gate, &mut buf, max_head, cx)) => {
+                tracing::debug!(listener = shared.name, "the client closed before its response");
+                return Outcome::Close;
             }
+        };
+        let response = match response {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
+        // A drain that began while the request was served: the response
+        // says the connection ends.
+        let close = plain.close || shared.stopping.is_fired();
+        let writing = Writing {
+            out: &mut out,
+            spare: &mut spare,
+            buf: &mut buf,
+            max_head,
         };
         let written = tokio::select! {
             biased;
-            () = shared.cut.fired() => return Outcome::Cut,
-            written = respond => written,
+            () = cut.as_mut() => return Outcome::Cut,
+            written = write_response(gate, writing, response, &plain, close) => written,
         };
         match written {
             Ok(true) => {}
@@ -166,6 +192,7 @@ async fn read<I: Transport>(
     buf: &mut BytesMut,
     activity: &Activity,
     shared: &Shared,
+    (stopping, cut): (Pin<&mut Fired<'_>>, Pin<&mut Fired<'_>>),
 ) -> Read {
     let between = buf.is_empty();
     if between && shared.stopping.is_fired() {
@@ -190,8 +217,8 @@ async fn read<I: Transport>(
     tokio::select! {
         biased;
         read = reading => read,
-        () = shared.stopping.fired(), if between => Read::Closed,
-        () = shared.cut.fired() => Read::Cut,
+        () = stopping, if between => Read::Closed,
+        () = cut => Read::Cut,
     }
 }
 
@@ -327,26 +354,62 @@ fn has_token(value: &[u8], token: &[u8]) -> bool {
 }
 
 /// Writes `response`; true if the connection may serve another request.
+/// The connection's buffers a response is written with.
+struct Writing<'a> {
+    out: &'a mut Vec<u8>,
+    /// Takes the response's header map, emptied.
+    spare: &'a mut HeaderMap,
+    /// The read buffer, and its bound, for what the client sends meanwhile.
+    buf: &'a mut BytesMut,
+    max_head: usize,
+}
+
 async fn write_response<I: Transport, B: ConnBody>(
     gate: &mut Gate<I>,
-    out: &mut Vec<u8>,
-    spare: &mut HeaderMap,
+    writing: Writing<'_>,
     response: Response<B>,
     plain: &Plain,
     close: bool,
 ) -> io::Result<bool> {
+    let Writing {
+        out,
+        spare,
+        buf,
+        max_head,
+    } = writing;
     let (parts, body) = response.into_parts();
-    let (framing, close) = encode_head(&parts, &body, plain, close, out);
+    if parts.status.is_informational() {
+        // Not a final response: as hyper, a 500, and the connection ends.
+        out.extend_from_slice(
+            b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        );
+        gate.write_all(out).await?;
+        gate.flush().await?;
+        out.clear();
+        return Ok(false);
+    }
+    let (framing, trailers, close) = encode_head(&parts, &body, plain, close, out);
     *spare = parts.headers;
     spare.clear();
     let ended = {
         let mut body = pin!(body);
         let mut framing = framing;
         loop {
-            let gathered = poll_fn(|cx| gather(body.as_mut(), cx, &mut framing, plain, out)).await;
+            let gathered = poll_fn(|cx| {
+                match gather(body.as_mut(), cx, &mut framing, trailers.as_deref(), out) {
+                    // As hyper: a client that hangs up while the body waits
+                    // drops it.
+                    Poll::Pending if poll_gone(gate, buf, max_head, cx).is_ready() => {
+                        Poll::Ready(Gathered::Gone)
+                    }
+                    gathered => gathered,
+                }
+            })
+            .await;
             match gathered {
                 Gathered::Ended => break true,
                 Gathered::Failed => break false,
+                Gathered::Gone => return Ok(false),
                 Gathered::More => {
                     gate.write_all(out).await?;
                     gate.flush().await?;
@@ -360,18 +423,48 @@ async fn write_response<I: Transport, B: ConnBody>(
     gate.write_all(out).await?;
     gate.flush().await?;
     out.clear();
+    if out.capacity() > 2 * WRITE_BATCH {
+        // A large frame made it grow: not kept for the connection's life.
+        *out = Vec::new();
+    }
     Ok(ended && !close)
 }
 
+/// Whether the client has gone (its end of the stream, or a failed read)
+/// while a request is served: reads on, keeping what it sends (a pipelined
+/// request) up to `max` bytes, as hyper reads on to notice a hang-up.
+fn poll_gone<I: Transport>(
+    gate: &mut Gate<I>,
+    buf: &mut BytesMut,
+    max: usize,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
+    loop {
+        if buf.len() >= max {
+            // Enough read ahead: nothing more until the response is out.
+            return Poll::Pending;
+        }
+        if buf.capacity() - buf.len() < READ_SIZE / 2 {
+            buf.reserve(READ_SIZE);
+        }
+        match tokio_util::io::poll_read_buf(Pin::new(&mut *gate), cx, buf) {
+            Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(()),
+            Poll::Ready(Ok(_)) => {}
+            Poll::Pending => return Poll::Pending,
+        }
+    }
+}
+
 /// The status line and headers, with the framing's own; returns the
-/// framing, and whether the connection closes after the response.
+/// framing, the trailer fields the client may get, and whether the
+/// connection closes after the response.
 fn encode_head<B: Body>(
     parts: &http::response::Parts,
     body: &B,
     plain: &Plain,
     mut close: bool,
     out: &mut Vec<u8>,
-) -> (Out, bool) {
+) -> (Out, Option<Vec<HeaderName>>, bool) {
     let status = parts.status;
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
@@ -395,6 +488,7 @@ fn encode_head<B: Body>(
     };
     let mut length: Option<u64> = None;
     let (mut wrote_length, mut dated, mut says_close) = (false, false, false);
+    let mut trailers: Option<Vec<HeaderName>> = None;
     for (name, value) in &parts.headers {
         if name == header::TRANSFER_ENCODING {
             // The framing is this module's.
@@ -422,6 +516,10 @@ fn encode_head<B: Body>(
             says_close |= has_token(value.as_bytes(), b"close");
         } else if name == header::DATE {
             dated = true;
+        } else if name == header::TRAILER && plain.trailers {
+            let names = value.as_bytes().split(|&b| b == b',');
+            let names = names.filter_map(|n| HeaderName::from_bytes(n.trim_ascii()).ok());
+            trailers.get_or_insert_with(Vec::new).extend(names);
         }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
@@ -430,8 +528,12 @@ fn encode_head<B: Body>(
     }
     let framing = match (length, kind) {
         _ if no_body || plain.head => {
-            if let (false, true, Kind::Known(n)) = (wrote_length, may_have_length, kind) {
-                write_length(n, out);
+            // A HEAD's body of known size says the length a GET would get;
+            // an empty one, and a 304's, say nothing.
+            if let (true, false, Kind::Known(n @ 1..)) = (plain.head, wrote_length, kind) {
+                if may_have_length {
+                    write_length(n, out);
+                }
             }
             Out::None
         }
@@ -459,7 +561,9 @@ fn encode_head<B: Body>(
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    (framing, close)
+    // Trailers go out on a chunked body only, as hyper sends them.
+    let trailers = trailers.filter(|_| framing == Out::Chunked);
+    (framing, trailers, close)
 }
 
 /// What the response body says of its length.
@@ -485,6 +589,8 @@ enum Gathered {
     /// The body failed, or sent more or less than its length: the
     /// connection ends after what `out` holds.
     Failed,
+    /// The client hung up.
+    Gone,
 }
 
 /// Frames into `out` what the body has ready.
@@ -492,7 +598,7 @@ fn gather<B: Body>(
     mut body: Pin<&mut B>,
     cx: &mut Context<'_>,
     framing: &mut Out,
-    plain: &Plain,
+    trailers: Option<&[HeaderName]>,
     out: &mut Vec<u8>,
 ) -> Poll<Gathered> {
     loop {
@@ -515,11 +621,25 @@ fn gather<B: Body>(
             Poll::Ready(Some(Err(_))) => return Poll::Ready(Gathered::Failed),
             Poll::Ready(Some(Ok(frame))) => {
                 let frame = frame.map_data(|mut data| data.copy_to_bytes(data.remaining()));
-                // Trailers for a client that did not ask for them: the
-                // body ends without.
+                // Trailers, as hyper sends them: those the response's
+                // `Trailer` header names, to a client that said `TE:
+                // trailers`, and none that only a head may carry. With
+                // none, the body ends without.
                 let frame = match frame.into_trailers() {
-                    Ok(_) if !plain.trailers => Frame::data(Bytes::new()),
-                    Ok(trailers) => Frame::trailers(trailers),
+                    Ok(fields) => {
+                        let allowed = trailers.unwrap_or_default();
+                        let mut kept = HeaderMap::new();
+                        for (name, value) in &fields {
+                            if allowed.contains(name) && trailer_allowed(name) {
+                                kept.append(name.clone(), value.clone());
+                            }
+                        }
+                        if kept.is_empty() {
+                            Frame::data(Bytes::new())
+                        } else {
+                            Frame::trailers(kept)
+                        }
+                    }
                     Err(frame) => frame,
                 };
                 // Trailers end a chunked body (`Out::None`, above).
@@ -529,6 +649,25 @@ fn gather<B: Body>(
             }
         }
     }
+}
+
+/// Whether a field may be sent as a trailer (hyper's list).
+fn trailer_allowed(name: &HeaderName) -> bool {
+    !matches!(
+        *name,
+        header::AUTHORIZATION
+            | header::CACHE_CONTROL
+            | header::CONTENT_ENCODING
+            | header::CONTENT_LENGTH
+            | header::CONTENT_RANGE
+            | header::CONTENT_TYPE
+            | header::HOST
+            | header::MAX_FORWARDS
+            | header::SET_COOKIE
+            | header::TRAILER
+            | header::TRANSFER_ENCODING
+            | header::TE
+    )
 }
 
 /// The `date` header's value, formatted once a second per thread.

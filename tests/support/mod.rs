@@ -416,12 +416,16 @@ async fn upstream_handle(
         let mut trailers = HeaderMap::new();
         trailers.insert("grpc-status", "0".parse().unwrap());
         trailers.insert("grpc-message", format!("ok-{name}").parse().unwrap());
+        trailers.insert("x-undeclared", "1".parse().unwrap());
         let frames: Vec<Result<Frame<Bytes>, BoxError>> =
             vec![Ok(Frame::data(message)), Ok(Frame::trailers(trailers))];
         let body = StreamBody::new(tokio_stream::iter(frames));
         let mut resp = Response::new(BodyExt::boxed(body));
         resp.headers_mut()
             .insert("content-type", "application/grpc".parse().unwrap());
+        // HTTP/1.1 sends only the trailers a response declares.
+        resp.headers_mut()
+            .insert("trailer", "grpc-status, grpc-message".parse().unwrap());
         return resp;
     }
     full(StatusCode::OK, name)
