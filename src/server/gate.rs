@@ -320,6 +320,19 @@ impl<I> Gate<I> {
         ParkedIo::new(self.inner, self.idle_since + self.limits.idle_timeout)
     }
 
+    /// Ready when a read would not wait: bytes given back, the gate's own
+    /// end, or the transport's readiness (always, for TLS). A cheap look
+    /// before a read that would likely wait.
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>
+    where
+        I: Transport,
+    {
+        if !self.unread.is_empty() || self.eof || self.refusal.is_some() {
+            return Poll::Ready(Ok(()));
+        }
+        self.inner.poll_read_ready(cx)
+    }
+
     /// Gives back bytes read but not parsed yet (see the `unread` field);
     /// the next reads return them first.
     pub fn unread(&mut self, bytes: bytes::Bytes) {

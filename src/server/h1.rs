@@ -444,6 +444,11 @@ fn poll_gone<I: Transport>(
             // Enough read ahead: nothing more until the response is out.
             return Poll::Pending;
         }
+        // Readiness first: the gate's read, which would wait as a rule,
+        // does more to find that out.
+        if gate.poll_read_ready(cx).is_pending() {
+            return Poll::Pending;
+        }
         if buf.capacity() - buf.len() < READ_SIZE / 2 {
             buf.reserve(READ_SIZE);
         }
