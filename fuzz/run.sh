@@ -14,6 +14,10 @@
 #   upstream  the reader of upstream HTTP/1.1 responses on arbitrary bytes,
 #           fed in arbitrary pieces: never panics; a Content-Length body
 #           has that length.
+#   request  the listener's own reader of HTTP/1.1 requests (the plain
+#           path) on arbitrary bytes, fed in arbitrary pieces: never panics;
+#           a body has its Content-Length; what goes to hyper is given back
+#           untouched.
 #
 # What it does: installs cargo-fuzz with `cargo install` if it is missing,
 # builds the targets with `cargo fuzz build -s none` (coverage instrumentation,
@@ -39,7 +43,7 @@ if ! [[ "$seconds" =~ ^[0-9]+$ ]] || [ "$seconds" -eq 0 ]; then
 fi
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(config admin upstream)
+  targets=(config admin upstream request)
 fi
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
@@ -57,9 +61,10 @@ cp -n config/*.toml fuzz/corpus/config/ 2>/dev/null || true
 failed=()
 for target in "${targets[@]}"; do
   extra=()
-  if [ "$target" = config ]; then
-    extra=(-dict=fuzz/config.dict)
-  fi
+  case $target in
+    config) extra=(-dict=fuzz/config.dict) ;;
+    request) extra=(-dict=fuzz/http1.dict) ;;
+  esac
   echo "== fuzzing $target for ${seconds}s"
   if ! cargo fuzz run -s none "$target" -- -max_total_time="$seconds" -timeout=10 "${extra[@]}"; then
     failed+=("$target")

@@ -56,6 +56,9 @@ mod gate;
 mod h1;
 mod signal;
 
+#[doc(hidden)]
+pub use h1::read_requests;
+
 /// How long to pause after a failed accept (typically out of file
 /// descriptors) before trying again, so the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);

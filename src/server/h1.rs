@@ -711,3 +711,61 @@ mod date {
         });
     }
 }
+
+/// What the plain path makes of some bytes, for the fuzz target
+/// (`fuzz/fuzz_targets/request.rs`): the method, target and body length of
+/// each request it takes, then why it stopped: `"hyper"` (the rest is
+/// hyper's, given back untouched) or `"incomplete"`. The bytes are fed
+/// `step` at a time, as reads would bring them; `max_fields` as the
+/// listener's `max_headers`.
+#[doc(hidden)]
+pub fn read_requests(
+    data: &[u8],
+    step: usize,
+    max_fields: usize,
+) -> (Vec<(String, String, usize)>, &'static str) {
+    let (step, max_fields) = (step.max(1), max_fields.clamp(1, MAX_FIELDS));
+    let max_head = 64 * 1024;
+    let (mut buf, mut heads, mut spare) = (BytesMut::new(), BytesMut::new(), HeaderMap::new());
+    let mut fed = 0;
+    let mut taken = Vec::new();
+    loop {
+        let before = buf.clone();
+        match parse(&mut buf, &mut heads, &mut spare, max_fields, max_head) {
+            Ok((request, _)) => {
+                // Every Content-Length value, each a list of numbers: all one
+                // number, the body's length.
+                let declared: Vec<Option<usize>> = request
+                    .headers()
+                    .get_all(header::CONTENT_LENGTH)
+                    .iter()
+                    .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+                    .map(|n| std::str::from_utf8(n.trim_ascii()).ok()?.parse().ok())
+                    .collect();
+                let (parts, body) = request.into_parts();
+                let length = body.size_hint().exact().unwrap_or(u64::MAX) as usize;
+                if declared.is_empty() {
+                    assert_eq!(length, 0, "a body without a Content-Length");
+                }
+                for n in declared {
+                    assert_eq!(n, Some(length), "a body of another length");
+                }
+                assert!(before.len() - buf.len() > length, "the head took no bytes");
+                taken.push((parts.method.to_string(), parts.uri.to_string(), length));
+            }
+            Err(Unparsed::Hyper) => {
+                assert_eq!(buf, before, "bytes for hyper were not given back whole");
+                return (taken, "hyper");
+            }
+            Err(Unparsed::Partial) => {
+                assert_eq!(buf, before, "a partial head took bytes");
+                if fed == data.len() {
+                    return (taken, "incomplete");
+                }
+                let next = (fed + step).min(data.len());
+                buf.extend_from_slice(&data[fed..next]);
+                fed = next;
+            }
+        }
+    }
+}
