@@ -150,16 +150,9 @@ impl Conn {
     }
 }
 
-async fn setup() -> (Upstream, Upstream, Proxy) {
-    let blue = Upstream::start("blue").await;
-    let green = Upstream::start("green").await;
-    let proxy = Proxy::start(&model("iris", "/", &blue.url(), &green.url())).await;
-    (blue, green, proxy)
-}
-
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order() {
-    let (blue, _green, proxy) = setup().await;
+    let (blue, _green, proxy) = iris_blue_green().await;
     let mut conn = Conn::open(&proxy).await;
     conn.send(concat!(
         "GET /echo/one HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -186,7 +179,7 @@ async fn pipelined_requests_are_answered_in_order() {
 
 #[tokio::test]
 async fn a_body_sent_after_its_head_arrives_whole() {
-    let (_blue, _green, proxy) = setup().await;
+    let (_blue, _green, proxy) = iris_blue_green().await;
     let mut conn = Conn::open(&proxy).await;
     conn.send("POST /echo/late HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\n")
         .await;
@@ -211,7 +204,7 @@ async fn a_body_sent_after_its_head_arrives_whole() {
 
 #[tokio::test]
 async fn a_head_response_has_the_length_and_no_body() {
-    let (_blue, _green, proxy) = setup().await;
+    let (_blue, _green, proxy) = iris_blue_green().await;
     let mut conn = Conn::open(&proxy).await;
     conn.send("GET /status/200 HTTP/1.1\r\nHost: x\r\n\r\n")
         .await;
@@ -259,7 +252,7 @@ async fn a_head_request_gets_no_body_from_a_service_that_gives_one() {
 
 #[tokio::test]
 async fn connection_close_is_answered_in_kind_and_honoured() {
-    let (_blue, _green, proxy) = setup().await;
+    let (_blue, _green, proxy) = iris_blue_green().await;
     let mut conn = Conn::open(&proxy).await;
     conn.send("GET /echo/bye HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await;
@@ -271,7 +264,7 @@ async fn connection_close_is_answered_in_kind_and_honoured() {
 
 #[tokio::test]
 async fn responses_carry_a_date_and_the_upstream_framing_is_replaced() {
-    let (_blue, _green, proxy) = setup().await;
+    let (_blue, _green, proxy) = iris_blue_green().await;
     let mut conn = Conn::open(&proxy).await;
     conn.send("GET /echo/date HTTP/1.1\r\nHost: x\r\n\r\n")
         .await;
@@ -295,7 +288,7 @@ async fn responses_carry_a_date_and_the_upstream_framing_is_replaced() {
 
 #[tokio::test]
 async fn a_stream_is_chunked_and_each_part_sent_as_it_comes() {
-    let (blue, _green, proxy) = setup().await;
+    let (blue, _green, proxy) = iris_blue_green().await;
     let mut conn = Conn::open(&proxy).await;
     conn.send("GET /stream HTTP/1.1\r\nHost: x\r\n\r\n").await;
     blue.wait_held(1).await;
@@ -323,7 +316,7 @@ async fn a_stream_is_chunked_and_each_part_sent_as_it_comes() {
 
 #[tokio::test]
 async fn trailers_reach_a_client_that_takes_them() {
-    let (_blue, _green, proxy) = setup().await;
+    let (_blue, _green, proxy) = iris_blue_green().await;
     let mut conn = Conn::open(&proxy).await;
     conn.send("POST /grpc HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nContent-Length: 3\r\n\r\nabc")
         .await;
@@ -353,7 +346,7 @@ async fn trailers_reach_a_client_that_takes_them() {
 
 #[tokio::test]
 async fn a_client_that_hangs_up_ends_its_request_upstream() {
-    let (blue, _green, proxy) = setup().await;
+    let (blue, _green, proxy) = iris_blue_green().await;
     let in_flight = r#"switchyard_in_flight{model="iris",pool="blue"}"#;
     let mut conn = Conn::open(&proxy).await;
     conn.send("GET /hold HTTP/1.1\r\nHost: x\r\n\r\n").await;

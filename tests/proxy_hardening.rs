@@ -33,16 +33,9 @@ fn status(response: &str) -> u16 {
         .unwrap_or_else(|| panic!("no status line in {response:?}"))
 }
 
-async fn setup() -> (Upstream, Upstream, Proxy) {
-    let blue = Upstream::start("blue").await;
-    let green = Upstream::start("green").await;
-    let proxy = Proxy::start(&model("iris", "/", &blue.url(), &green.url())).await;
-    (blue, green, proxy)
-}
-
 #[tokio::test]
 async fn connect_is_refused() {
-    let (blue, green, proxy) = setup().await;
+    let (blue, green, proxy) = iris_blue_green().await;
     let r = raw(
         &proxy,
         "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
@@ -55,7 +48,7 @@ async fn connect_is_refused() {
 
 #[tokio::test]
 async fn an_absolute_form_target_for_another_host_is_refused() {
-    let (blue, green, proxy) = setup().await;
+    let (blue, green, proxy) = iris_blue_green().await;
     let r = raw(
         &proxy,
         "GET http://evil.example/steal HTTP/1.1\r\nHost: iris.local\r\n\r\n",
@@ -80,7 +73,7 @@ async fn an_absolute_form_target_for_another_host_is_refused() {
 
 #[tokio::test]
 async fn ambiguous_framing_never_reaches_the_upstream() {
-    let (blue, green, proxy) = setup().await;
+    let (blue, green, proxy) = iris_blue_green().await;
     let attempts = [
         // Two different lengths.
         "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde",
@@ -106,7 +99,7 @@ async fn ambiguous_framing_never_reaches_the_upstream() {
 
 #[tokio::test]
 async fn classic_smuggling_payloads_are_refused_before_the_upstream() {
-    let (blue, green, proxy) = setup().await;
+    let (blue, green, proxy) = iris_blue_green().await;
     let attempts = [
         // CL.TE: a front end reading Content-Length would pass "G" on as
         // the start of the next request.
@@ -144,7 +137,7 @@ async fn classic_smuggling_payloads_are_refused_before_the_upstream() {
 
 #[tokio::test]
 async fn a_smuggling_attempt_pipelined_behind_valid_requests_is_refused() {
-    let (blue, _green, proxy) = setup().await;
+    let (blue, _green, proxy) = iris_blue_green().await;
     let r = raw(
         &proxy,
         "GET /v2/models/iris HTTP/1.1\r\nHost: x\r\n\r\n\
@@ -163,7 +156,7 @@ async fn a_smuggling_attempt_pipelined_behind_valid_requests_is_refused() {
 
 #[tokio::test]
 async fn valid_pipelined_requests_pass_however_the_bytes_are_cut() {
-    let (blue, _green, proxy) = setup().await;
+    let (blue, _green, proxy) = iris_blue_green().await;
     let stream = b"GET /v2/models/iris HTTP/1.1\r\nHost: x\r\n\r\n\
 POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
 POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\

@@ -538,6 +538,15 @@ pub fn model(name: &str, prefix: &str, blue: &str, green: &str) -> String {
     )
 }
 
+/// Two upstreams, blue and green, and a proxy with one model, `iris`, at
+/// `/` in front of them.
+pub async fn iris_blue_green() -> (Upstream, Upstream, Proxy) {
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let proxy = Proxy::start(&model("iris", "/", &blue.url(), &green.url())).await;
+    (blue, green, proxy)
+}
+
 impl Proxy {
     /// Starts a proxy for `models` in a fresh temp dir.
     pub async fn start(models: &str) -> Proxy {
