@@ -7,7 +7,7 @@
 # of its CPU: loopback TCP) is not in it, and an instruction is not a fixed
 # time, so it ranks what each proxy does in user space, not its speed.
 #
-#   benches/load/instructions.sh [--requests N] [SWITCHYARD_BINARY ...]
+#   benches/load/instructions.sh [--requests N] [--admin] [SWITCHYARD_BINARY ...]
 #
 # Reuses what benches/load/run.sh built and wrote under target/load/ (run it
 # once first, e.g. with --quick): its configs, with nginx as one process
@@ -16,13 +16,20 @@
 # counted, from h2load --h1 on 16 connections on CPU 1. Without a binary it
 # measures target/load/bin/switchyard; with several, each of them (an A/B
 # with no noise to average out: one run each).
+#
+# --admin: instead, switchyard's instructions per admin call, on the same
+# worker thread as the proxy: a status read (GET /models/iris) and a flip
+# (POST /models/iris/flip, its state write and fsync included), 100 of each
+# on one keep-alive connection: what the flip-under-load runs add to the
+# proxy's work.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 usage() { sed -n '10p' "$0" | sed 's/^#   /usage: /' >&2; exit 2; }
-COUNTED=4000
+COUNTED=4000 ADMIN=""
 while (($#)); do
   case $1 in
     --requests) (($# >= 2)) || usage; COUNTED=$2; shift 2 ;;
+    --admin) ADMIN=1; shift ;;
     -*) usage ;;
     *) break ;;
   esac
@@ -70,6 +77,48 @@ count() {
   [ "$done_" = "$COUNTED" ] || echo "warning: $name: $done_ of $COUNTED requests succeeded" >&2
   printf '| %s | %s |\n' "$name" "$(python3 -c "print(f'{round($ir / $COUNTED):,}')")"
 }
+
+# count_admin BIN: switchyard's instructions per admin call.
+count_admin() {
+  local bin=$1 admin
+  admin=$(sed -n '/^\[admin\]/,/^\[/s/^listen = "\(127.0.0.1:[0-9]*\)"/\1/p' "$CFG")
+  rm -f "$STATE"
+  taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$tmp/cg.%p" "$bin" serve --config "$CFG" \
+    >"$tmp/stdout.log" 2>"$tmp/valgrind.log" &
+  local s=$!
+  pids+=("$s")
+  local up=""
+  for _ in $(seq 300); do curl -sf -o /dev/null "http://$admin/models/iris" && { up=1; break; }; sleep 0.2; done
+  [ -n "$up" ] || { echo "error: no admin answer on $admin; see $tmp/valgrind.log" >&2; exit 1; }
+  taskset -c 1 h2load --h1 -c 1 -m 1 -n 20 "http://$admin/models/iris" >/dev/null
+  local part=1 what method path ir
+  for what in "status read:GET:/models/iris" "flip:POST:/models/iris/flip"; do
+    IFS=: read -r what method path <<<"$what"
+    local body=()
+    # h2load posts a file's bytes; the flip ignores its body.
+    printf '{}' >"$tmp/body.json"
+    [ "$method" = POST ] && body=(-d "$tmp/body.json")
+    callgrind_control -z "$s" >/dev/null 2>&1
+    taskset -c 1 h2load --h1 -c 1 -m 1 -n 100 "${body[@]}" "http://$admin$path" \
+      | grep -q '100 succeeded' || echo "warning: $what: not every call succeeded" >&2
+    callgrind_control -d "$s" >/dev/null 2>&1
+    ir=$(grep -h -m1 -E '^(summary|totals):' "$tmp/cg.$s.$part" | awk '{print $2}')
+    printf '| %s (%s) | %s |\n' "$what" "$bin" "$(python3 -c "print(f'{round($ir / 100):,}')")"
+    part=$((part + 1))
+  done
+  kill "$s"
+  wait "$s" 2>/dev/null || true
+  rm -f "$tmp"/cg.*
+}
+
+if [ -n "$ADMIN" ]; then
+  echo "| admin call | user-space instructions per call |"
+  echo "| --- | ---: |"
+  for bin in "${BINS[@]}"; do
+    count_admin "$bin"
+  done
+  exit 0
+fi
 
 echo "| proxy | user-space instructions per request |"
 echo "| --- | ---: |"
