@@ -361,3 +361,35 @@ async fn a_client_that_hangs_up_ends_its_request_upstream() {
     .await;
     blue.release();
 }
+
+/// A client that pipelines two requests and closes its side at once (as
+/// `nc -N` does) gets the first answered: the hang-up watch ends once a
+/// request waits behind the one served, as hyper's does.
+#[tokio::test]
+async fn a_request_with_another_behind_it_is_answered_after_a_half_close() {
+    let (_blue, _green, proxy) = iris_blue_green().await;
+    let mut conn = Conn::open(&proxy).await;
+    conn.send("GET /echo/a HTTP/1.1\r\nHost: x\r\n\r\nGET /echo/b HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    conn.stream.shutdown().await.expect("half-close");
+    let a = conn.response(false).await;
+    assert_eq!(a.json()["path"], "/echo/a");
+}
+
+/// Empty lines before a request are skipped, as httparse skips them; a
+/// lone CR is not an empty line, and hyper refuses the head it starts.
+#[tokio::test]
+async fn empty_lines_before_a_request_are_skipped_and_a_lone_cr_is_refused() {
+    let (blue, _green, proxy) = iris_blue_green().await;
+    let mut conn = Conn::open(&proxy).await;
+    conn.send("\r\n\nGET /echo/after-blank HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    assert_eq!(
+        conn.response(false).await.json()["path"],
+        "/echo/after-blank"
+    );
+    conn.send("\rGET /echo/cr HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    assert_eq!(conn.response(false).await.status, 400);
+    assert_eq!(blue.hits(), 1);
+}

@@ -99,13 +99,7 @@ where
     loop {
         // A whole head, and the body with it, or more to read.
         let (request, plain) = loop {
-            // Empty lines between requests (httparse would skip them) do not
-            // make the connection busy.
-            let blank = buf
-                .iter()
-                .take_while(|&&b| b == b'\r' || b == b'\n')
-                .count();
-            buf.advance(blank);
+            skip_empty_lines(&mut buf);
             if !buf.is_empty() {
                 match parse(
                     &mut buf,
@@ -131,14 +125,13 @@ where
             }
         };
         let mut responding = service.call(request);
-        let max_head = shared.gate.max_head;
         let response = tokio::select! {
             biased;
             () = cut.as_mut() => return Outcome::Cut,
             response = &mut responding => response,
             // As hyper: a client that hangs up while its request is served
             // drops it (and the upstream exchange with it).
-            () = poll_fn(|cx| poll_gone(gate, &mut buf, max_head, cx)) => {
+            () = poll_fn(|cx| poll_gone(gate, &mut buf, cx)) => {
                 tracing::debug!(listener = shared.name, "the client closed before its response");
                 return Outcome::Close;
             }
@@ -154,7 +147,6 @@ where
             out: &mut out,
             spare: &mut spare,
             buf: &mut buf,
-            max_head,
         };
         let written = tokio::select! {
             biased;
@@ -359,9 +351,8 @@ struct Writing<'a> {
     out: &'a mut Vec<u8>,
     /// Takes the response's header map, emptied.
     spare: &'a mut HeaderMap,
-    /// The read buffer, and its bound, for what the client sends meanwhile.
+    /// The read buffer, for what the client sends meanwhile.
     buf: &'a mut BytesMut,
-    max_head: usize,
 }
 
 async fn write_response<I: Transport, B: ConnBody>(
@@ -371,12 +362,7 @@ async fn write_response<I: Transport, B: ConnBody>(
     plain: &Plain,
     close: bool,
 ) -> io::Result<bool> {
-    let Writing {
-        out,
-        spare,
-        buf,
-        max_head,
-    } = writing;
+    let Writing { out, spare, buf } = writing;
     let (parts, body) = response.into_parts();
     if parts.status.is_informational() {
         // Not a final response: as hyper, a 500, and the connection ends.
@@ -399,7 +385,7 @@ async fn write_response<I: Transport, B: ConnBody>(
                 match gather(body.as_mut(), cx, &mut framing, trailers.as_deref(), out) {
                     // As hyper: a client that hangs up while the body waits
                     // drops it.
-                    Poll::Pending if poll_gone(gate, buf, max_head, cx).is_ready() => {
+                    Poll::Pending if poll_gone(gate, buf, cx).is_ready() => {
                         Poll::Ready(Gathered::Gone)
                     }
                     gathered => gathered,
@@ -431,31 +417,43 @@ async fn write_response<I: Transport, B: ConnBody>(
 }
 
 /// Whether the client has gone (its end of the stream, or a failed read)
-/// while a request is served: reads on, keeping what it sends (a pipelined
-/// request) up to `max` bytes, as hyper reads on to notice a hang-up.
+/// while a request is served, as hyper watches for it: a read while
+/// nothing is buffered; once the client has sent more (a pipelined
+/// request), it is kept and the watch ends, so a client that sends its
+/// requests and then closes its side is still answered.
 fn poll_gone<I: Transport>(
     gate: &mut Gate<I>,
     buf: &mut BytesMut,
-    max: usize,
     cx: &mut Context<'_>,
 ) -> Poll<()> {
+    if !buf.is_empty() {
+        return Poll::Pending;
+    }
+    // Readiness first: the gate's read, which would wait as a rule, does
+    // more to find that out.
+    if gate.poll_read_ready(cx).is_pending() {
+        return Poll::Pending;
+    }
+    if buf.capacity() < READ_SIZE / 2 {
+        buf.reserve(READ_SIZE);
+    }
+    match tokio_util::io::poll_read_buf(Pin::new(&mut *gate), cx, buf) {
+        Poll::Ready(Ok(0) | Err(_)) => Poll::Ready(()),
+        Poll::Ready(Ok(_)) | Poll::Pending => Poll::Pending,
+    }
+}
+
+/// Drops the empty lines (CRLF or LF) before a request line, which
+/// httparse skips too; a lone CR that is not the start of one stays, for
+/// the parse to refuse.
+fn skip_empty_lines(buf: &mut BytesMut) {
     loop {
-        if buf.len() >= max {
-            // Enough read ahead: nothing more until the response is out.
-            return Poll::Pending;
-        }
-        // Readiness first: the gate's read, which would wait as a rule,
-        // does more to find that out.
-        if gate.poll_read_ready(cx).is_pending() {
-            return Poll::Pending;
-        }
-        if buf.capacity() - buf.len() < READ_SIZE / 2 {
-            buf.reserve(READ_SIZE);
-        }
-        match tokio_util::io::poll_read_buf(Pin::new(&mut *gate), cx, buf) {
-            Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(()),
-            Poll::Ready(Ok(_)) => {}
-            Poll::Pending => return Poll::Pending,
+        if buf.starts_with(b"\r\n") {
+            buf.advance(2);
+        } else if buf.starts_with(b"\n") {
+            buf.advance(1);
+        } else {
+            return;
         }
     }
 }
@@ -535,10 +533,10 @@ fn encode_head<B: Body>(
         _ if no_body || plain.head => {
             // A HEAD's body of known size says the length a GET would get;
             // an empty one, and a 304's, say nothing.
-            if let (true, false, Kind::Known(n @ 1..)) = (plain.head, wrote_length, kind) {
-                if may_have_length {
-                    write_length(n, out);
-                }
+            if let (true, false, false, Kind::Known(n @ 1..)) =
+                (plain.head, no_body, wrote_length, kind)
+            {
+                write_length(n, out);
             }
             Out::None
         }
@@ -730,6 +728,7 @@ pub fn read_requests(
     let mut fed = 0;
     let mut taken = Vec::new();
     loop {
+        skip_empty_lines(&mut buf);
         let before = buf.clone();
         match parse(&mut buf, &mut heads, &mut spare, max_fields, max_head) {
             Ok((request, _)) => {
