@@ -306,12 +306,15 @@ fn parse(
     heads.extend_from_slice(&buf[..whole]);
     let copy = heads.split().freeze();
     let base = buf.as_ptr() as usize;
-    // Where a part of the head that httparse found is in the copy.
+    // Where a part of the head that httparse found is in the copy (its
+    // parts all point into `buf`; one that did not would be copied).
     let at = |part: &[u8]| {
-        let start = part.as_ptr() as usize - base;
-        start..start + part.len()
+        let start = (part.as_ptr() as usize).checked_sub(base)?;
+        let end = start.checked_add(part.len()).filter(|&end| end <= len)?;
+        Some(copy.slice(start..end))
     };
-    let Ok(uri) = Uri::from_maybe_shared(copy.slice(at(path.as_bytes()))) else {
+    let path = at(path.as_bytes()).unwrap_or_else(|| Bytes::copy_from_slice(path.as_bytes()));
+    let Ok(uri) = Uri::from_maybe_shared(path) else {
         return Err(Unparsed::Hyper);
     };
     // Room for the proxy's own headers too (`X-Forwarded-*`, the request id).
@@ -323,7 +326,11 @@ fn parse(
         };
         // httparse has checked the value's bytes, as it has for hyper,
         // which makes its values the same way.
-        let Ok(value) = HeaderValue::from_maybe_shared(copy.slice(at(field.value))) else {
+        let value = match at(field.value) {
+            Some(value) => HeaderValue::from_maybe_shared(value),
+            None => HeaderValue::from_bytes(field.value),
+        };
+        let Ok(value) = value else {
             return Err(Unparsed::Hyper);
         };
         headers.append(name, value);
