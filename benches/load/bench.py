@@ -873,6 +873,24 @@ def paired_section(w, by):
     w("")
 
 
+def cmd_within(a):
+    """The report's "Within each repeat" table over the repeats of several
+    runs at once: each DIR is a copy of a run's target/load (its
+    results.jsonl)."""
+    by = defaultdict(list)
+    for i, out_dir in enumerate(a.dirs):
+        with open(os.path.join(out_dir, "results.jsonl")) as f:
+            for line in f:
+                if line.strip():
+                    r = json.loads(line)
+                    # A repeat is a repeat of one run.
+                    r["rep"] = (i, r["rep"])
+                    by[(r["mode"], r["target"])].append(r)
+    lines = []
+    paired_section(lines.append, by)
+    print("\n".join(lines[4:]))
+
+
 def cmd_report(a):
     out_dir = a.dir
     runs = []
@@ -1289,6 +1307,10 @@ def main():
     s = sub.add_parser("report")
     s.add_argument("--dir", required=True)
     s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("within", help="the within-repeat comparison over several runs")
+    s.add_argument("dirs", nargs="+", metavar="DIR")
+    s.set_defaults(func=cmd_within)
 
     a = p.parse_args()
     if a.cmd == "measure":
