@@ -393,3 +393,26 @@ async fn empty_lines_before_a_request_are_skipped_and_a_lone_cr_is_refused() {
     assert_eq!(conn.response(false).await.status, 400);
     assert_eq!(blue.hits(), 1);
 }
+
+/// The same over HTTP/2 (hyper's server): a stream the client resets
+/// drops its request, and the upstream exchange with it.
+#[tokio::test]
+async fn an_http2_stream_reset_ends_its_request_upstream() {
+    let (blue, _green, proxy) = iris_blue_green().await;
+    let in_flight = r#"switchyard_in_flight{model="iris",pool="blue"}"#;
+    let mut h2 = h2_connection(proxy.addr).await;
+    let request = http::Request::builder()
+        .uri(proxy.url("/hold"))
+        .body(full_body(""))
+        .expect("request");
+    let pending = tokio::spawn(async move { h2.send_request(request).await });
+    blue.wait_held(1).await;
+    assert_eq!(metric_value(&proxy, in_flight).await, Some(1.0));
+    // Dropping the response future resets the stream.
+    pending.abort();
+    eventually("the request to end", || async {
+        metric_value(&proxy, in_flight).await == Some(0.0)
+    })
+    .await;
+    blue.release();
+}
